@@ -1,0 +1,21 @@
+"""Caption: the text prompt. Its null is the empty string, as in classifier-free guidance training."""
+
+from dataclasses import dataclass
+
+from ..errors import InvalidParameter
+from .base import Condition
+
+
+@dataclass(frozen=True)
+class Caption(Condition):
+    """A caption (or a negative prompt when it sits in a guidance plan's base set)."""
+
+    kind = "caption"
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise InvalidParameter("caption", "a string", self.text)
+
+    def describe(self) -> dict:
+        return {"text": self.text}

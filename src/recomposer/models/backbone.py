@@ -1,0 +1,119 @@
+"""The backbone: one object holding a latent diffusion model's VAE, UNet, text encoder and scheduler.
+
+Every method in recomposer runs on a Backbone, whether it is the bundled shapes-world model or a
+Stable Diffusion checkpoint; adapters (Composer, ControlNet, ...) attach to it. How a backbone
+was loaded is kept in ``source`` so that a result's provenance can load it again.
+"""
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from .device import dtype_name
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a backbone came from: enough to load it again."""
+
+    kind: Literal["diffusers-dir", "single-file", "bundled", "memory"]
+    path: str | None = None  # the model directory or the .safetensors checkpoint
+    config: str | None = None  # for single files: the diffusers-format directory holding the configs
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "config": self.config}
+
+
+@dataclass(eq=False)
+class Backbone:
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    text_encoder: torch.nn.Module  # any transformers encoder whose first output is (B, T, D) token states
+    tokenizer: object  # the matching transformers tokenizer
+    scheduler_config: dict  # a diffusers scheduler config; samplers are built from it by name
+    source: ModelSource = field(default_factory=lambda: ModelSource("memory"))
+    text_attention_mask: bool = False  # pass the padding mask to the text encoder (BERT-style yes, SD's CLIP no)
+    max_text_tokens: int | None = None  # prompt length in tokens; None: the tokenizer's model_max_length
+    _identity: str | None = field(default=None, repr=False)
+
+    # --- facts about the model -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent cell along each side (8 for Stable Diffusion)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def is_inpainting(self) -> bool:
+        """A 9-channel inpainting UNet: x_t (4) + mask (1) + masked-image latents (4)."""
+        return self.unet.config.in_channels == 2 * self.latent_channels + 1
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    @property
+    def native_size(self) -> int:
+        """The image side the UNet was configured for, in pixels."""
+        sample = self.unet.config.sample_size
+        return (sample if isinstance(sample, int) else sample[0]) * self.vae_factor
+
+    # --- the three encoders ------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Prompts -> token states (B, T, D), padded to the fixed prompt length, as SD pipelines do."""
+        length = self.max_text_tokens or self.tokenizer.model_max_length
+        tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        mask = tokens.attention_mask.to(self.device) if self.text_attention_mask else None
+        states = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]  # (B, T, D)
+        return states.to(self.dtype)
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> "torch.distributions.Distribution":
+        """Image (1, 3, H, W) in [-1, 1] -> the VAE posterior (diffusers' DiagonalGaussianDistribution)."""
+        return self.vae.encode(image.to(self.device, self.vae.dtype)).latent_dist
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, h, w) -> images (B, 3, H, W) in about [-1, 1]."""
+        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+
+    # --- identity and placement --------------------------------------------------------------
+    def identity(self) -> str:
+        """sha256 over every weight of the UNet, VAE and text encoder (names, dtypes, shapes, bytes)."""
+        if self._identity is None:
+            digest = hashlib.sha256()
+            for prefix, module in (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder)):
+                for name, tensor in sorted(module.state_dict().items()):
+                    t = tensor.detach().to("cpu").contiguous()
+                    digest.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+                    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._identity = digest.hexdigest()
+        return self._identity
+
+    def describe(self) -> dict:
+        return {**self.source.describe(), "sha256": self.identity(), "dtype": dtype_name(self.dtype),
+                "device": str(self.device), "prediction_type": self.prediction_type}
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "Backbone":
+        for module in (self.unet, self.vae, self.text_encoder):
+            if module.dtype != dtype:
+                module.to(dtype=dtype)
+            module.to(device=device)
+            module.eval()
+        self._identity = None
+        return self

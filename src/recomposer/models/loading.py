@@ -1,0 +1,134 @@
+"""Loading backbones from disk, offline, from safetensors only.
+
+Three ways in (plus ``Backbone(...)`` from components already in memory):
+- a diffusers-format directory (``model_index.json`` + unet/ vae/ text_encoder/ tokenizer/ scheduler/);
+- a single-file ``.safetensors`` checkpoint (original Stable Diffusion layout) plus a local
+  diffusers-format directory that supplies the configs;
+- the bundled shapes-world model (arrives with its own issue; the seam is ``load_bundled``).
+Every weights file is checked by its bytes (io.weights) before a library touches it, and
+missing or mis-shaped weights are errors, never silently random.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import AutoModel, AutoTokenizer
+
+from ..errors import ModelError
+from ..io.weights import check_finite, check_safetensors, refuse_pickles_in
+from .backbone import Backbone, ModelSource
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def load_backbone(source: ModelSource, device: torch.device, dtype: torch.dtype) -> Backbone:
+    """Load a backbone described by a ModelSource (as stored in provenance)."""
+    if source.kind == "diffusers-dir":
+        return load_diffusers_dir(source.path, device, dtype)
+    if source.kind == "single-file":
+        return load_single_file(source.path, source.config, device, dtype)
+    if source.kind == "bundled":
+        return load_bundled(device, dtype)
+    raise ModelError("model", "was built in memory and cannot be reloaded from a file")
+
+
+def load_model(path: str, device: torch.device, dtype: torch.dtype, config: str | None = None) -> Backbone:
+    """What ``--model PATH`` means: a diffusers directory, or a .safetensors file (+ ``--config`` directory)."""
+    p = Path(path)
+    if p.is_dir():
+        return load_diffusers_dir(path, device, dtype)
+    if p.is_file():
+        if config is None:
+            raise ModelError("config", "a single-file checkpoint needs --config DIR (a diffusers-format directory "
+                                       "with the matching configs)")
+        return load_single_file(path, config, device, dtype)
+    raise ModelError("model", f"no such file or directory: {path}")
+
+
+def check_diffusers_dir(path: str | Path) -> Path:
+    """Refuse a model directory that is missing pieces or holds only pickle weights; check each weights file."""
+    root = Path(path)
+    if not (root / "model_index.json").is_file():
+        raise ModelError("model", f"{root} is not a diffusers model directory (no model_index.json)")
+    for name in COMPONENTS:
+        if not (root / name).is_dir():
+            raise ModelError("model", f"{root} is incomplete: the {name}/ folder is missing")
+    for name in ("unet", "vae", "text_encoder"):
+        folder = root / name
+        refuse_pickles_in(folder)
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise ModelError("model", f"{folder} holds no .safetensors weights")
+        for f in files:
+            check_safetensors(f)
+    return root
+
+
+def load_diffusers_dir(path: str | Path, device: torch.device, dtype: torch.dtype) -> Backbone:
+    root = check_diffusers_dir(path)
+    common = dict(local_files_only=True, use_safetensors=True, output_loading_info=True)
+    try:
+        unet, unet_info = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=dtype, **common)
+        vae, vae_info = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype, **common)
+        text_encoder, text_info = AutoModel.from_pretrained(root / "text_encoder", dtype=dtype, **common)
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+        scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise ModelError("model", f"{root} could not be loaded: {_first_line(e)}") from None
+    for name, info in (("unet", unet_info), ("vae", vae_info), ("text_encoder", text_info)):
+        _check_loading_info(root / name, info)
+    backbone = _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, ModelSource("diffusers-dir", str(root)))
+    return backbone.to(device, dtype)
+
+
+def load_single_file(path: str | Path, config: str | Path, device: torch.device, dtype: torch.dtype) -> Backbone:
+    """An original-layout SD checkpoint in one .safetensors file, with configs from a local directory."""
+    from diffusers import StableDiffusionPipeline
+
+    path, config = Path(path), Path(config)
+    check_safetensors(path)  # by content: a pickle named .safetensors stops here
+    if not (config / "model_index.json").is_file():
+        raise ModelError("config", f"{config} is not a diffusers model directory (no model_index.json)")
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
+            safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError("model", f"{path} could not be loaded with the configs in {config}: {_first_line(e)}") from None
+    source = ModelSource("single-file", str(path), str(config))
+    backbone = _assemble(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config), source)
+    return backbone.to(device, dtype)
+
+
+def load_bundled(device: torch.device, dtype: torch.dtype) -> Backbone:
+    """The shapes-world model shipped in the package. It is trained in the bundled-model issue."""
+    raise ModelError("model", "the bundled default model is not available yet; pass --model PATH to a "
+                              "Stable Diffusion directory, or run `recomposer demo` for a tiny random model")
+
+
+def _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, source) -> Backbone:
+    for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        check_finite(dict(module.state_dict()), f"{source.path}/{name}")
+    config = text_encoder.config
+    is_clip = config.model_type.startswith("clip")
+    # diffusers' rule for CLIP (SD 1.x/2.x never pass the mask); BERT-style encoders need it.
+    mask = bool(getattr(config, "use_attention_mask", False)) if is_clip else True
+    return Backbone(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                    scheduler_config=dict(scheduler_config), source=source, text_attention_mask=mask)
+
+
+def _check_loading_info(folder: Path, info: dict) -> None:
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+    mismatched = info.get("mismatched_keys", [])
+    if missing:
+        raise ModelError("model", f"{folder} lacks {len(missing)} weights, e.g. {missing[0]!r}")
+    if mismatched:
+        raise ModelError("model", f"{folder} has weights of the wrong shape, e.g. {mismatched[0]!r}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else e.__class__.__name__
+
