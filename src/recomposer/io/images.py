@@ -12,6 +12,7 @@ Truncated or corrupt files are refused rather than half-decoded.
 """
 
 import io
+import struct
 import warnings
 from pathlib import Path
 
@@ -41,15 +42,17 @@ def open_image(source: str | Path | bytes, field: str = "image") -> Image.Image:
                 raise BadImage(field, f"has {im.width}x{im.height} pixels, over the cap of {MAX_PIXELS}")
             im.seek(0)
             im.load()
+            if getattr(im, "n_frames", 1) > 1:  # counting frames reads them all: a cut later frame fails here
+                im = im.copy()  # keep only the first frame
+            im = ImageOps.exif_transpose(im)
     except BadImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except UnidentifiedImageError:
         raise BadImage(field, "is not an image in an allowed format (" + ", ".join(ALLOWED_FORMATS) + ")") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(field, f"has more pixels than the cap of {MAX_PIXELS} (a decompression bomb?)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
         raise BadImage(field, f"is truncated or corrupt ({e})") from None
-    if getattr(im, "n_frames", 1) > 1:
-        im = im.copy()  # keep only the first frame
-    im = ImageOps.exif_transpose(im)
     return _to_rgb(im, field)
 
 

@@ -1,10 +1,11 @@
 """Weights come from safetensors files only, and a file is judged by its bytes, not its name.
 
 A safetensors file is ``u64 little-endian header length N | N bytes of JSON header | data``.
-We check all of it before any tensor is built: the header fits in the file, every tensor's
-dtype is known, its byte range lies inside the data and matches its shape, and no two ranges
-overlap. Pickles (raw or inside a torch zip) are recognised by their first bytes and refused
-without being unpickled (RELIABILITY.md R1, R2).
+We check all of it before any tensor is built: the header fits in the file and is UTF-8 JSON,
+every tensor's dtype is known, its byte range lies inside the data and matches its shape, no two
+ranges overlap and together they cover the data exactly, with no gap (as the safetensors library
+itself requires). Pickles (raw or inside a torch zip) are recognised by their first bytes and
+refused without being unpickled (RELIABILITY.md R1, R2).
 """
 
 import json
@@ -59,7 +60,7 @@ def check_safetensors(path: str | Path) -> dict:
             raise UnsafeFile(field, f"header length {n} runs past the end of the file ({size} bytes): truncated?")
         f.seek(8)
         try:
-            header = json.loads(f.read(n))
+            header = json.loads(f.read(n).decode("utf-8"))  # bytes would let json guess UTF-16/32
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UnsafeFile(field, f"header is not valid JSON ({e.__class__.__name__})") from None
     if not isinstance(header, dict):
@@ -68,16 +69,18 @@ def check_safetensors(path: str | Path) -> dict:
     spans = []
     for name, info in header.items():
         if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise UnsafeFile(field, "__metadata__ is not a JSON object of strings")
             continue
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
             raise UnsafeFile(field, f"tensor {name!r} lacks dtype/shape/data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if dtype not in _ITEMSIZE:
             raise UnsafeFile(field, f"tensor {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise UnsafeFile(field, f"tensor {name!r} has an invalid shape {shape!r}")
         if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) for o in offsets) or not 0 <= offsets[0] <= offsets[1] <= data_size):
+                or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1] <= data_size):
             raise UnsafeFile(field, f"tensor {name!r} has offsets {offsets!r} outside the data ({data_size} bytes)")
         if offsets[1] - offsets[0] != math.prod(shape) * _ITEMSIZE[dtype]:
             raise UnsafeFile(field, f"tensor {name!r}: {offsets[1] - offsets[0]} bytes do not hold {dtype}{shape}")
@@ -86,15 +89,26 @@ def check_safetensors(path: str | Path) -> dict:
     for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
         if begin_b < end_a:
             raise UnsafeFile(field, f"tensors {a!r} and {b!r} overlap")
+    covered = 0
+    for begin, end, name in spans:
+        if begin != covered:
+            raise UnsafeFile(field, f"tensor {name!r} starts at byte {begin}, not {covered}: the data has a gap")
+        covered = end
+    if covered != data_size:
+        raise UnsafeFile(field, f"tensors cover {covered} of the {data_size} data bytes: the data has a gap")
     return header
 
 
 def load_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Check a file, then load it; tensors with NaN or inf are refused."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     check_safetensors(path)
-    state = load_file(str(path), device=device)
+    try:
+        state = load_file(str(path), device=device)
+    except SafetensorError as e:  # a rule we do not check yet: still one clear line, never a traceback
+        raise UnsafeFile(str(path), f"is not a valid safetensors file ({e})") from None
     check_finite(state, str(path))
     return state
 

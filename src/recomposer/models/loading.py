@@ -86,6 +86,7 @@ def load_diffusers_dir(path: str | Path, device: torch.device, dtype: torch.dtyp
 def load_single_file(path: str | Path, config: str | Path, device: torch.device, dtype: torch.dtype) -> Backbone:
     """An original-layout SD checkpoint in one .safetensors file, with configs from a local directory."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     path, config = Path(path), Path(config)
     check_safetensors(path)  # by content: a pickle named .safetensors stops here
@@ -95,8 +96,17 @@ def load_single_file(path: str | Path, config: str | Path, device: torch.device,
         pipe = StableDiffusionPipeline.from_single_file(
             str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
             safety_checker=None, requires_safety_checker=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ModelError("model", f"{path} could not be loaded with the configs in {config}: {_first_line(e)}") from None
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as e:
+        reason = _first_line(e)
+        if "meta tensor" in reason:  # diffusers could not place a weight it never got: the checkpoint lacks it
+            reason = "weights the configs call for are missing from the checkpoint"
+        raise ModelError("model", f"{path} could not be loaded with the configs in {config}: {reason}") from None
+    for name in ("unet", "vae", "text_encoder"):  # diffusers leaves weights the file lacks on the meta device
+        module = getattr(pipe, name)
+        missing = [k for k, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
+        if missing:
+            raise ModelError("model", f"{path} lacks {len(missing)} {name} weights that the configs in {config} "
+                                      f"call for, e.g. {missing[0]!r}")
     source = ModelSource("single-file", str(path), str(config))
     backbone = _assemble(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config), source)
     return backbone.to(device, dtype)

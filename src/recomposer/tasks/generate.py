@@ -121,8 +121,9 @@ def generate(backbone: Backbone, request: GenerateRequest, image: Image.Image | 
     images = to_pil(pixels)
     base = provenance_base(b, request, image, mask)
     floats = (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
-    return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k,
-                                             "params": {**base["params"], "seed": request.seed + k, "batch": 1}})
+    # params keep the whole batch: a batch equals its singles to ~1e-6, yet one 8-bit level can flip,
+    # so recall replays the batch and takes image ``batch_index`` to get the very same pixels.
+    return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k})
             for k, im in enumerate(images)]
 
 

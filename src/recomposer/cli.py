@@ -1,0 +1,241 @@
+"""The ``recomposer`` command.
+
+Every user error is one line on stderr (``error: FIELD: what is allowed``) and a non-zero exit,
+with no traceback and no output file. Results are PNGs carrying their provenance, which
+``recomposer recall`` turns back into the same pixels.
+"""
+
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import Cancelled, InvalidParameter, RecomposerError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Decompose images into conditions; recompose any mix into new images.")
+
+Model = Annotated[Optional[str], typer.Option("--model", help="Diffusers model directory, or a .safetensors file "
+                                                               "(with --config). Default: the bundled model.")]
+Config = Annotated[Optional[str], typer.Option("--config", help="Diffusers-format directory with the configs "
+                                                                 "for a single-file checkpoint.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="fp32, fp16 (GPU) or bf16.")]
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    negative: Annotated[str, typer.Option("--negative", "-n", help="Negative prompt.")] = "",
+    model: Model = None,
+    config: Config = None,
+    scheduler: Annotated[str, typer.Option(help="ddim, ddpm, pndm, euler, euler_a, heun, dpmpp_2m, "
+                                                "dpmpp_2m_karras, unipc.")] = "dpmpp_2m",
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale, 0 to 100.")] = 7.5,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the first image (image k uses seed + k); "
+                                                     "default: random, recorded in the PNG.")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Image width (multiple of the VAE factor).")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Image height (multiple of the VAE factor).")] = None,
+    batch: Annotated[int, typer.Option(help="Number of images.")] = 1,
+    image: Annotated[Optional[Path], typer.Option(help="Start image (img2img; inpainting with --mask).")] = None,
+    strength: Annotated[Optional[float], typer.Option(help="Share of the schedule re-run on --image, (0, 1].")] = None,
+    mask: Annotated[Optional[Path], typer.Option(help="Inpainting mask, white = repaint; same size as --image.")] = None,
+    device: Device = "auto",
+    dtype: Dtype = "fp32",
+    output: Annotated[Path, typer.Option("--output", "-o", help="A .png file, or a folder for numbered files.")]
+    = Path("outputs"),
+) -> None:
+    """Generate images from a prompt (text-to-image, img2img, inpainting)."""
+    from .tasks.generate import GenerateRequest
+
+    request = GenerateRequest(prompt=prompt, negative=negative, scheduler=scheduler, steps=steps, guidance=guidance,
+                              seed=secrets.randbelow(2**32) if seed is None else seed, batch=batch, width=width,
+                              height=height, strength=strength)
+    request.check()  # before loading anything
+    results = _run_generate(request, model, config, device, dtype, image, mask)
+    for path in _save(results, output):
+        typer.echo(str(path))
+
+
+@app.command()
+def recall(
+    png: Annotated[Path, typer.Argument(help="A PNG made by recomposer.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the reproduction "
+                                                                          "(default: beside it, -recall.png).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Override the recorded device.")] = None,
+) -> None:
+    """Re-run a PNG's recorded provenance and check the pixels come out the same."""
+    import numpy as np
+    from PIL import Image
+
+    from .provenance import read_provenance
+    from .tasks.generate import GenerateRequest
+
+    record = read_provenance(png)
+    if record.get("task") != "generate":
+        raise RecomposerError("image", f"records task {record.get('task')!r}; this recomposer recalls: generate")
+    request = GenerateRequest(**record["params"])
+    inputs = record.get("inputs", {})
+    m = record["model"]
+    if m["kind"] == "memory":
+        raise RecomposerError("image", "was made with a model built in memory; it cannot be reloaded")
+    results = _run_generate(request, m["path"] if m["kind"] != "bundled" else None, m["config"],
+                            device or m["device"], m["dtype"],
+                            _recorded_input(inputs, "image"), _recorded_input(inputs, "mask"),
+                            expect_sha256=m["sha256"], expect_inputs=inputs)
+    result = results[record["batch_index"]]
+    target = output or png.with_name(png.stem + "-recall.png")
+    (path,) = _save([result], target)
+    same = np.array_equal(np.asarray(Image.open(png).convert("RGB")), np.asarray(result.image))
+    typer.echo(f"{path}\n{'identical pixels' if same else 'pixels DIFFER from the original'}")
+    if not same:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo model and images.")]
+    = Path("demo-out"),
+) -> None:
+    """Save a tiny random SD-shaped model, generate from it, and recall one result.
+
+    Until the bundled shapes-world model lands, this shows the machinery end to end on random
+    weights: the pictures are noise-like, the provenance and reproduction are real.
+    """
+    from .models.tiny import save_diffusers_dir, tiny_sd
+
+    model_dir = output / "tiny-sd"
+    if not (model_dir / "model_index.json").is_file():
+        save_diffusers_dir(tiny_sd(), model_dir)
+    typer.echo(f"model: {model_dir} (tiny, random weights: expect noise-like pictures)")
+    generate("a red circle above a blue square", negative="", model=str(model_dir), config=None,
+             scheduler="euler_a", steps=20, guidance=7.5, seed=1, width=64, height=64, batch=2, image=None,
+             strength=None, mask=None, device="cpu", dtype="fp32", output=output / "images")
+    recall(output / "images" / "1.png", output=output / "images" / "1-recall.png", device=None)
+
+
+def _not_yet(command: str, issue: str) -> None:
+    @app.command(command, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                 help=f"Not available yet (arrives with {issue}).")
+    def stub(ctx: typer.Context) -> None:
+        raise RecomposerError(command, f"`recomposer {command}` is not available yet; it arrives with {issue}")
+
+
+_not_yet("decompose", "the decomposition issue")
+_not_yet("world", "the shapes-world issue")
+_not_yet("train", "the bundled-model issue")
+_not_yet("bench", "the benchmark issue")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _run_generate(request, model, config, device, dtype, image_path, mask_path, expect_sha256=None,
+                  expect_inputs=None):
+    """Open inputs, load the model, check everything, then run with a progress bar."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .io.images import open_image, open_mask
+    from .models.device import resolve_device, resolve_dtype
+    from .models.loading import load_bundled, load_model
+    from .tasks.generate import generate as run, pixel_hash, resolve
+
+    image = open_image(image_path, "image") if image_path is not None else None
+    mask = open_mask(mask_path, image.size, "mask") if mask_path is not None and image is not None else None
+    if mask_path is not None and image is None:
+        raise InvalidParameter("mask", "given together with --image", str(mask_path))
+    if expect_inputs and image is not None and pixel_hash(image) != expect_inputs["image"]["sha256"]:
+        raise RecomposerError("image", f"{image_path} is not the start image that was recorded (pixels differ)")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    backbone = load_bundled(torch_device, torch_dtype) if model is None else load_model(
+        model, torch_device, torch_dtype, config)
+    if expect_sha256 is not None and backbone.identity() != expect_sha256:
+        raise RecomposerError("model", "weights differ from those that made this image (sha256 mismatch)")
+    request = resolve(backbone, request, image, mask)  # every check before the first UNet call
+    with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("sampling", total=None)
+
+        def progress(step, x):
+            bar.update(task, total=step.count, completed=step.index + 1)
+
+        results = run(backbone, request, image=image, mask=mask, callback=progress)
+    for r in results:
+        r.provenance["inputs"] = {k: {**v, "path": str(Path(p).resolve())}
+                                  for (k, v), p in zip(r.provenance["inputs"].items(),
+                                                       [q for q in (image_path, mask_path) if q is not None])}
+    return results
+
+
+def _recorded_input(inputs: dict, name: str) -> Optional[Path]:
+    if name not in inputs:
+        return None
+    path = Path(inputs[name]["path"])
+    if not path.is_file():
+        raise RecomposerError(name, f"the recorded {name} {path} is gone; recall needs it")
+    return path
+
+
+def _save(results, output: Path) -> list[Path]:
+    """A .png path for one image (stem-k.png for several), or a folder of seed-named files never overwritten."""
+    from .provenance import write_png
+
+    if output.suffix.lower() == ".png":
+        output.parent.mkdir(parents=True, exist_ok=True)
+        paths = [output] if len(results) == 1 else [output.with_name(f"{output.stem}-{k}.png")
+                                                   for k in range(len(results))]
+    else:
+        output.mkdir(parents=True, exist_ok=True)
+        paths = [_free_name(output, str(r.seed)) for r in results]
+    return [write_png(path, r.image, r.provenance) for path, r in zip(paths, results)]
+
+
+def _free_name(folder: Path, stem: str) -> Path:
+    path, n = folder / f"{stem}.png", 1
+    while path.exists():
+        path, n = folder / f"{stem}-{n}.png", n + 1
+    return path
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns (and, as a script, exits with) the exit code."""
+    _quiet_libraries()
+    try:
+        app(args=argv, prog_name="recomposer", standalone_mode=False)
+        return 0
+    except RecomposerError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except Cancelled as e:
+        typer.echo(f"cancelled: {e}", err=True)
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("cancelled", err=True)
+        return 130
+    except typer.TyperException as e:  # usage errors: unknown option, a value that does not parse
+        typer.echo(f"error: {e.format_message() if hasattr(e, 'format_message') else e}", err=True)
+        return getattr(e, "exit_code", 2)
+
+
+def script() -> None:
+    sys.exit(main())
