@@ -1,0 +1,190 @@
+"""Guidance rules over condition sets and the one loop: batching, windows, hooks, callbacks, cancellation."""
+
+import pytest
+import torch
+
+from recomposer.conditions import Caption, ConditionSet
+from recomposer.denoiser import BackboneDenoiser
+from recomposer.errors import Cancelled, InvalidParameter, NonFiniteResult
+from recomposer.guidance import GuidancePlan, Term, cfg, composer, guided
+from recomposer.models.tiny import tiny_sd
+from recomposer.sampling import sample
+from recomposer.schedulers import make_scheduler
+from recomposer.tasks.generate import GenerateRequest, generate
+
+P = ConditionSet.of(Caption("a red circle"))
+Q = ConditionSet.of(Caption("a blue square"))
+EMPTY = ConditionSet()
+
+
+class CountingDenoiser(BackboneDenoiser):
+    """Records the batch size of every forward."""
+
+    def __init__(self, backbone):
+        super().__init__(backbone)
+        self.batches = []
+
+    def __call__(self, x, t, inputs):
+        self.batches.append(x.shape[0])
+        return super().__call__(x, t, inputs)
+
+
+def x_and_t(backbone, batch=2, seed=0):
+    x = torch.randn(batch, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
+    return x, torch.tensor(500)
+
+
+def separate(denoiser, conds, x, t, batch):
+    return denoiser(x, t, denoiser.encode(conds).repeat(batch))
+
+
+def test_cfg_equals_its_formula_from_separate_forwards(tiny):
+    d = BackboneDenoiser(tiny)
+    x, t = x_and_t(tiny)
+    expected = separate(d, EMPTY, x, t, 2) + 7.0 * (separate(d, P, x, t, 2) - separate(d, EMPTY, x, t, 2))
+    assert torch.allclose(guided(d, cfg(P, 7.0), 2)(x, t, 0, 10), expected, atol=1e-5)
+
+
+def test_null_conditions_equal_the_empty_caption(tiny):
+    """A set without a caption is the null caption: the same as an explicit empty string."""
+    d = BackboneDenoiser(tiny)
+    x, t = x_and_t(tiny)
+    assert torch.equal(separate(d, EMPTY, x, t, 2), separate(d, ConditionSet.of(Caption("")), x, t, 2))
+    assert torch.equal(guided(d, cfg(P, 3.0), 2)(x, t, 0, 5), guided(d, cfg(P, 3.0, ConditionSet.of(Caption(""))), 2)(x, t, 0, 5))
+
+
+def test_composer_rule_strengthens_c1_against_c2(tiny):
+    d = BackboneDenoiser(tiny)
+    x, t = x_and_t(tiny)
+    e1, e2 = separate(d, P, x, t, 2), separate(d, Q, x, t, 2)
+    assert torch.allclose(guided(d, composer(P, Q, 3.0), 2)(x, t, 0, 10), e2 + 3.0 * (e1 - e2), atol=1e-5)
+
+
+def test_three_terms_run_in_one_batched_forward(tiny):
+    d = CountingDenoiser(tiny)
+    x, t = x_and_t(tiny, batch=2)
+    r = ConditionSet.of(Caption("a star"))
+    plan = GuidancePlan(EMPTY, (Term(P, 2.0), Term(Q, 1.5), Term(r, 0.5)))
+    out = guided(d, plan, 2)(x, t, 0, 10)
+    assert d.batches == [8]  # (base + 3 terms) x batch 2, one forward
+    e0, e1, e2, e3 = (separate(d, c, x, t, 2) for c in (EMPTY, P, Q, r))
+    assert torch.allclose(out, e0 + 2.0 * (e1 - e0) + 1.5 * (e2 - e0) + 0.5 * (e3 - e0), atol=1e-5)
+
+
+def test_term_windows_switch_terms_on_and_off(tiny):
+    d = CountingDenoiser(tiny)
+    x, t = x_and_t(tiny, batch=1)
+    plan = GuidancePlan(EMPTY, (Term(P, 2.0, 0.0, 0.5), Term(Q, 3.0, 0.5, 1.0)))
+    denoise = guided(d, plan, 1)
+    e0, e1, e2 = (separate(d, c, x, t, 1) for c in (EMPTY, P, Q))
+    assert torch.allclose(denoise(x, t, 0, 10), e0 + 2.0 * (e1 - e0), atol=1e-5)  # step 0: only P
+    assert torch.allclose(denoise(x, t, 4, 10), e0 + 2.0 * (e1 - e0), atol=1e-5)  # (4+1)/10 <= 0.5
+    assert torch.allclose(denoise(x, t, 5, 10), e0 + 3.0 * (e2 - e0), atol=1e-5)  # step 5: only Q
+    assert [Term(P, 1.0, 0.2, 0.6).active(i, 10) for i in range(10)] == [False, False, True, True, True, True,
+                                                                           False, False, False, False]
+
+
+def test_scale_one_alone_skips_the_base_forward(tiny):
+    d = CountingDenoiser(tiny)
+    x, t = x_and_t(tiny, batch=3)
+    out = guided(d, cfg(P, 1.0), 3)(x, t, 0, 10)
+    assert d.batches == [3]
+    assert torch.allclose(out, separate(d, P, x, t, 3), atol=1e-6)
+
+
+@pytest.mark.parametrize("scale,start,end", [(-1.0, 0.0, 1.0), (float("nan"), 0.0, 1.0), (float("inf"), 0, 1),
+                                             (1.0, 0.6, 0.4), (1.0, -0.1, 1.0), (1.0, 0.0, 1.5)])
+def test_invalid_terms_name_the_field(scale, start, end):
+    with pytest.raises(InvalidParameter, match="^guidance"):
+        Term(P, scale, start, end)
+
+
+def test_unknown_condition_kind_is_refused(tiny):
+    from dataclasses import dataclass
+
+    from recomposer.conditions import Condition
+
+    @dataclass(frozen=True)
+    class Depth(Condition):
+        kind = "depth"
+
+    with pytest.raises(InvalidParameter, match="conditions"):
+        BackboneDenoiser(tiny).encode(ConditionSet.of(Caption("x"), Depth()))
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "ddim", "dpmpp_2m"])
+def test_batch_equals_singles(tiny, scheduler):
+    request = GenerateRequest("a heart", negative="noise", scheduler=scheduler, steps=5, guidance=5.0, seed=20,
+                              batch=3)
+    batch = generate(tiny, request)
+    for k in range(3):
+        (single,) = generate(tiny, GenerateRequest(**{**request.__dict__, "seed": 20 + k, "batch": 1}))
+        assert torch.allclose(batch[k].pixels, single.pixels, atol=1e-4)
+        assert batch[k].seed == 20 + k
+
+
+def test_img2img_batch_equals_singles(tiny, photo):
+    request = GenerateRequest("x", scheduler="euler_a", steps=6, seed=4, batch=2, strength=0.5)
+    batch = generate(tiny, request, image=photo)
+    for k in range(2):
+        (single,) = generate(tiny, GenerateRequest(**{**request.__dict__, "seed": 4 + k, "batch": 1}), image=photo)
+        assert torch.allclose(batch[k].pixels, single.pixels, atol=1e-4)
+
+
+def test_callbacks_see_every_step_in_order(tiny, photo):
+    seen = []
+    generate(tiny, GenerateRequest("x", steps=10, strength=0.5), image=photo,
+             callback=lambda step, x: seen.append((step.index, step.count, step.position, tuple(x.shape))))
+    assert [s[0] for s in seen] == list(range(5))
+    assert {s[1] for s in seen} == {5} and [s[2] for s in seen] == list(range(5, 10))
+    assert seen[0][3] == (1, 4, 16, 16)
+
+
+def test_cancellation_stops_between_steps(tiny):
+    d = CountingDenoiser(tiny)
+    scheduler = make_scheduler("euler", tiny.scheduler_config)
+    scheduler.set_timesteps(10)
+    done = []
+    with pytest.raises(Cancelled):
+        sample(guided(d, cfg(P, 5.0), 1), scheduler, torch.randn(1, 4, 16, 16), [torch.Generator()],
+               callback=lambda step, x: done.append(step.index), cancel=lambda: len(done) >= 3)
+    assert done == [0, 1, 2] and len(d.batches) == 3
+
+
+def test_4_channel_inpainting_keeps_the_known_region(tiny, photo):
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :, 16:] = 1
+    seen = []
+    out = generate(tiny, GenerateRequest("x", scheduler="ddim", steps=6, seed=1), image=photo, mask=mask,
+                   callback=lambda step, x: seen.append(x))
+    plain = generate(tiny, GenerateRequest("x", scheduler="ddim", steps=6, seed=1, strength=1.0), image=photo)
+    last = seen[-1]
+    known = tiny.encode_image(__import__("recomposer.io.images", fromlist=["to_tensor"]).to_tensor(photo))
+    known = known.sample(torch.Generator().manual_seed(1)) * tiny.vae.config.scaling_factor
+    assert torch.allclose(last[..., :8], known[..., :8], atol=1e-6)  # latent columns outside the mask
+    assert not torch.allclose(out[0].pixels, plain[0].pixels)
+
+
+def test_9_channel_inpainting_unet_hears_the_mask():
+    backbone = tiny_sd(seed=2, in_channels=9)
+    from recomposer.io.images import to_pil
+
+    image = to_pil(torch.zeros(1, 3, 32, 32))[0]
+    a, b = torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32)
+    a[..., :16, :] = 1
+    b[..., 16:, :] = 1
+    request = GenerateRequest("x", scheduler="ddim", steps=3, seed=0)
+    out_a = generate(backbone, request, image=image, mask=a)[0].pixels
+    out_b = generate(backbone, request, image=image, mask=b)[0].pixels
+    assert not torch.allclose(out_a, out_b)
+    with pytest.raises(InvalidParameter, match="^mask"):
+        generate(backbone, request)
+
+
+def test_nan_latents_are_an_error_not_an_image(tiny, monkeypatch):
+    def broken(self, x, t, inputs):
+        return torch.full_like(x[:, :4], float("nan"))
+
+    monkeypatch.setattr(BackboneDenoiser, "__call__", broken)
+    with pytest.raises(NonFiniteResult, match="^latents"):
+        generate(tiny, GenerateRequest("x", steps=2))
