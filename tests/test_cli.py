@@ -1,0 +1,142 @@
+"""The `recomposer` command: round trips with recall, provenance, and one clear line for every bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recomposer.cli import main
+from recomposer.provenance import read_provenance
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_writes_provenance_and_recall_reproduces(tiny_dir, tmp_path, capsys):
+    code, out, err = run(capsys, "generate", "a red circle", "--model", tiny_dir, "--scheduler", "euler_a",
+                         "--steps", 4, "--seed", 9, "--batch", 2, "--width", 32, "--height", 40, "-o", tmp_path)
+    assert code == 0, err
+    paths = out.split()
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["9.png", "10.png"]
+    record = read_provenance(paths[1])
+    assert record["seed"] == 10 and record["batch_index"] == 1
+    assert record["params"] | {} == {**record["params"], "prompt": "a red circle", "steps": 4, "width": 32,
+                                     "height": 40, "scheduler": "euler_a", "guidance": 7.5, "batch": 2}
+    assert record["model"]["kind"] == "diffusers-dir" and len(record["model"]["sha256"]) == 64
+    assert {"torch", "diffusers", "transformers", "recomposer"} <= record["versions"].keys()
+    a1111 = Image.open(paths[1]).text["parameters"]
+    assert a1111.startswith("a red circle\n") and "Sampler: Euler a" in a1111 and "Seed: 10" in a1111
+    code, out, err = run(capsys, "recall", paths[1], "-o", tmp_path / "again.png")
+    assert code == 0 and "identical pixels" in out, err
+    assert np.array_equal(np.asarray(Image.open(paths[1])), np.asarray(Image.open(tmp_path / "again.png")))
+
+
+def test_img2img_and_inpainting_round_trip(tiny_dir, photo, tmp_path, capsys):
+    photo.save(tmp_path / "in.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    code, out, err = run(capsys, "generate", "x", "--model", tiny_dir, "--steps", 4, "--seed", 1,
+                         "--image", tmp_path / "in.png", "--mask", tmp_path / "mask.png", "-o", tmp_path / "o.png")
+    assert code == 0, err
+    record = read_provenance(tmp_path / "o.png")
+    assert record["params"]["strength"] == 1.0 and record["inputs"]["mask"]["path"].endswith("mask.png")
+    code, out, err = run(capsys, "recall", tmp_path / "o.png")
+    assert code == 0 and "identical pixels" in out, err
+    # a changed start image is noticed, not silently used
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in.png")
+    code, out, err = run(capsys, "recall", tmp_path / "o.png")
+    assert code == 2 and err.startswith("error: image:")
+
+
+def test_existing_files_in_an_output_folder_are_never_overwritten(tiny_dir, tmp_path, capsys):
+    for _ in range(2):
+        assert run(capsys, "generate", "x", "--model", tiny_dir, "--steps", 2, "--seed", 3, "-o", tmp_path)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3-1.png", "3.png"]
+
+
+BAD = [
+    (["--steps", "0"], "steps"),
+    (["--steps", "abc"], "--steps"),
+    (["--guidance", "nan"], "guidance"),
+    (["--guidance", "inf"], "guidance"),
+    (["--guidance", "-1"], "guidance"),
+    (["--width", "33"], "width"),
+    (["--height", "4"], "height"),
+    (["--batch", "0"], "batch"),
+    (["--seed", "-1"], "seed"),
+    (["--scheduler", "lms_fancy"], "scheduler"),
+    (["--strength", "0.5"], "strength"),  # without an image
+    (["--image", "PHOTO", "--strength", "1.5"], "strength"),
+    (["--image", "PHOTO", "--strength", "0.01"], "strength"),  # less than one step
+    (["--image", "PHOTO", "--width", "64"], "width"),
+    (["--image", "PHOTO", "--mask", "BIGMASK"], "mask"),
+    (["--mask", "BIGMASK"], "mask"),
+    (["--image", "EMPTY"], "image"),
+    (["--image", "TEXT"], "image"),
+    (["--device", "cuda:7"], "device"),
+    (["--dtype", "fp8"], "dtype"),
+    (["--dtype", "fp16", "--device", "cpu"], "dtype"),
+]
+
+
+@pytest.mark.parametrize("args,field", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_naming_the_field_and_writes_nothing(tiny_dir, photo, tmp_path, capsys, args, field):
+    photo.save(tmp_path / "photo.png")
+    Image.new("L", (64, 64), 255).save(tmp_path / "big.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    names = {"PHOTO": "photo.png", "BIGMASK": "big.png", "EMPTY": "empty.png", "TEXT": "text.png"}
+    args = [str(tmp_path / names[a]) if a in names else a for a in args]
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, "generate", "x", "--model", tiny_dir, "--steps", "10", *args, "-o", out_dir)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0], err
+    assert "Traceback" not in err
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("problem", ["missing", "incomplete", "pickle"])
+def test_bad_model_directories_are_refused(tiny_dir, tmp_path, capsys, problem):
+    import shutil
+
+    model = tmp_path / "model"
+    if problem != "missing":
+        shutil.copytree(tiny_dir, model)
+    if problem == "incomplete":
+        shutil.rmtree(model / "vae")
+    if problem == "pickle":
+        weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+        weights.unlink()
+        (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
+    code, out, err = run(capsys, "generate", "x", "--model", model, "-o", tmp_path / "out")
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_later_commands_say_they_are_not_available_yet(capsys):
+    for command in ("decompose", "world", "train", "bench"):
+        code, out, err = run(capsys, command, "anything", "--flag")
+        assert code == 2 and "not available yet" in err and out == ""
+
+
+def test_the_installed_command_prints_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "recomposer", "generate", "x", "--steps", "0", "-o", tmp_path],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: steps: must be an integer in [1, 1000] (got 0)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "-o", tmp_path)
+    assert code == 0, err
+    assert "identical pixels" in out
+    assert json.loads(Image.open(tmp_path / "images" / "2.png").text["recomposer"])["seed"] == 2
