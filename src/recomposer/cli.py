@@ -165,10 +165,10 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
             bar.update(task, total=step.count, completed=step.index + 1)
 
         results = run(backbone, request, image=image, mask=mask, callback=progress)
-    for r in results:
-        r.provenance["inputs"] = {k: {**v, "path": str(Path(p).resolve())}
-                                  for (k, v), p in zip(r.provenance["inputs"].items(),
-                                                       [q for q in (image_path, mask_path) if q is not None])}
+    paths = {"image": image_path, "mask": mask_path}
+    for r in results:  # recall finds its inputs again by path, and checks them by hash
+        r.provenance["inputs"] = {k: {**v, "path": str(Path(paths[k]).resolve())}
+                                  for k, v in r.provenance["inputs"].items()}
     return results
 
 

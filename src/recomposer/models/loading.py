@@ -79,6 +79,8 @@ def load_diffusers_dir(path: str | Path, device: torch.device, dtype: torch.dtyp
         raise ModelError("model", f"{root} could not be loaded: {_first_line(e)}") from None
     for name, info in (("unet", unet_info), ("vae", vae_info), ("text_encoder", text_info)):
         _check_loading_info(root / name, info)
+    if any(k.startswith("pooler.") for k in text_info.get("missing_keys", [])):
+        text_encoder.pooler = None  # never used, and randomly initialised weights would change our identity hash
     backbone = _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, ModelSource("diffusers-dir", str(root)))
     return backbone.to(device, dtype)
 
@@ -130,7 +132,8 @@ def _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, source) -> B
 
 
 def _check_loading_info(folder: Path, info: dict) -> None:
-    missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+    # position_ids are rebuilt buffers; a BERT pooler's output is never used (we take token states).
+    missing = [k for k in info.get("missing_keys", []) if not (k.endswith("position_ids") or k.startswith("pooler."))]
     mismatched = info.get("mismatched_keys", [])
     if missing:
         raise ModelError("model", f"{folder} lacks {len(missing)} weights, e.g. {missing[0]!r}")
