@@ -136,7 +136,9 @@ _not_yet("bench", "the benchmark issue")
 def _run_generate(request, model, config, device, dtype, image_path, mask_path, expect_sha256=None,
                   expect_inputs=None):
     """Open inputs, load the model, check everything, then run with a progress bar."""
-    import torch
+    from contextlib import nullcontext
+
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .io.images import open_image, open_mask
@@ -152,8 +154,9 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
         raise RecomposerError("image", f"{image_path} is not the start image that was recorded (pixels differ)")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    backbone = load_bundled(torch_device, torch_dtype) if model is None else load_model(
-        model, torch_device, torch_dtype, config)
+    with Console(stderr=True).status("loading model") if sys.stderr.isatty() else nullcontext():
+        backbone = load_bundled(torch_device, torch_dtype) if model is None else load_model(
+            model, torch_device, torch_dtype, config)
     if expect_sha256 is not None and backbone.identity() != expect_sha256:
         raise RecomposerError("model", "weights differ from those that made this image (sha256 mismatch)")
     request = resolve(backbone, request, image, mask)  # every check before the first UNet call

@@ -28,14 +28,14 @@ _MAX_HEADER = 100 * 2**20  # the safetensors library's own limit
 
 def sniff(head: bytes) -> str:
     """Name the format of a file from its first bytes: 'safetensors', 'pickle', 'zip' or 'unknown'."""
+    if len(head) >= 9:  # first: a header length of 0x280, 0x380, ... also starts with the pickle PROTO bytes
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= _MAX_HEADER and head[8:9] == b"{":
+            return "safetensors"  # only ever parsed as JSON, so a pickle taken for one is still never unpickled
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"  # PROTO opcode: every pickle since protocol 2 starts with it
     if head[:4] == b"PK\x03\x04":
         return "zip"  # torch.save's default container (holds data.pkl)
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if 2 <= n <= _MAX_HEADER and head[8:9] == b"{":
-            return "safetensors"
     return "unknown"
 
 
