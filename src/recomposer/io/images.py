@@ -50,7 +50,7 @@ def open_image(source: str | Path | bytes, field: str = "image") -> Image.Image:
     except UnidentifiedImageError:
         raise BadImage(field, "is not an image in an allowed format (" + ", ".join(ALLOWED_FORMATS) + ")") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(field, f"has more pixels than the cap of {MAX_PIXELS} (a decompression bomb?)") from None
+        raise BadImage(field, f"has too many pixels, over the cap of {MAX_PIXELS} (a decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, struct.error) as e:
         raise BadImage(field, f"is truncated or corrupt ({e})") from None
     return _to_rgb(im, field)

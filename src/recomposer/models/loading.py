@@ -72,10 +72,12 @@ def load_diffusers_dir(path: str | Path, device: torch.device, dtype: torch.dtyp
     try:
         unet, unet_info = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=dtype, **common)
         vae, vae_info = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype, **common)
-        text_encoder, text_info = AutoModel.from_pretrained(root / "text_encoder", dtype=dtype, **common)
+        # ignore_mismatched_sizes: report wrong shapes through the loading info (checked below), not a raw error
+        text_encoder, text_info = AutoModel.from_pretrained(root / "text_encoder", dtype=dtype,
+                                                            ignore_mismatched_sizes=True, **common)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
         scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as e:
         raise ModelError("model", f"{root} could not be loaded: {_first_line(e)}") from None
     for name, info in (("unet", unet_info), ("vae", vae_info), ("text_encoder", text_info)):
         _check_loading_info(root / name, info)
@@ -134,7 +136,8 @@ def _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, source) -> B
 def _check_loading_info(folder: Path, info: dict) -> None:
     # position_ids are rebuilt buffers; a BERT pooler's output is never used (we take token states).
     missing = [k for k in info.get("missing_keys", []) if not (k.endswith("position_ids") or k.startswith("pooler."))]
-    mismatched = info.get("mismatched_keys", [])
+    # diffusers lists names; transformers a set of (name, checkpoint shape, model shape)
+    mismatched = sorted(k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", []))
     if missing:
         raise ModelError("model", f"{folder} lacks {len(missing)} weights, e.g. {missing[0]!r}")
     if mismatched:
