@@ -86,14 +86,13 @@ def check_safetensors(path: str | Path) -> dict:
             raise UnsafeFile(field, f"tensor {name!r}: {offsets[1] - offsets[0]} bytes do not hold {dtype}{shape}")
         spans.append((offsets[0], offsets[1], name))
     spans.sort()
-    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
-        if begin_b < end_a:
-            raise UnsafeFile(field, f"tensors {a!r} and {b!r} overlap")
-    covered = 0
-    for begin, end, name in spans:
-        if begin != covered:
+    covered, previous = 0, None
+    for begin, end, name in spans:  # sorted spans must tile the data: no overlap, no gap
+        if begin < covered:
+            raise UnsafeFile(field, f"tensors {previous!r} and {name!r} overlap")
+        if begin > covered:
             raise UnsafeFile(field, f"tensor {name!r} starts at byte {begin}, not {covered}: the data has a gap")
-        covered = end
+        covered, previous = end, name
     if covered != data_size:
         raise UnsafeFile(field, f"tensors cover {covered} of the {data_size} data bytes: the data has a gap")
     return header
