@@ -2,12 +2,12 @@
 
 1. per-image time: recomposer's generate vs diffusers' StableDiffusionPipeline, same components,
    prompt, scheduler, steps, guidance, size and seed (runs interleaved, median of --repeats);
-2. the loop vs the raw UNet forwards it performs: the UNet calls of one run are recorded and
-   replayed back to back with the same tensors; overhead = loop time / replay time - 1;
+2. the loop vs the raw UNet forwards it performs: each run's time inside UNet.forward is summed;
+   overhead = loop time / that sum - 1 (median over runs);
 3. multi-term guidance (base + 2 terms = 3 condition sets) vs one raw batch-3 UNet forward,
    and base + 3 terms vs a raw batch-4 forward.
 
-    python benchmarks/loop_overhead.py [--size 64] [--steps 20] [--repeats 7] [--threads 1] [--json out.json]
+    python benchmarks/loop_overhead.py [--size 64] [--steps 20] [--repeats 11] [--threads 1] [--json out.json]
 
 Tiny SD-shaped components with random weights (compute is what matters, not the picture).
 """
@@ -33,7 +33,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -64,48 +64,46 @@ def main():
 
     def theirs():
         pipe(request.prompt, negative_prompt=request.negative, num_inference_steps=args.steps, guidance_scale=7.5,
-             width=args.size, height=args.size, generator=[torch.Generator().manual_seed(0)], output_type="pt")
+             width=args.size, height=args.size, generator=[torch.Generator().manual_seed(0)], output_type="pil")
 
     with torch.no_grad():
         ours(), theirs()  # warm-up
         ours_t, theirs_t = [], []
-        for _ in range(args.repeats):  # interleaved so drift hits both sides alike
-            ours_t.append(median_time(ours, 1))
-            theirs_t.append(median_time(theirs, 1))
+        for i in range(args.repeats):  # interleaved, alternating who goes first, so drift hits both alike
+            pairs = [(ours, ours_t), (theirs, theirs_t)]
+            for fn, times in pairs if i % 2 else pairs[::-1]:
+                times.append(median_time(fn, 1))
         per_image = statistics.median(ours_t) / statistics.median(theirs_t)
 
-        # 2. the loop vs replaying its raw UNet forwards
+        # 2. the loop vs the raw UNet forwards it performs, timed inside the same runs
         denoiser = BackboneDenoiser(b)
-        calls = []
         unet_forward = b.unet.forward
+        in_unet = []
 
-        def recording(*a, **k):
-            calls.append((a, k))
-            return unet_forward(*a, **k)
+        def timed_forward(*a, **k):
+            t0 = time.perf_counter()
+            out = unet_forward(*a, **k)
+            in_unet[-1] += time.perf_counter() - t0
+            return out
 
-        def loop_only(record=False):
+        denoise = guided(denoiser, cfg(ConditionSet.of(Caption(request.prompt)), 7.5,
+                                       ConditionSet.of(Caption(request.negative))), 1)
+
+        def loop_only():
             scheduler = make_scheduler("euler", b.scheduler_config)
             scheduler.set_timesteps(args.steps)
             gens = [torch.Generator().manual_seed(0)]
             x = noise((1, 4, args.size // b.vae_factor, args.size // b.vae_factor), gens, b.device, b.dtype)
             return sample(denoise, scheduler, x * scheduler.init_noise_sigma, gens)
 
-        denoise = guided(denoiser, cfg(ConditionSet.of(Caption(request.prompt)), 7.5,
-                                       ConditionSet.of(Caption(request.negative))), 1)
-        b.unet.forward = recording
-        loop_only()
-        b.unet.forward = unet_forward
-        recorded = list(calls)
-
-        def replay():
-            for a, k in recorded:
-                unet_forward(*a, **k)
-
-        loop_t, replay_t = [], []
+        b.unet.forward = timed_forward
+        loop_t = []
         for _ in range(args.repeats):
+            in_unet.append(0.0)
             loop_t.append(median_time(loop_only, 1))
-            replay_t.append(median_time(replay, 1))
-        overhead = statistics.median(loop_t) / statistics.median(replay_t) - 1
+        b.unet.forward = unet_forward
+        overhead = statistics.median(t / u for t, u in zip(loop_t, in_unet)) - 1
+        replay_t = in_unet
 
         # 3. multi-term guidance vs one raw batched forward
         sets = [ConditionSet.of(Caption(p)) for p in ("a red circle", "a blue square", "a star")]

@@ -5,6 +5,7 @@ hash, library versions, seed) and ``parameters`` (the AUTOMATIC1111 line format 
 PNGs are written all-or-nothing: temp file in the same folder, fsync, rename.
 """
 
+import functools
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ CHUNK = "recomposer"
 FORMAT = 1
 
 
+@functools.cache
 def library_versions() -> dict:
     names = ("recomposer", "torch", "diffusers", "transformers", "numpy", "pillow")
     return {n: version(n) for n in names} | {"python": platform.python_version()}

@@ -170,4 +170,4 @@ def provenance_base(backbone: Backbone, request: GenerateRequest, image, mask) -
         inputs["mask"] = {"sha256": hashlib.sha256(mask.numpy().astype(np.uint8).tobytes()).hexdigest()}
     return {"format": FORMAT, "task": "generate", "params": asdict(request), "inputs": inputs,
             "model": backbone.describe(), "sampler_label": display_name(request.scheduler),
-            "versions": library_versions()}
+            "versions": dict(library_versions())}
