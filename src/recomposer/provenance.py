@@ -7,15 +7,14 @@ PNGs are written all-or-nothing: temp file in the same folder, fsync, rename.
 
 import functools
 import json
-import os
 import platform
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
 from .errors import BadImage
+from .io.files import atomic_write
 
 CHUNK = "recomposer"
 FORMAT = 1
@@ -48,17 +47,7 @@ def write_png(path: str | Path, image: Image.Image, provenance: dict) -> Path:
     info = PngImagePlugin.PngInfo()
     info.add_itxt(CHUNK, json.dumps(provenance, sort_keys=True))
     info.add_text("parameters", a1111_parameters(provenance))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=info))
 
 
 def read_provenance(path: str | Path) -> dict:
