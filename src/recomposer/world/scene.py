@@ -200,8 +200,11 @@ class WorldConfig:
         return self
 
     def _held_out_possible(self) -> bool:
-        return any(c in self.colours and s in self.shapes for c, s in HELD_OUT_COLOUR_SHAPE) or any(
+        pairs = any(c in self.colours and s in self.shapes for c, s in HELD_OUT_COLOUR_SHAPE) or any(
             s in self.shapes and st in self.styles for s, st in HELD_OUT_SHAPE_STYLE)
+        layout = (self.min_objects <= 2 <= self.max_objects and self.inside_p > 0 and len(self.colours) > 1
+                  and any(s in CONTAINERS for s in self.shapes))  # two objects, one inside the other
+        return pairs or layout
 
 
 def is_held_out(scene: Scene) -> bool:
