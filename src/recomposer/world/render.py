@@ -64,8 +64,8 @@ def render(scene: Scene, size: int = 64) -> Rendered:
 
 
 def _box(obj: WorldObject, size: int):
-    """Pixel rows and columns the object can touch (its unit circle plus one pixel), or None."""
-    r = obj.size
+    """Pixel rows and columns the object can touch (its unit circle, the outline stroke, one pixel), or None."""
+    r = obj.size * (1 + OUTLINE_WIDTH if obj.style == "outline" else 1)
     y0, y1 = int(np.floor((obj.y - r) * size)) - 1, int(np.ceil((obj.y + r) * size)) + 1
     x0, x1 = int(np.floor((obj.x - r) * size)) - 1, int(np.ceil((obj.x + r) * size)) + 1
     y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, size), min(x1, size)
@@ -200,3 +200,23 @@ def canonical_blob(shape: str) -> tuple[float, float, float, float, float]:
     e = fit_ellipse(distance(shape, np.stack([u, v], -1)) < 0)
     scale = 2.4 / n
     return (e.cx * scale - 1.2, e.cy * scale - 1.2, e.a * scale, e.b * scale, e.theta)
+
+
+def blobs(scene: Scene, size: int) -> list:
+    """One blob per object: its shape's IoU-maximising ellipse, moved, scaled and turned with the object,
+    in pixels at this render size (the amodal shape: what the object is, even where it is occluded).
+
+    A shape-space offset v lands at image offset r·R(−rotation)·v, so a shape-space angle φ (x towards y)
+    becomes φ − rotation on the image.
+    """
+    from .ellipse import Ellipse
+
+    out = []
+    for obj in scene.objects:
+        cx, cy, a, b, theta = canonical_blob(obj.shape)
+        c, s = np.cos(obj.rotation), np.sin(obj.rotation)
+        x = obj.x + obj.size * (c * cx + s * cy)
+        y = obj.y + obj.size * (-s * cx + c * cy)
+        out.append(Ellipse.canonical(x * size, y * size, a * obj.size * size, b * obj.size * size,
+                                     theta - obj.rotation))
+    return out

@@ -65,7 +65,7 @@ class Background:
     kind: str
     colour: str  # from BACKGROUND_COLOURS
     colour2: str  # second tone for gradient, horizon and textured backgrounds
-    horizon: float = 0.6  # where the two tones meet (horizon) or the gradient's midpoint, fraction of the height
+    horizon: float = 0.6  # horizon backgrounds: where sky meets ground, fraction of the height
     texture_seed: int = 0
 
 
