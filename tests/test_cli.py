@@ -140,3 +140,25 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert code == 0, err
     assert "identical pixels" in out
     assert json.loads(Image.open(tmp_path / "images" / "2.png").text["recomposer"])["seed"] == 2
+
+
+def test_world_commands_write_sheets_samples_and_renders(tmp_path, capsys):
+    code, out, err = run(capsys, "world", "sheet", "-o", tmp_path / "sheet.png", "--count", 2, "--size", 32)
+    assert code == 0, err
+    assert Image.open(tmp_path / "sheet.png").size[0] == 6 * 32
+    code, out, err = run(capsys, "world", "sample", 4, "-o", tmp_path / "s", "--size", 48)
+    assert code == 0, err
+    assert {p.name for p in (tmp_path / "s").iterdir()} == {"scene.json", "caption.txt", "objects.json", "image.png",
+                                                           "instances.png", "depth.png", "sketch.png",
+                                                           "intensity.png"}
+    code, out, err = run(capsys, "world", "render", tmp_path / "s" / "scene.json", "-o", tmp_path / "r.png",
+                         "--size", 48)
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "r.png")), np.asarray(Image.open(tmp_path / "s" / "image.png")))
+    broken = json.loads((tmp_path / "s" / "scene.json").read_text())
+    broken["objects"][0]["colour"] = "mauve"
+    (tmp_path / "bad.json").write_text(json.dumps(broken))
+    code, out, err = run(capsys, "world", "render", tmp_path / "bad.json", "-o", tmp_path / "bad.png")
+    assert code == 2 and err.startswith("error: scene.objects[0].colour:") and not (tmp_path / "bad.png").exists()
+    code, out, err = run(capsys, "world", "sheet", "--size", 8, "-o", tmp_path / "small.png")
+    assert code == 2 and err.startswith("error: size:") and not (tmp_path / "small.png").exists()

@@ -61,3 +61,12 @@ def test_png_writes_are_all_or_nothing(tmp_path, monkeypatch):
     assert target.read_bytes() == before  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temp file left behind
     assert read_provenance(target)["seed"] == 1
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    path = write_png(tmp_path / "p.png", Image.new("RGB", (8, 8)), PROVENANCE)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

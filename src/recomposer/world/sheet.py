@@ -33,7 +33,7 @@ def layers(sample: WorldSample) -> list[np.ndarray]:
     return [r.image, instances, gray(r.depth), gray(r.sketch.astype(np.float32)), gray(r.intensity), overlay]
 
 
-def contact_sheet(samples: list[WorldSample], text_height: int = 40) -> Image.Image:
+def contact_sheet(samples: list[WorldSample], text_height: int = 54) -> Image.Image:
     """One row per sample: the six layers, then its caption underneath."""
     size = samples[0].rendered.image.shape[0]
     width = size * len(COLUMNS)
@@ -45,5 +45,5 @@ def contact_sheet(samples: list[WorldSample], text_height: int = 40) -> Image.Im
         top = 16 + i * (size + text_height)
         sheet.paste(Image.fromarray(np.concatenate(layers(sample), axis=1)), (0, top))
         lines = textwrap.wrap(f"#{sample.seed}: {sample.caption}", width=max(20, width // 6))
-        draw.multiline_text((4, top + size + 2), "\n".join(lines[:3]), fill="black", spacing=1)
+        draw.multiline_text((4, top + size + 2), "\n".join(lines[:4]), fill="black", spacing=1)
     return sheet
