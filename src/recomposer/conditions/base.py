@@ -6,22 +6,49 @@ inferred from the payload's shape. A kind that is absent from a set is the null 
 adapter documents what its null is (the empty caption for text, nothing at all for additive ones).
 """
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+import numpy as np
 
 from ..errors import InvalidParameter
 
 
 @dataclass(frozen=True)
 class Condition:
-    """Base of every condition value. Subclasses set ``kind`` and hold their payload as fields."""
+    """Base of every condition value. Subclasses set ``kind``, hold their payload as fields, check it
+    in ``__post_init__`` (naming the field), and say how they are saved and drawn:
+
+    - ``meta()``: JSON-ready fields; ``arrays()``: array payload (saved as safetensors, exactly);
+    - ``from_saved(meta, arrays)``: the inverse, validating as the constructor does;
+    - ``picture()``: an RGB PIL image a person can look at.
+    Saving and loading themselves live in conditions/files.py, once for every kind.
+    """
 
     kind: ClassVar[str] = ""
 
-    def describe(self) -> dict:
-        """A JSON-friendly summary for provenance (payload hashes rather than raw tensors)."""
+    def meta(self) -> dict:
+        return {}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    @classmethod
+    def from_saved(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "Condition":
         raise NotImplementedError
+
+    def picture(self):
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """A JSON-friendly summary for provenance: the fields, and a hash of the arrays."""
+        digest = hashlib.sha256()
+        for name, a in sorted(self.arrays().items()):
+            a = np.ascontiguousarray(a)
+            digest.update(f"{name}:{a.dtype}:{a.shape}".encode() + a.tobytes())
+        return {**self.meta(), **({"sha256": digest.hexdigest()} if self.arrays() else {})}
 
 
 @dataclass(frozen=True)
@@ -63,6 +90,11 @@ class ConditionSet(Mapping[str, Condition]):
 
     def describe(self) -> dict:
         return {c.kind: c.describe() for c in self.items_}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ConditionSet) and dict(self) == dict(other)
+
+    __hash__ = None
 
     def __repr__(self) -> str:
         return f"ConditionSet({', '.join(repr(c) for c in self.items_)})"

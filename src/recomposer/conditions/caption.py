@@ -17,5 +17,14 @@ class Caption(Condition):
         if not isinstance(self.text, str):
             raise InvalidParameter("caption", "a string", self.text)
 
-    def describe(self) -> dict:
+    def meta(self) -> dict:
         return {"text": self.text}
+
+    @classmethod
+    def from_saved(cls, meta: dict, arrays: dict) -> "Caption":
+        return cls(meta.get("text"))
+
+    def picture(self):
+        from .pictures import text_card
+
+        return text_card(self.text or "(empty caption)")

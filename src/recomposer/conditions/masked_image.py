@@ -4,9 +4,9 @@ This is Composer's 4-channel masking representation (masked RGB + mask) and what
 inpainting UNets take as extra input channels. Convention: mask 1 = generate here, 0 = keep.
 """
 
-import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import InvalidParameter
@@ -33,7 +33,20 @@ class MaskedImage(Condition):
         """The image with the region to generate blanked out (diffusers: image * (mask < 0.5))."""
         return self.image * (self.mask < 0.5)
 
-    def describe(self) -> dict:
-        digest = hashlib.sha256(self.image.float().numpy().tobytes() + self.mask.float().numpy().tobytes())
+    def meta(self) -> dict:
         return {"size": [int(self.image.shape[3]), int(self.image.shape[2])],
-                "masked_fraction": float(self.mask.mean()), "sha256": digest.hexdigest()}
+                "masked_fraction": float(self.mask.float().mean())}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"image": self.image.float().numpy(), "mask": self.mask.float().numpy()}
+
+    @classmethod
+    def from_saved(cls, meta: dict, arrays: dict) -> "MaskedImage":
+        return cls(torch.from_numpy(arrays["image"]), torch.from_numpy(arrays["mask"]))
+
+    def picture(self):
+        """The kept image with the region to generate shown in mid-gray."""
+        from PIL import Image
+
+        keep = (self.image[0] / 2 + 0.5).clamp(0, 1) * (1 - self.mask[0]) + 0.5 * self.mask[0]
+        return Image.fromarray((keep.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))

@@ -1,0 +1,1 @@
+"""Composer's first half: any image becomes typed conditions (one module per representation)."""
