@@ -1,0 +1,1 @@
+"""Subcommands of the `recomposer` CLI, one module per group."""
