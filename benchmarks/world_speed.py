@@ -1,5 +1,5 @@
 """Shapes-world throughput: scenes per second with ALL ground truth (scene, render, instance labels,
-depth, sketch, intensity, blobs, caption, per-object descriptions), one core.
+depth, sketch, intensity, colour histogram, blobs, caption, per-object descriptions), one core.
 
     python benchmarks/world_speed.py [--size 64] [--scenes 300] [--repeats 5] [--json out.json]
 

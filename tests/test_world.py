@@ -172,3 +172,6 @@ def test_a_sample_has_every_layer():
     n = len(s.scene.objects)
     assert len(s.blobs) == n and len(s.descriptions) == n and s.caption
     assert s.rendered.intensity.shape == (64, 64) and s.rendered.sketch.dtype == bool
+    from recomposer.decompose.palette import colour_histogram
+
+    assert np.array_equal(s.palette, colour_histogram(s.rendered.image)) and s.palette.shape == (180,)

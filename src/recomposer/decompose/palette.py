@@ -131,11 +131,17 @@ def colour_histogram(image, sigma: float = 10.0, method: str = "direct") -> np.n
     sigma = check_sigma(sigma)
     if method not in METHODS:
         raise InvalidParameter("method", "one of " + ", ".join(repr(m) for m in METHODS), method)
-    lab = rgb2lab(subsample(image)).reshape(-1, 3)  # (N, 3)
+    # Every term depends on a pixel's colour only: work on the distinct colours, weighted by their counts.
+    pixels = subsample(image).reshape(-1, 3)  # (N, 3) uint8
+    keys = (pixels[:, 0].astype(np.uint32) << 16) | (pixels[:, 1].astype(np.uint32) << 8) | pixels[:, 2]
+    keys, counts = np.unique(keys, return_counts=True)  # (U,), (U,)
+    colours = np.stack([keys >> 16, (keys >> 8) & 255, keys & 255], axis=1).astype(np.uint8)  # (U, 3)
+    lab = rgb2lab(colours[None])[0]  # (U, 3)
+    share = counts / len(pixels)  # (U,) each colour's share of the pixels
     if method == "direct":
-        hist = _direct(lab, sigma)
+        hist = _direct(lab, share, sigma)
     else:
-        hist = _strict_smoothed(lab, sigma)
+        hist = _strict_smoothed(lab, share, sigma)
     hist[hist < CUTOFF] = 0.0
     return hist.astype(np.float32)
 
@@ -149,8 +155,9 @@ def _squared_distances(lab: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0, out=d2)
 
 
-def _direct(lab: np.ndarray, sigma: float) -> np.ndarray:
-    """Σ over pixels of softmax_k(−d²_nk / (2σ²)), divided by N. (180,) float64
+def _direct(lab: np.ndarray, share: np.ndarray, sigma: float) -> np.ndarray:
+    """Σ over pixels of softmax_k(−d²_nk / (2σ²)), divided by N; computed per distinct colour n
+    weighted by its share of the pixels. (180,) float64
 
     The exponentials are taken in float32 after shifting each pixel's distances by its nearest
     one (the weights then lie in (0, 1], and the nearest is exactly 1); sums are in float64. This is
@@ -163,15 +170,15 @@ def _direct(lab: np.ndarray, sigma: float) -> np.ndarray:
         w = d2.astype(np.float32)
         w *= scale
         np.exp(w, out=w)  # (n, 180) unnormalised weights
-        total += (1.0 / w.sum(axis=1, dtype=np.float64)) @ w  # Σ_n w_nk / Σ_k' w_nk'
-    return total / len(lab)
+        total += (share[start : start + _CHUNK] / w.sum(axis=1, dtype=np.float64)) @ w  # Σ_n s_n w_nk / Σ_k' w_nk'
+    return total
 
 
-def _strict_smoothed(lab: np.ndarray, sigma: float) -> np.ndarray:
+def _strict_smoothed(lab: np.ndarray, share: np.ndarray, sigma: float) -> np.ndarray:
     """Nearest-colour counts / N, then bin i <- Σ_j W_ij h_j with W row-normalised. (180,) float64"""
     nearest = np.concatenate([_squared_distances(lab[s : s + _CHUNK]).argmin(axis=1)
                               for s in range(0, len(lab), _CHUNK)])
-    strict = np.bincount(nearest, minlength=SIZE) / len(lab)  # (180,)
+    strict = np.bincount(nearest, weights=share, minlength=SIZE)  # (180,)
     return _palette_smoothing(sigma) @ strict
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..decompose.palette import colour_histogram
 from .captions import caption, describe_object
 from .ellipse import Ellipse
 from .render import Rendered, blobs, render
@@ -27,6 +28,7 @@ class WorldSample:
     caption: str
     descriptions: tuple[str, ...]  # one sentence per object, back to front
     blobs: tuple[Ellipse, ...]  # one ellipse per object, pixels at this size
+    palette: np.ndarray  # (180,) Composer's colour histogram of the image (decompose.palette)
 
     def tensors(self) -> dict:
         """Model-ready tensors: image in [-1, 1] (3, S, S); depth, sketch, intensity (1, S, S); labels (S, S)."""
@@ -34,15 +36,17 @@ class WorldSample:
         return {"image": torch.from_numpy(r.image).permute(2, 0, 1).float() / 127.5 - 1.0,
                 "labels": torch.from_numpy(r.labels.astype(np.int64)),
                 "depth": torch.from_numpy(r.depth)[None], "sketch": torch.from_numpy(r.sketch).float()[None],
-                "intensity": torch.from_numpy(r.intensity)[None], "caption": self.caption, "seed": self.seed}
+                "intensity": torch.from_numpy(r.intensity)[None], "palette": torch.from_numpy(self.palette),
+                "caption": self.caption, "seed": self.seed}
 
 
 def make_sample(seed: int, config: WorldConfig = WorldConfig(), size: int = 64) -> WorldSample:
     scene = sample_scene(seed, config)
     rng = np.random.default_rng([seed, 1])  # the words, independent of the scene's own draws
-    return WorldSample(seed, scene, render(scene, size), caption(scene, rng),
+    rendered = render(scene, size)
+    return WorldSample(seed, scene, rendered, caption(scene, rng),
                        tuple(describe_object(scene, k, rng) for k in range(len(scene.objects))),
-                       tuple(blobs(scene, size)))
+                       tuple(blobs(scene, size)), colour_histogram(rendered.image))
 
 
 def eval_seeds(n: int, offset: int = 0) -> range:
