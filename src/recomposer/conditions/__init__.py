@@ -2,9 +2,16 @@
 
 from .base import EMPTY, Condition, ConditionSet
 from .caption import Caption
+from .blobs import Blobs
+from .depth import Depth
+from .image_embedding import ImageEmbedding
+from .intensity import Intensity
 from .masked_image import MaskedImage
+from .palette import Palette
 
 # kind -> class, for loading saved conditions (each class names its own kind).
-KINDS: dict[str, type[Condition]] = {c.kind: c for c in (Caption, MaskedImage)}
+KINDS: dict[str, type[Condition]] = {c.kind: c for c in (Caption, ImageEmbedding, Palette, Depth, Intensity,
+                                                          MaskedImage, Blobs)}
 
-__all__ = ["EMPTY", "KINDS", "Caption", "Condition", "ConditionSet", "MaskedImage"]
+__all__ = ["EMPTY", "KINDS", "Blobs", "Caption", "Condition", "ConditionSet", "Depth", "ImageEmbedding",
+           "Intensity", "MaskedImage", "Palette"]

@@ -13,7 +13,8 @@ from PIL import Image
 
 from ..conditions.caption import Caption
 from ..errors import InvalidParameter, ModelError
-from .depth import check_model_dir, check_rgb, first_line, load_image_processor, load_pretrained, read_model_type
+from ..models.local import check_model_dir, first_line, load_image_processor, load_pretrained, read_model_type
+from .depth import check_rgb
 
 # Captioning models that need no prompt: the image alone starts generation.
 # (Chat-style vision-language models need a prompt template per family; not supported here.)

@@ -6,12 +6,8 @@
   (``bundled_depth_estimator`` is the seam; it returns None until then).
 With neither, ``load_depth_estimator`` raises ``no_depth_backend()``: a message saying how to provide
 one. A depth map is never made up.
-
-This module also holds the checked loading of local transformers directories that the three
-learned decomposition backends (depth, image embedding, caption) share.
 """
 
-import json
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -20,7 +16,7 @@ from PIL import Image
 
 from ..conditions.depth import Depth
 from ..errors import InvalidParameter, ModelError, NonFiniteResult, RecomposerError
-from ..io.weights import check_finite, check_safetensors, refuse_pickles_in
+from ..models.local import check_model_dir, load_image_processor, load_pretrained, read_model_type
 
 
 @runtime_checkable
@@ -123,86 +119,3 @@ def check_rgb(image: object) -> None:
     if not isinstance(image, Image.Image) or image.mode != "RGB":
         raise InvalidParameter("image", "an RGB PIL image (io.images.open_image makes one)",
                                getattr(image, "mode", type(image).__name__))
-
-
-# --- loading local transformers directories (shared by depth, embedding and captioner) ---------
-# Belongs beside models/loading.py's diffusers loader; kept here because this issue owns only these files.
-
-def check_model_dir(path: str | Path, field: str) -> Path:
-    """A local transformers directory: config.json present, weights in safetensors (each checked by
-    its bytes), pickle-only folders refused (RELIABILITY R1)."""
-    root = Path(path)
-    if not root.is_dir():
-        raise ModelError(field, f"no such model directory: {path}")
-    if not (root / "config.json").is_file():
-        raise ModelError(field, f"{root} is not a transformers model directory (no config.json)")
-    refuse_pickles_in(root)
-    files = sorted(root.glob("*.safetensors"))
-    if not files:
-        raise ModelError(field, f"{root} holds no .safetensors weights")
-    for f in files:
-        check_safetensors(f)
-    return root
-
-
-def read_model_type(root: Path, field: str) -> str:
-    try:
-        config = json.loads((root / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelError(field, f"{root / 'config.json'} is not valid JSON") from None
-    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-        raise ModelError(field, f"{root / 'config.json'} names no model_type")
-    return config["model_type"]
-
-
-def load_pretrained(auto_class, root: Path, field: str, device: str | torch.device, dtype: torch.dtype):
-    """``auto_class.from_pretrained`` offline, safetensors only, no remote code; missing or mis-shaped
-    weights and NaN/inf weights are errors, never silently random. Unexpected weights (a full CLIP
-    checkpoint read as its vision half) are fine."""
-    from transformers.utils import logging
-
-    common = dict(local_files_only=True, use_safetensors=True, trust_remote_code=False,
-                  output_loading_info=True, ignore_mismatched_sizes=True)
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # the load report lists expected unexpected keys; we check what matters
-    try:
-        model, info = auto_class.from_pretrained(root, dtype=dtype, **common)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as e:
-        raise ModelError(field, f"{root} could not be loaded: {first_line(e)}") from None
-    finally:
-        logging.set_verbosity(verbosity)
-    missing = sorted(k for k in info.get("missing_keys", []) if not k.endswith("position_ids"))
-    mismatched = sorted(k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", []))
-    if missing:
-        raise ModelError(field, f"{root} lacks {len(missing)} weights, e.g. {missing[0]!r}")
-    if mismatched:
-        raise ModelError(field, f"{root} has weights of the wrong shape, e.g. {mismatched[0]!r}")
-    check_finite(dict(model.state_dict()), str(root))
-    return model.to(torch.device(device)).eval()
-
-
-def load_image_processor(root: Path, field: str):
-    """The directory's image processor, PIL backend (no torchvision; the same pixels on every machine)."""
-    from transformers import AutoImageProcessor
-
-    try:
-        return AutoImageProcessor.from_pretrained(root, local_files_only=True, trust_remote_code=False, backend="pil")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelError(field, f"{root} has no usable image processor config: {first_line(e)}") from None
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over every weight (names, dtypes, shapes, bytes), as Backbone.identity hashes its own."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else e.__class__.__name__

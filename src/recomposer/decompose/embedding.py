@@ -15,7 +15,9 @@ from PIL import Image
 
 from ..conditions.image_embedding import ImageEmbedding
 from ..errors import ModelError, NonFiniteResult
-from .depth import check_model_dir, check_rgb, load_image_processor, load_pretrained, read_model_type, weights_sha256
+from ..models.local import (check_model_dir, load_image_processor, load_pretrained, read_model_type,
+                            weights_sha256)
+from .depth import check_rgb
 
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's pixel statistics

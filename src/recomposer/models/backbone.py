@@ -5,7 +5,6 @@ Stable Diffusion checkpoint; adapters (Composer, ControlNet, ...) attach to it. 
 was loaded is kept in ``source`` so that a result's provenance can load it again.
 """
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -96,13 +95,10 @@ class Backbone:
     def identity(self) -> str:
         """sha256 over every weight of the UNet, VAE and text encoder (names, dtypes, shapes, bytes)."""
         if self._identity is None:
-            digest = hashlib.sha256()
-            for prefix, module in (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder)):
-                for name, tensor in sorted(module.state_dict().items()):
-                    t = tensor.detach().to("cpu").contiguous()
-                    digest.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
-                    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._identity = digest.hexdigest()
+            from .local import weights_sha256
+
+            self._identity = weights_sha256(torch.nn.ModuleDict(
+                {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}))
         return self._identity
 
     def describe(self) -> dict:

@@ -19,6 +19,7 @@ from transformers import AutoModel, AutoTokenizer
 from ..errors import ModelError
 from ..io.weights import check_finite, check_safetensors, refuse_pickles_in
 from .backbone import Backbone, ModelSource
+from .local import first_line
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -78,7 +79,7 @@ def load_diffusers_dir(path: str | Path, device: torch.device, dtype: torch.dtyp
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
         scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as e:
-        raise ModelError("model", f"{root} could not be loaded: {_first_line(e)}") from None
+        raise ModelError("model", f"{root} could not be loaded: {first_line(e)}") from None
     for name, info in (("unet", unet_info), ("vae", vae_info), ("text_encoder", text_info)):
         _check_loading_info(root / name, info)
     if any(k.startswith("pooler.") for k in text_info.get("missing_keys", [])):
@@ -101,7 +102,7 @@ def load_single_file(path: str | Path, config: str | Path, device: torch.device,
             str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
             safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as e:
-        reason = _first_line(e)
+        reason = first_line(e)
         if "meta tensor" in reason:  # diffusers could not place a weight it never got: the checkpoint lacks it
             reason = "weights the configs call for are missing from the checkpoint"
         raise ModelError("model", f"{path} could not be loaded with the configs in {config}: {reason}") from None
@@ -142,9 +143,3 @@ def _check_loading_info(folder: Path, info: dict) -> None:
         raise ModelError("model", f"{folder} lacks {len(missing)} weights, e.g. {missing[0]!r}")
     if mismatched:
         raise ModelError("model", f"{folder} has weights of the wrong shape, e.g. {mismatched[0]!r}")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else e.__class__.__name__
-
