@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .commands.decompose import decompose_command
 from .commands.world import world_app
 from .errors import Cancelled, InvalidParameter, RecomposerError
 
@@ -19,6 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   rich_markup_mode=None, help="Decompose images into conditions; recompose any mix into new images.")
 
 app.add_typer(world_app, name="world")
+app.command("decompose")(decompose_command)
 
 Model = Annotated[Optional[str], typer.Option("--model", help="Diffusers model directory, or a .safetensors file "
                                                                "(with --config). Default: the bundled model.")]
@@ -127,7 +129,6 @@ def _not_yet(command: str, issue: str) -> None:
         raise RecomposerError(command, f"`recomposer {command}` is not available yet; it arrives with {issue}")
 
 
-_not_yet("decompose", "the decomposition issue")
 _not_yet("train", "the bundled-model issue")
 _not_yet("bench", "the benchmark issue")
 

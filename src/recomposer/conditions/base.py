@@ -80,9 +80,10 @@ class ConditionSet(Mapping[str, Condition]):
         return len(self.items_)
 
     def with_(self, *conditions: Condition) -> "ConditionSet":
-        """A new set where the given conditions replace any of the same kind."""
-        replaced = {c.kind for c in conditions}
-        return ConditionSet(tuple(c for c in self.items_ if c.kind not in replaced) + tuple(conditions))
+        """A new set where the given conditions replace those of the same kind (in place) or are appended."""
+        new = {c.kind: c for c in conditions}
+        kept = tuple(new.pop(c.kind, c) for c in self.items_)
+        return ConditionSet(kept + tuple(new.values()))
 
     def without(self, *kinds: str) -> "ConditionSet":
         """A new set with the given kinds dropped (each becomes its null)."""
