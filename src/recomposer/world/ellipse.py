@@ -212,7 +212,7 @@ def _search(m: np.ndarray, start: Ellipse, search_cells: int) -> Ellipse:
     step = max(0.5, 0.1 * math.sqrt(start.a * start.b) / s)  # cells
     simplex = p + np.vstack([np.zeros(5), np.diag([step, step, 0.1, 0.1, 0.15])])  # (6, 5)
     p = minimize(negative_soft_iou, p, method="Nelder-Mead",
-                 options={"initial_simplex": simplex, "xatol": 1e-2, "fatol": 1e-5, "maxfev": 500}).x
+                 options={"initial_simplex": simplex, "xatol": 2e-2, "fatol": 1e-4, "maxfev": 400}).x
     cx, cy, log_a, log_b, theta = p
     return Ellipse.canonical(start.cx + s * cx, start.cy + s * cy, s * math.exp(log_a), s * math.exp(log_b), theta)
 
