@@ -76,6 +76,8 @@ BAD = [
     (lambda p: p.write_bytes(b""), [], "image"),
     (lambda p: p.write_bytes(PNG_BYTES[: len(PNG_BYTES) // 2]), [], "image"),
     (lambda p: p.write_text("hello"), [], "image"),
+    (lambda p: Image.new("1", (9000, 9000)).save(p, format="PNG"), [], "image"),  # a pixel bomb, 10 kB on disk
+    (lambda p: PHOTO.save(p, format="ICO"), [], "image"),  # a format outside the allow-list
     (lambda p: PHOTO.save(p), ["--mask", "MASK64"], "mask"),
     (lambda p: PHOTO.save(p), ["--only", "palette,smell"], "only"),
     (lambda p: PHOTO.save(p), ["--only", "depth"], "depth"),
