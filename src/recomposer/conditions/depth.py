@@ -15,8 +15,6 @@ Ways in:
 The picture (and ``image16``) draws near bright, so ``from_image(depth.image16())`` is exact.
 """
 
-import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,43 +173,9 @@ def _fill_invalid(d: np.ndarray, valid: np.ndarray, field: str) -> np.ndarray:
 
 def _read_gray(source: str | Path | bytes, field: str) -> np.ndarray:
     """Decode a depth-map image to (H, W) float64 in [0, 1] without losing 16-bit precision."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from ..io.images import decode_image
 
-    from ..io.images import ALLOWED_FORMATS, MAX_BYTES, MAX_PIXELS
-
-    if isinstance(source, bytes):
-        data = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise BadImage(field, f"no such file: {path}")
-        if path.stat().st_size > MAX_BYTES:
-            raise BadImage(field, f"file is over {MAX_BYTES // 2**20} MiB")
-        data = path.read_bytes()
-    if not data:
-        raise BadImage(field, "is empty")
-    if len(data) > MAX_BYTES:
-        raise BadImage(field, f"file is over {MAX_BYTES // 2**20} MiB")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            if im.width * im.height > MAX_PIXELS:
-                raise BadImage(field, f"has {im.width}x{im.height} pixels, over the cap of {MAX_PIXELS}")
-            im.seek(0)
-            im.load()
-            if getattr(im, "n_frames", 1) > 1:
-                im = im.copy()  # the first frame
-            im = ImageOps.exif_transpose(im)
-    except BadImage:
-        raise
-    except UnidentifiedImageError:
-        raise BadImage(field, "is not an image in an allowed format (" + ", ".join(ALLOWED_FORMATS) + ")") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(field, f"has too many pixels, over the cap of {MAX_PIXELS} (a decompression bomb?)") from None
-    except (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError) as e:
-        raise BadImage(field, f"is truncated or corrupt ({e})") from None
-
+    im = decode_image(source, field)
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         a = np.asarray(im, dtype=np.float64)
         if a.min() < 0 or a.max() > 65535:

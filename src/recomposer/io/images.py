@@ -31,6 +31,12 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 def open_image(source: str | Path | bytes, field: str = "image") -> Image.Image:
     """Read an image file (or its bytes) and return it as an 8-bit RGB PIL image, by the rules above."""
+    return _to_rgb(decode_image(source, field), field)
+
+
+def decode_image(source: str | Path | bytes, field: str = "image") -> Image.Image:
+    """Rules 1-4 only: allowed format, pixel and byte caps, first frame, EXIF orientation; the mode is
+    left as the file has it (for readers that need 16 bits, such as depth maps)."""
     data = _read_bytes(source, field)
     if not data:
         raise BadImage(field, "is empty")
@@ -53,7 +59,7 @@ def open_image(source: str | Path | bytes, field: str = "image") -> Image.Image:
         raise BadImage(field, f"has too many pixels, over the cap of {MAX_PIXELS} (a decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, struct.error) as e:
         raise BadImage(field, f"is truncated or corrupt ({e})") from None
-    return _to_rgb(im, field)
+    return im
 
 
 def _read_bytes(source: str | Path | bytes, field: str) -> bytes:

@@ -11,7 +11,7 @@ generalisation can be measured on them (evaluation samples them on purpose).
 
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import numpy as np
 
