@@ -47,7 +47,7 @@ def generate(
     batch: Annotated[int, typer.Option(help="Number of images.")] = 1,
     image: Annotated[Optional[Path], typer.Option(help="Start image (img2img; inpainting with --mask).")] = None,
     strength: Annotated[Optional[float], typer.Option(help="Share of the schedule re-run on --image, (0, 1].")] = None,
-    mask: Annotated[Optional[Path], typer.Option(help="Inpainting mask, white = repaint; same size as --image.")] = None,
+    mask: Annotated[Optional[Path], typer.Option(help="Inpainting mask, white = repaint; as big as --image.")] = None,
     device: Device = "auto",
     dtype: Dtype = "fp32",
     output: Annotated[Path, typer.Option("--output", "-o", help="A .png file, or a folder for numbered files.")]

@@ -66,8 +66,8 @@ class BackboneDenoiser:
     def encode(self, conds: ConditionSet) -> ModelInputs:
         unknown = set(conds) - self.consumes
         if unknown:
-            raise InvalidParameter("conditions", "kinds this model has adapters for: " + ", ".join(sorted(self.consumes)),
-                                   sorted(unknown))
+            allowed = "kinds this model has adapters for: " + ", ".join(sorted(self.consumes))
+            raise InvalidParameter("conditions", allowed, sorted(unknown))
         caption = conds.get("caption", Caption(""))
         context = self.backbone.encode_text([caption.text])  # (1, T, D)
         concat = None
