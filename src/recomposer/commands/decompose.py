@@ -21,6 +21,7 @@ def decompose_command(
     caption_model: Folder = None,
     image_encoder: Folder = None,
     depth_model: Folder = None,
+    segmentation_model: Folder = None,
     depth: Annotated[Optional[Path], typer.Option(help="Your own depth map image (bright = near).")] = None,
     sketch: Annotated[Optional[Path], typer.Option(help="Your own sketch (lines on plain paper).")] = None,
     palette_from: Annotated[Optional[Path], typer.Option(help="Take the palette from this image instead.")] = None,
@@ -42,6 +43,8 @@ def decompose_command(
     from ..decompose.decomposer import KINDS, Backends, decompose
     from ..decompose.depth import TransformersDepth, bundled_depth_estimator
     from ..decompose.embedding import ClipImageEncoder
+    from ..decompose.instances import ClassicalSegmenter
+    from ..decompose.segmentation import TransformersSegmenter
     from ..decompose.masking import box_mask
     from ..decompose.sheet import decomposition_sheet
     from ..io.files import write_folder
@@ -85,7 +88,9 @@ def decompose_command(
         captioner=TransformersCaptioner(caption_model, device) if caption_model is not None else None,
         encoder=ClipImageEncoder(image_encoder, device) if image_encoder is not None else None,
         depth=TransformersDepth(depth_model, device) if depth_model is not None else
-        (_Given(given["depth"]) if "depth" in given else bundled_depth_estimator()))
+        (_Given(given["depth"]) if "depth" in given else bundled_depth_estimator()),
+        segmenter=TransformersSegmenter(segmentation_model, device) if segmentation_model is not None else
+        ClassicalSegmenter())
     result = decompose(picture, kinds, caption=caption, mask=region, backends=backends,
                        rng=None if seed is None else np.random.default_rng(seed))
     conditions = result.conditions.with_(*[c for k, c in given.items() if k in result.conditions])
