@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import InvalidParameter
 from .relations import inside_pairs
-from .render import _box, _coverage, _shape_space
+from .render import object_patch, pixel_centres
 from .scene import (BACKGROUND_COLOURS, BACKGROUNDS, COLOURS, HELD_OUT_COLOUR_SHAPE, HELD_OUT_SHAPE_STYLE, MAX_OBJECTS,
                     STYLES, Background, Scene, WorldObject, check_scene)
 from .shapes import SHAPES
@@ -418,13 +418,10 @@ def _visible_background(b: Background) -> tuple:
 def _object_coverage(obj: WorldObject, size: int) -> np.ndarray:
     """(size, size) float32: obj's anti-aliased coverage exactly as render computes it (0 outside its box)."""
     cover = np.zeros((size, size), np.float32)
-    box = _box(obj, size)
-    if box is not None:
-        (y0, y1), (x0, x1) = box
-        centres = (np.arange(size, dtype=np.float32) + 0.5) / size
-        px, py = np.meshgrid(centres[x0:x1], centres[y0:y1])
-        d, _ = _shape_space(obj, px, py)
-        cover[y0:y1, x0:x1] = _coverage(obj, d, size)
+    patch = object_patch(obj, pixel_centres(size))
+    if patch is not None:
+        ((y0, y1), (x0, x1)), *_, coverage = patch
+        cover[y0:y1, x0:x1] = coverage
     return cover
 
 

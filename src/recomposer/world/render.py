@@ -41,18 +41,15 @@ def render(scene: Scene, size: int = 64) -> Rendered:
         from ..errors import InvalidParameter
 
         raise InvalidParameter("size", "an integer in [16, 4096] pixels", size)
-    centres = (np.arange(size, dtype=np.float32) + 0.5) / size  # pixel centres, image units
+    centres = pixel_centres(size)
     image = _background(scene.background, centres)  # (S, S, 3) float in [0, 1]
     labels = np.zeros((size, size), np.int16)
     n = len(scene.objects)
     for k, obj in enumerate(scene.objects):
-        box = _box(obj, size)
-        if box is None:
+        found = object_patch(obj, centres)
+        if found is None:
             continue
-        (y0, y1), (x0, x1) = box
-        px, py = np.meshgrid(centres[x0:x1], centres[y0:y1])  # (h, w)
-        d, local = _shape_space(obj, px, py)
-        cover = _coverage(obj, d, size)  # (h, w)
+        ((y0, y1), (x0, x1)), px, py, d, local, cover = found
         colour = _fill(obj, local, d, px, py)  # (h, w, 3)
         patch = image[y0:y1, x0:x1]
         patch += cover[..., None] * (colour - patch)
@@ -63,7 +60,25 @@ def render(scene: Scene, size: int = 64) -> Rendered:
     return Rendered(image8, labels, depth, _outlines(labels), intensity.astype(np.float32))
 
 
-def _box(obj: WorldObject, size: int):
+def object_patch(obj: WorldObject, centres: np.ndarray):
+    """Inside the object's box: its rows and columns, pixel centres px, py (h, w), signed distance d,
+    shape-space points (h, w, 2) and coverage (h, w); None when the object lies off the image."""
+    size = len(centres)
+    box = object_box(obj, size)
+    if box is None:
+        return None
+    (y0, y1), (x0, x1) = box
+    px, py = np.meshgrid(centres[x0:x1], centres[y0:y1])  # (h, w)
+    d, local = shape_space(obj, px, py)
+    return box, px, py, d, local, object_coverage(obj, d, size)
+
+
+def pixel_centres(size: int) -> np.ndarray:
+    """Pixel centres in image units, (size,) float32."""
+    return (np.arange(size, dtype=np.float32) + 0.5) / size
+
+
+def object_box(obj: WorldObject, size: int):
     """Pixel rows and columns the object can touch (its unit circle, the outline stroke, one pixel), or None."""
     r = obj.size * (1 + OUTLINE_WIDTH if obj.style == "outline" else 1)
     y0, y1 = int(np.floor((obj.y - r) * size)) - 1, int(np.ceil((obj.y + r) * size)) + 1
@@ -72,7 +87,7 @@ def _box(obj: WorldObject, size: int):
     return None if y0 >= y1 or x0 >= x1 else ((y0, y1), (x0, x1))
 
 
-def _shape_space(obj: WorldObject, px: np.ndarray, py: np.ndarray):
+def shape_space(obj: WorldObject, px: np.ndarray, py: np.ndarray):
     """Signed distance (shape units) and shape-space coordinates of image points.
     Rotation is counter-clockwise on screen (y down), so points are rotated by +rotation into shape space."""
     c, s = np.cos(obj.rotation), np.sin(obj.rotation)
@@ -81,7 +96,7 @@ def _shape_space(obj: WorldObject, px: np.ndarray, py: np.ndarray):
     return distance(obj.shape, local), local
 
 
-def _coverage(obj: WorldObject, d: np.ndarray, size: int) -> np.ndarray:
+def object_coverage(obj: WorldObject, d: np.ndarray, size: int) -> np.ndarray:
     if obj.style == "outline":
         d = np.abs(d) - OUTLINE_WIDTH  # a stroke along the edge
     return np.clip(0.5 - d * obj.size * size, 0.0, 1.0).astype(np.float32)
