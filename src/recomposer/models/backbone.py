@@ -82,6 +82,24 @@ class Backbone:
         return states.to(self.dtype)
 
     @torch.no_grad()
+    def encode_sentence(self, texts: list[str]) -> torch.Tensor:
+        """Prompts -> one sentence embedding each (B, D), tokenised as in ``encode_text``.
+
+        CLIP text encoders: the pooled output (the final-norm state at the end-of-text token), as
+        unCLIP and Composer use it. Other encoders (BERT-style, e.g. MiniLM): the mean of the token
+        states over the real tokens (padding excluded), as sentence-transformers pools them.
+        """
+        length = self.max_text_tokens or self.tokenizer.model_max_length
+        tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        real = tokens.attention_mask.to(self.device)  # (B, T) 1 on real tokens
+        out = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=real if self.text_attention_mask
+                                else None)
+        if getattr(self.text_encoder.config, "model_type", "").startswith("clip"):
+            return out.pooler_output.to(self.dtype)  # (B, D)
+        weights = real[..., None].to(out[0].dtype)  # (B, T, 1)
+        return ((out[0] * weights).sum(1) / weights.sum(1).clamp(min=1)).to(self.dtype)  # (B, D)
+
+    @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> "torch.distributions.Distribution":
         """Image (1, 3, H, W) in [-1, 1] -> the VAE posterior (diffusers' DiagonalGaussianDistribution)."""
         return self.vae.encode(image.to(self.device, self.vae.dtype)).latent_dist

@@ -1,0 +1,351 @@
+"""Composer's conditioning as an adapter for any latent-diffusion backbone (Huang et al. 2023, §3.1).
+
+Which kind enters where (``ComposerAdapter.DOORS``, declared, never inferred from shapes):
+
+    caption          -> timestep embedding        (its sentence embedding; word tokens stay the backbone's)
+    image_embedding  -> timestep embedding + 4 extra context tokens
+    palette          -> timestep embedding + 4 extra context tokens
+    sketch, instances, depth, intensity, masked_image -> input channels
+
+- Global: each present kind is projected by one linear layer and the projections are summed and
+  added to the UNet's timestep embedding; image embedding and palette are also projected into
+  ``tokens_per_global`` tokens each, appended after the text tokens in fixed slots
+  [image_embedding × 4, palette × 4]. The slots are always there, so condition sets with
+  different kinds batch into one forward; an absent kind's slots hold zeros and are masked out
+  of cross-attention (weight exactly 0 after the softmax).
+- Local: each present kind goes through its own stack of convolutions (one stride-2 conv per
+  halving, log2(vae_factor) of them) to ``local_channels`` at latent size; the embeddings are
+  summed and, as in the paper, concatenated with x_t before the UNet's first conv. That conv is
+  widened by ``local_channels`` inputs: conv_in([x_t; e]) = W·x_t + b + W_e·e. The adapter owns
+  the new columns W_e (``channels_in``) and computes W_e·e itself, once per run (e does not
+  change across steps); the UNet adds it to its conv_in output (``attach``). Same sum as a
+  widened conv, but the backbone's weights, config and state dict stay untouched.
+- Absent means absent: a kind that is not given contributes nothing at any door, whatever the
+  weights (no bias reaches the model from an absent kind), so missing conditions are simply missing.
+
+Zero initialisation (the new layers that write into the backbone: the global time projections,
+the token projections, ``channels_in``) makes an untrained adapter give exactly the backbone's
+output with no conditions and with any set of caption and local conditions. Present extra
+tokens are the exception, and no initialisation can avoid it: a token takes softmax weight
+exp(q·k) even when it is zero (k = 0, weight e⁰ = 1 next to the text tokens' exp(q·k_i)), so an
+untrained image embedding or palette dilutes cross-attention slightly (its value adds 0).
+Only one layer per path is zero: two zero layers in series would never receive a gradient.
+
+The backbone's doors (``attach``) hold no weights: the timestep addition goes through diffusers'
+class-embedding slot (an identity, so ``class_labels`` is the addition itself, cast to the UNet's
+dtype and added to the time embedding), the input addition through a conv_in that adds the
+channels after its own. After ``attach`` diffusers requires ``class_labels`` on every call:
+``denoiser.forward_unet`` passes the addition, or zeros for a plain denoiser, so the plain
+backbone still runs unchanged on an attached UNet; ``detach`` removes the doors.
+"""
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..conditions import Condition, ConditionSet
+from ..conditions.instances import label_colours
+from ..errors import InvalidParameter, ModelError
+from .backbone import Backbone
+
+TIME, TOKENS, CHANNELS = "timestep embedding", "context tokens", "input channels"
+FORMAT = "recomposer.composer/1"  # safetensors metadata: what the file holds
+
+
+@dataclass(frozen=True)
+class ComposerConfig:
+    """Sizes of a Composer adapter; ``for_backbone`` reads the backbone's from the model."""
+
+    sentence_dim: int  # the text encoder's sentence-embedding width (Backbone.encode_sentence)
+    image_embedding_dim: int  # length of the ImageEmbedding vectors it hears (768 for CLIP ViT-L/14)
+    time_embed_dim: int  # the UNet's timestep-embedding width (4 × block_out_channels[0] in SD)
+    cross_attention_dim: int  # the UNet's context width (768 SD 1.x, 1024 SD 2.x)
+    unet_in_width: int  # the UNet's conv_in output channels (block_out_channels[0])
+    vae_factor: int  # pixels per latent cell (8 for SD): log2 of it = stride-2 convs per local encoder
+    palette_dim: int = 180  # Composer's colour histogram (conditions.Palette)
+    tokens_per_global: int = 4  # extra context tokens per token kind: image embedding 4 + palette 4 = the paper's 8
+    local_channels: int = 8  # channels of the summed local embedding (VideoComposer's 8 concat channels)
+    local_width: int = 32  # channels inside each local encoder
+    image_encoder: str | None = None  # identity of the image encoder it was trained with; None: any of the right dim
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "image_encoder" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidParameter(f"composer.{f.name}", "an integer >= 1", value)
+        if self.vae_factor & (self.vae_factor - 1):
+            raise InvalidParameter("composer.vae_factor", "a power of two", self.vae_factor)
+
+    @classmethod
+    def for_backbone(cls, backbone: Backbone, image_embedding_dim: int, **settings) -> "ComposerConfig":
+        """The sizes ``backbone`` needs; ``settings`` override the defaults above."""
+        unet, text = backbone.unet, backbone.text_encoder.config
+        return cls(sentence_dim=text.hidden_size, image_embedding_dim=image_embedding_dim,
+                   time_embed_dim=unet.time_embedding.linear_2.out_features,
+                   cross_attention_dim=unet.config.cross_attention_dim,
+                   unet_in_width=unet.conv_in.out_channels, vae_factor=backbone.vae_factor, **settings)
+
+
+@dataclass(frozen=True)
+class AdapterOutputs:
+    """What the adapter adds at the backbone's doors, batch-first."""
+
+    time_addition: torch.Tensor  # (B, time_embed_dim) added to the timestep embedding
+    tokens: torch.Tensor  # (B, K, cross_attention_dim) appended to the text tokens; K = 2 · tokens_per_global
+    token_mask: torch.Tensor  # (B, K) 1 = the slot's kind is present, 0 = absent (masked out)
+    input_addition: torch.Tensor  # (B, unet_in_width, h, w) added to conv_in's output
+
+
+class ComposerAdapter(nn.Module):
+    """Composer's global and local condition encoders; see the module docstring for the doors."""
+
+    DOORS: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({
+        "caption": (TIME,), "image_embedding": (TIME, TOKENS), "palette": (TIME, TOKENS),
+        "sketch": (CHANNELS,), "instances": (CHANNELS,), "depth": (CHANNELS,), "intensity": (CHANNELS,),
+        "masked_image": (CHANNELS,)})
+    # Input channels of each local kind's encoder, at pixel resolution (see ``features`` for the values).
+    LOCAL_INPUTS: ClassVar[Mapping[str, int]] = MappingProxyType({
+        "sketch": 1, "instances": 3, "depth": 1, "intensity": 1, "masked_image": 4})
+    TOKEN_KINDS: ClassVar[tuple[str, ...]] = ("image_embedding", "palette")  # slot order after the text tokens
+
+    def __init__(self, config: ComposerConfig):
+        super().__init__()
+        self.config = c = config
+        global_dims = {"caption": c.sentence_dim, "image_embedding": c.image_embedding_dim, "palette": c.palette_dim}
+        self.time = nn.ModuleDict({kind: _zero(nn.Linear(global_dims[kind], c.time_embed_dim))
+                                   for kind in self.DOORS if TIME in self.DOORS[kind]})
+        width = c.tokens_per_global * c.cross_attention_dim
+        self.tokens = nn.ModuleDict({kind: _zero(nn.Linear(global_dims[kind], width)) for kind in self.TOKEN_KINDS})
+        self.local = nn.ModuleDict({kind: _local_encoder(channels, c) for kind, channels in self.LOCAL_INPUTS.items()})
+        self.channels_in = _zero(nn.Conv2d(c.local_channels, c.unet_in_width, 3, padding=1, bias=False))
+
+    @property
+    def token_count(self) -> int:
+        return len(self.TOKEN_KINDS) * self.config.tokens_per_global
+
+    # --- conditions -> feature tensors -------------------------------------------------------
+    def features(self, cond: Condition) -> torch.Tensor:
+        """A condition value as the adapter's input: (1, D) for global kinds, (1, C, H, W) for local ones.
+
+        - image_embedding: the vector; palette: the histogram divided by its sum (a distribution);
+        - sketch: 1 on a line, 0 elsewhere; depth: 0 near .. 1 far; intensity: 0 .. 1;
+        - instances: a fixed colour code of the label map: background black, instance k (0-based,
+          in mask order) the RGB of hue (0.618034·k mod 1), saturation 0.75, value 0.95, in [0, 1]
+          (the colours of ``Instances.picture``); categories are not encoded;
+        - masked_image: the masked RGB in [-1, 1] (0 inside the region to generate) + the mask (1 = generate).
+        The caption's feature is its sentence embedding, which needs the backbone (ComposerDenoiser).
+        """
+        kind = cond.kind
+        if kind == "image_embedding":
+            dim = self.config.image_embedding_dim
+            if cond.dim != dim:
+                raise InvalidParameter("image_embedding.vector", f"shape ({dim},) for this adapter", (cond.dim,))
+            wanted = self.config.image_encoder
+            if wanted is not None and cond.encoder != wanted:
+                raise InvalidParameter("image_embedding.encoder", f"{wanted!r} (the encoder this adapter was trained "
+                                       "with)", cond.encoder)
+            return torch.from_numpy(np.array(cond.vector, np.float32))[None]
+        if kind == "palette":
+            h = torch.from_numpy(np.array(cond.histogram, np.float32))
+            return (h / h.sum())[None]
+        if kind == "sketch":
+            return torch.from_numpy(cond.lines.astype(np.float32))[None, None]
+        if kind == "instances":
+            colours = label_colours(len(cond))[cond.label_map()].astype(np.float32) / 255  # (H, W, 3)
+            return torch.from_numpy(colours).permute(2, 0, 1)[None]
+        if kind in ("depth", "intensity"):
+            return torch.from_numpy(np.array(cond.values, np.float32))[None, None]
+        if kind == "masked_image":
+            return torch.cat([cond.masked, cond.mask.to(cond.masked.dtype)], dim=1).float()
+        if kind == "caption":
+            raise InvalidParameter("caption", "encoded by the backbone (Backbone.encode_sentence)", cond)
+        raise InvalidParameter("conditions", "kinds the Composer adapter hears: " + ", ".join(self.DOORS), kind)
+
+    # --- the adapter proper: feature tensors -> additions at the doors ------------------------
+    def forward(self, features: Mapping[str, torch.Tensor], batch: int, latent_size: tuple[int, int],
+                keep: Mapping[str, torch.Tensor] | None = None) -> AdapterOutputs:
+        """Additions for the kinds in ``features``; every other kind is absent.
+
+        features: kind -> (B, D) for global kinds (caption: its sentence embedding), (B, C, H, W) for
+        local ones at H, W = latent_size × vae_factor. keep: kind -> (B,) 0/1, rows where a given kind
+        counts as absent (per-sample condition dropout in training); kinds not in it are kept.
+        """
+        c, p = self.config, next(self.parameters())
+        h, w = latent_size
+        time = torch.zeros(batch, c.time_embed_dim, device=p.device, dtype=p.dtype)  # (B, Dt)
+        tokens = torch.zeros(batch, self.token_count, c.cross_attention_dim, device=p.device, dtype=p.dtype)
+        token_mask = torch.zeros(batch, self.token_count, device=p.device, dtype=p.dtype)  # (B, K)
+        local = torch.zeros(batch, c.local_channels, h, w, device=p.device, dtype=p.dtype)  # (B, Cl, h, w)
+        for kind, x in features.items():
+            self._check(kind, x, batch, (h * c.vae_factor, w * c.vae_factor))
+            x = x.to(p.device, p.dtype)
+            k = torch.ones(batch, device=p.device, dtype=p.dtype) if keep is None or kind not in keep \
+                else keep[kind].to(p.device, p.dtype)  # (B,)
+            if TIME in self.DOORS[kind]:
+                time = time + self.time[kind](x) * k[:, None]
+            if TOKENS in self.DOORS[kind]:
+                slot = self.TOKEN_KINDS.index(kind) * c.tokens_per_global
+                span = slice(slot, slot + c.tokens_per_global)
+                tokens[:, span] = self.tokens[kind](x).view(batch, c.tokens_per_global, -1) * k[:, None, None]
+                token_mask[:, span] = k[:, None]
+            if CHANNELS in self.DOORS[kind]:
+                local = local + self.local[kind](x) * k[:, None, None, None]
+        return AdapterOutputs(time, tokens, token_mask, self.channels_in(local))
+
+    def _check(self, kind: str, x: torch.Tensor, batch: int, pixels: tuple[int, int]) -> None:
+        if kind not in self.DOORS:
+            raise InvalidParameter("conditions", "kinds the Composer adapter hears: " + ", ".join(self.DOORS), kind)
+        if kind in self.LOCAL_INPUTS:
+            want = (batch, self.LOCAL_INPUTS[kind], *pixels)
+        else:
+            want = (batch, {"caption": self.config.sentence_dim, "image_embedding": self.config.image_embedding_dim,
+                            "palette": self.config.palette_dim}[kind])
+        if tuple(x.shape) != want:
+            raise InvalidParameter(kind, f"a tensor of shape {want}", tuple(x.shape))
+
+    # --- the backbone's doors -----------------------------------------------------------------
+    def attach(self, unet: nn.Module) -> None:
+        """Install the two weightless doors on ``unet`` (see the module docstring); idempotent.
+
+        Refused when the UNet's sizes differ from this adapter's or its class-embedding slot is in use.
+        """
+        c = self.config
+        sizes = {"time_embed_dim": unet.time_embedding.linear_2.out_features,
+                 "cross_attention_dim": unet.config.cross_attention_dim, "unet_in_width": unet.conv_in.out_channels}
+        for name, size in sizes.items():
+            if getattr(c, name) != size:
+                raise ModelError("adapter", f"was made for {name} {getattr(c, name)}, the UNet has {size}")
+        attach(unet)
+
+    # --- files --------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Weights as safetensors, the config as JSON in the file's metadata."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        state = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
+        save_file(state, str(path), metadata={"format": FORMAT, "config": json.dumps(asdict(self.config))})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ComposerAdapter":
+        """An adapter saved by ``save`` (checked as every weights file is: no pickle, no NaN)."""
+        from ..io.weights import check_safetensors, load_safetensors
+
+        meta = check_safetensors(path).get("__metadata__", {})
+        if meta.get("format") != FORMAT:
+            raise ModelError(str(path), f"is not a Composer adapter (format {meta.get('format')!r}, "
+                                        f"expected {FORMAT!r})")
+        try:
+            config = ComposerConfig(**json.loads(meta["config"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(str(path), f"has an unreadable adapter config ({e})") from None
+        adapter = cls(config)
+        missing, unexpected = adapter.load_state_dict(load_safetensors(path), strict=False)
+        if missing or unexpected:
+            raise ModelError(str(path), f"does not fit its config (missing {sorted(missing)}, "
+                                        f"unexpected {sorted(unexpected)})")
+        return adapter.eval()
+
+
+class _TimeAddition(nn.Identity):
+    """The class-embedding slot as a door: ``class_labels`` is the addition to the time embedding."""
+
+
+class _InputAdditionConv(nn.Conv2d):
+    """conv_in with a door: input [x (in_channels) | a (out_channels)] -> conv(x) + a; plain input -> conv(x).
+
+    Holds the very same weight and bias Parameters as the conv it replaces (same names in the UNet).
+    """
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        x, addition = sample[:, :self.in_channels], sample[:, self.in_channels:]
+        out = super().forward(x)  # (B, out_channels, h, w)
+        if addition.shape[1] == 0:
+            return out
+        if addition.shape[1] != self.out_channels:
+            raise ModelError("input_addition", f"must have {self.out_channels} channels, got {addition.shape[1]}")
+        return out + addition
+
+
+def attach(unet: nn.Module) -> None:
+    """Give a diffusers UNet2DConditionModel the two Composer doors (no weights; idempotent)."""
+    if is_attached(unet):
+        return
+    if unet.class_embedding is not None or unet.config.class_embeddings_concat:
+        raise ModelError("unet", "already uses its class-embedding slot; the Composer adapter needs it free")
+    unet.class_embedding = _TimeAddition()
+    unet.conv_in = _swap_conv(unet.conv_in, _InputAdditionConv)
+
+
+def detach(unet: nn.Module) -> None:
+    """Remove the doors again: the UNet is the plain backbone (same Parameters throughout)."""
+    if not is_attached(unet):
+        return
+    unet.class_embedding = None
+    unet.conv_in = _swap_conv(unet.conv_in, nn.Conv2d)
+
+
+def is_attached(unet: nn.Module) -> bool:
+    return isinstance(unet.class_embedding, _TimeAddition) and isinstance(unet.conv_in, _InputAdditionConv)
+
+
+def local_size(cond: Condition) -> tuple[int, int]:
+    """(width, height) in pixels of a local condition's payload."""
+    shape = {"sketch": lambda: cond.lines.shape, "instances": lambda: cond.masks.shape[1:],
+             "depth": lambda: cond.values.shape, "intensity": lambda: cond.values.shape,
+             "masked_image": lambda: tuple(cond.image.shape[2:])}[cond.kind]()
+    return int(shape[1]), int(shape[0])
+
+
+def generation_size(*sets: ConditionSet) -> tuple[int, int] | None:
+    """The (width, height) all local conditions of the sets share, or None when there are none.
+
+    A local condition of another size than the first one found is an error naming its kind.
+    """
+    found = None
+    for conds in sets:
+        for kind in conds:
+            if kind in ComposerAdapter.LOCAL_INPUTS:
+                size = local_size(conds[kind])
+                if found is None:
+                    found = (kind, size)
+                elif size != found[1]:
+                    raise InvalidParameter(kind, f"{found[1][0]}x{found[1][1]} pixels like the {found[0]}",
+                                           f"{size[0]}x{size[1]}")
+    return None if found is None else found[1]
+
+
+def _zero(layer: nn.Module) -> nn.Module:
+    for p in layer.parameters():
+        nn.init.zeros_(p)
+    return layer
+
+
+def _local_encoder(channels: int, c: ComposerConfig) -> nn.Sequential:
+    """Pixels (B, channels, H, W) -> (B, local_channels, H / f, W / f): stacked 3×3 convs, one stride 2 per halving."""
+    layers: list[nn.Module] = [nn.Conv2d(channels, c.local_width, 3, padding=1), nn.SiLU()]
+    for _ in range(int(math.log2(c.vae_factor))):
+        layers += [nn.Conv2d(c.local_width, c.local_width, 3, stride=2, padding=1), nn.SiLU()]
+    layers.append(nn.Conv2d(c.local_width, c.local_channels, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+def _swap_conv(conv: nn.Conv2d, cls: type[nn.Conv2d]) -> nn.Conv2d:
+    """The same conv as class ``cls``, sharing its Parameters (built on the meta device, nothing allocated)."""
+    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+              dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+              device="meta")
+    new.weight = conv.weight
+    if conv.bias is not None:
+        new.bias = conv.bias
+    new.train(conv.training)
+    return new
