@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from .commands.decompose import decompose_command
+from .commands.train import train_app
 from .commands.world import world_app
 from .errors import Cancelled, InvalidParameter, RecomposerError
 
@@ -20,6 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   rich_markup_mode=None, help="Decompose images into conditions; recompose any mix into new images.")
 
 app.add_typer(world_app, name="world")
+app.add_typer(train_app, name="train")
 app.command("decompose")(decompose_command)
 
 Model = Annotated[Optional[str], typer.Option("--model", help="Diffusers model directory, or a .safetensors file "
@@ -129,7 +131,6 @@ def _not_yet(command: str, issue: str) -> None:
         raise RecomposerError(command, f"`recomposer {command}` is not available yet; it arrives with {issue}")
 
 
-_not_yet("train", "the bundled-model issue")
 _not_yet("bench", "the benchmark issue")
 
 

@@ -49,14 +49,17 @@ def load_pretrained(auto_class, root: Path, field: str, device: str | torch.devi
 
     common = dict(local_files_only=True, use_safetensors=True, trust_remote_code=False,
                   output_loading_info=True, ignore_mismatched_sizes=True)
-    verbosity = logging.get_verbosity()
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()  # the load report lists expected unexpected keys; we check what matters
+    logging.disable_progress_bar()
     try:
         model, info = auto_class.from_pretrained(root, dtype=dtype, **common)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as e:
         raise ModelError(field, f"{root} could not be loaded: {first_line(e)}") from None
     finally:
         logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
     missing = sorted(k for k in info.get("missing_keys", []) if not k.endswith("position_ids"))
     mismatched = sorted(k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", []))
     if missing:
