@@ -210,15 +210,14 @@ def _free_name(folder: Path, stem: str) -> Path:
 
 
 def _quiet_libraries() -> None:
+    """Library logging and progress bars off, through the variables they read at import (so that
+    `recomposer --help` does not have to import them)."""
+    import os
     import warnings
 
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
+    for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_OFFLINE", "1")):
+        os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
