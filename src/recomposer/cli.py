@@ -219,6 +219,16 @@ def _quiet_libraries() -> None:
                         ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_OFFLINE", "1")):
         os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    if "transformers" in sys.modules:  # already imported (as in a test process): tell them directly
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    if "diffusers" in sys.modules:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
