@@ -112,7 +112,7 @@ class BackboneDenoiser:
         return forward_unet(self.backbone.unet, x, t, inputs)
 
 
-class ComposerDenoiser:
+class ComposerDenoiser(BackboneDenoiser):
     """A backbone with a Composer adapter attached (models/composer.py says which kind enters where).
 
     The caption's word tokens reach cross-attention as in the plain backbone (null: the empty
@@ -137,18 +137,14 @@ class ComposerDenoiser:
         width, height = size or (backbone.native_size, backbone.native_size)
         f = backbone.vae_factor
         self.size = (v.multiple_of("width", width, f), v.multiple_of("height", height, f))  # pixels
-        self.backbone, self.adapter = backbone, adapter
-        self.prediction_type = backbone.prediction_type
+        super().__init__(backbone)
+        self.adapter = adapter
 
     @torch.no_grad()
     def encode(self, conds: ConditionSet) -> ModelInputs:
-        unknown = set(conds) - self.consumes
-        if unknown:
-            allowed = "kinds this model has adapters for: " + ", ".join(sorted(self.consumes))
-            raise InvalidParameter("conditions", allowed, sorted(unknown))
+        plain = super().encode(conds)  # kinds checked; caption tokens; inpainting channels
         b, adapter, (width, height) = self.backbone, self.adapter, self.size
         caption = conds.get("caption", Caption(""))
-        context = b.encode_text([caption.text])  # (1, T, D)
         features = {"caption": b.encode_sentence([caption.text])} if caption.text else {}  # (1, D_s)
         for kind in conds:
             if kind in adapter.LOCAL_INPUTS and local_size(conds[kind]) != self.size:
@@ -157,16 +153,7 @@ class ComposerDenoiser:
             if kind != "caption":
                 features[kind] = adapter.features(conds[kind])  # (1, D) or (1, C, H, W)
         outputs = adapter(features, 1, (height // b.vae_factor, width // b.vae_factor))
-        concat = None
-        if b.is_inpainting:
-            if "masked_image" not in conds:
-                raise InvalidParameter("mask", "given: this is an inpainting model (9 input channels)", None)
-            concat = inpainting_channels(b, conds["masked_image"])
-        return composer_inputs(context, outputs, concat)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, inputs: ModelInputs) -> torch.Tensor:
-        return forward_unet(self.backbone.unet, x, t, inputs)
+        return composer_inputs(plain.context, outputs, plain.concat)
 
 
 def composer_inputs(context: torch.Tensor, outputs: AdapterOutputs, concat: torch.Tensor | None = None) -> ModelInputs:
