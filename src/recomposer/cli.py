@@ -148,7 +148,7 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
     from .io.images import open_image, open_mask
     from .models.device import resolve_device, resolve_dtype
     from .models.loading import load_bundled, load_model
-    from .tasks.generate import generate as run, pixel_hash, resolve
+    from .tasks.generate import generate as run, pixel_hash
 
     image = open_image(image_path, "image") if image_path is not None else None
     mask = open_mask(mask_path, image.size, "mask") if mask_path is not None and image is not None else None
@@ -163,7 +163,6 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
             model, torch_device, torch_dtype, config)
     if expect_sha256 is not None and backbone.identity() != expect_sha256:
         raise RecomposerError("model", "weights differ from those that made this image (sha256 mismatch)")
-    request = resolve(backbone, request, image, mask)  # every check before the first UNet call
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("sampling", total=None)
