@@ -96,7 +96,7 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model: dict[str, torch
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    verify_checkpoint(final)  # read back before anything older is deleted
+    # each file was hashed from disk after its fsync (_write_file): the marker already vouches for it
     prune_checkpoints(output_dir, keep, through_step=step)
     return final
 
