@@ -99,13 +99,13 @@ class BackboneDenoiser:
             allowed = "kinds this model has adapters for: " + ", ".join(sorted(self.consumes))
             raise InvalidParameter("conditions", allowed, sorted(unknown))
         caption = conds.get("caption", Caption(""))
-        context = self.backbone.encode_text([caption.text])  # (1, T, D)
+        prompt = self.backbone.encode_prompts([caption.text])  # tokens (1, T, D), mask (1, T) or None
         concat = None
         if self.backbone.is_inpainting:
             if "masked_image" not in conds:
                 raise InvalidParameter("mask", "given: this is an inpainting model (9 input channels)", None)
             concat = inpainting_channels(self.backbone, conds["masked_image"])
-        return ModelInputs(context=context, concat=concat)
+        return ModelInputs(context=prompt.tokens, concat=concat, context_mask=prompt.mask)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, inputs: ModelInputs) -> torch.Tensor:
@@ -153,17 +153,19 @@ class ComposerDenoiser(BackboneDenoiser):
             if kind != "caption":
                 features[kind] = adapter.features(conds[kind])  # (1, D) or (1, C, H, W)
         outputs = adapter(features, 1, (height // b.vae_factor, width // b.vae_factor))
-        return composer_inputs(plain.context, outputs, plain.concat)
+        return composer_inputs(plain.context, outputs, plain.concat, plain.context_mask)
 
 
-def composer_inputs(context: torch.Tensor, outputs: AdapterOutputs, concat: torch.Tensor | None = None) -> ModelInputs:
+def composer_inputs(context: torch.Tensor, outputs: AdapterOutputs, concat: torch.Tensor | None = None,
+                    text_mask: torch.Tensor | None = None) -> ModelInputs:
     """Text tokens (B, T, D) and a Composer adapter's additions as ModelInputs, on the context's device and dtype.
 
-    The text tokens are always attended (padding included, exactly as the plain backbone attends
-    them); the adapter's token slots are attended where their kind is present.
+    The text tokens are attended as the plain backbone attends them (all of them, padding included,
+    unless ``text_mask`` (B, T) masks the padding); the adapter's token slots where their kind is present.
     """
     like = {"device": context.device, "dtype": context.dtype}
-    mask = torch.cat([torch.ones(context.shape[:2], **like), outputs.token_mask.to(**like)], dim=1)  # (B, T + K)
+    text = torch.ones(context.shape[:2], **like) if text_mask is None else text_mask.to(**like)
+    mask = torch.cat([text, outputs.token_mask.to(**like)], dim=1)  # (B, T + K)
     return ModelInputs(context=torch.cat([context, outputs.tokens.to(**like)], dim=1), concat=concat,
                        context_mask=mask, time_addition=outputs.time_addition.to(**like),
                        input_addition=outputs.input_addition.to(**like))

@@ -33,6 +33,9 @@ def train_composer(
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
     size: Annotated[Optional[int], typer.Option(help="Image side in pixels: a multiple of the VAE factor "
                                                      "(default: the backbone's native size).")] = None,
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the trained weights (what is written).")]
+    = None,
     checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps (and at the end).")]
     = 500,
     sample_every: Annotated[int, typer.Option(help="A sample grid every this many steps (0: never).")] = 0,
@@ -40,10 +43,14 @@ def train_composer(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint "
                                                                       "in --output.")] = True,
     image_encoder: Annotated[Optional[str], typer.Option(help="A local CLIP vision model directory: trains "
-                                                              "the image-embedding door too.")] = None,
+                                                              "the image-embedding door too (default with "
+                                                              "bundled parts: their image encoder).")] = None,
+    parts: Annotated[Optional[Path], typer.Option(help="A folder of bundled-format parts (train vae/encoder/base "
+                                                       "write them) to train on instead of --model; the adapter "
+                                                       "(and the UNet) are written back into it.")] = None,
     train_unet: Annotated[bool, typer.Option("--train-unet", help="Train the UNet with the adapter (the "
-                                                                  "paper's setting); written to OUT/unet.")]
-    = False,
+                                                                  "paper's setting); with --parts and no "
+                                                                  "unet part yet, from a fresh UNet.")] = False,
     mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
 ) -> None:
@@ -52,15 +59,16 @@ def train_composer(
     from ..training import TrainConfig, latest_complete
 
     # 1. Every parameter, before anything loads.
-    config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr,
+    config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                          checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed,
-                         mixed_precision=mixed_precision, cpu=cpu).check()
+                         ema_decay=ema_decay, mixed_precision=mixed_precision, cpu=cpu).check()
     if size is not None:
         v.integer("size", size, 16, 4096)
-    if output.exists() and not output.is_dir():
-        raise InvalidParameter("output", "a folder (new, or one this command wrote)", str(output))
+    _check_output(output)
     if image_encoder is not None and not Path(image_encoder).is_dir():
         raise RecomposerError("image-encoder", f"no such directory: {image_encoder}")
+    if model is not None and parts is not None:
+        raise RecomposerError("parts", "give --model or --parts, not both")
     if model is not None:
         size = _check_size(model, size)
     if not resume and output.is_dir() and latest_complete(output) is not None:
@@ -71,45 +79,176 @@ def train_composer(
     import torch
 
     from ..decompose.embedding import ClipImageEncoder
-    from ..models.loading import load_bundled, load_model
+    from ..models.bundled import WEIGHTS, has_part, load_bundled_backbone, load_bundled_image_encoder, write_part
+    from ..models.loading import load_model
     from ..training import train
     from ..training.composer import (WORLD_KINDS, ComposerTraining, composer_step, new_adapter, save_adapter,
                                      world_batches, world_sampler)
 
     cpu_device = torch.device("cpu")  # the trainer moves everything to its device
-    backbone = load_bundled(cpu_device, torch.float32) if model is None else load_model(model, cpu_device,
-                                                                                        torch.float32)
+    folder = parts if parts is not None else WEIGHTS
+    if model is None:
+        backbone = load_bundled_backbone(cpu_device, torch.float32, folder, fresh_unet=train_unet)
+    else:
+        backbone = load_model(model, cpu_device, torch.float32)
     size = size if size is not None else backbone.native_size
     v.multiple_of("size", size, backbone.vae_factor, 16, 4096)
-    encoder = ClipImageEncoder(image_encoder) if image_encoder is not None else None
+    if image_encoder is not None:
+        encoder = ClipImageEncoder(image_encoder)
+    elif model is None and has_part("image_encoder", folder):
+        encoder = load_bundled_image_encoder(folder=folder)
+    else:
+        encoder = None
     kinds = WORLD_KINDS + (("image_embedding",) if encoder is not None else ())
-    run = {"model": str(Path(model).resolve()) if model else "bundled", "size": size, "kinds": list(kinds),
+    run = {"model": str(Path(model).resolve()) if model else str(folder), "size": size, "kinds": list(kinds),
            "image_encoder": encoder.identity if encoder else None, "train_unet": train_unet}
     _check_run(output, run)
     adapter = new_adapter(backbone, encoder.dim if encoder else 768, encoder.identity if encoder else None, seed=seed)
     trainee = ComposerTraining(backbone, adapter, kinds, train_unet=train_unet)
     batches = world_batches(adapter, batch_size, size, image_encoder=encoder)
     sampler = world_sampler(size, image_encoder=encoder) if sample_every else None
-    summary = train(config, trainee, composer_step, batches, sampler, resume=resume)
+    summary = train(config, trainee, composer_step, batches, sampler, resume=resume, keep_ema=True)
 
-    # 3. The results, each all or nothing.
-    typer.echo(str(save_adapter(adapter, output / ADAPTER_FILE)))
-    if train_unet:
-        typer.echo(str(_save_unet(backbone.unet, output / "unet")))
+    # 3. The results, each all or nothing (with EMA: the averaged weights).
+    if parts is not None:
+        typer.echo(str(write_part(adapter, "composer", parts, {"config": adapter.config.__dict__,
+                                                               "steps": summary.step})))
+        if train_unet:
+            typer.echo(str(write_part(backbone.unet, "unet", parts, {"steps": summary.step, "joint": True})))
+    else:
+        typer.echo(str(save_adapter(adapter, output / ADAPTER_FILE)))
+        if train_unet:
+            typer.echo(str(_save_pretrained(backbone.unet, output / "unet")))
     loss = "n/a" if summary.loss is None else f"{summary.loss:.4g}"
     typer.echo(f"step {summary.step}, loss {loss}", err=True)
 
 
-def _not_yet(name: str) -> None:
-    @train_app.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                       help="Not available yet (arrives with the bundled-model issue).")
-    def stub(ctx: typer.Context) -> None:
-        raise RecomposerError(name, f"`recomposer train {name}` is not available yet: "
-                                    "arrives with the bundled-model issue")
+@train_app.command("base")
+def train_base(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, loss.jsonl; a run "
+                                                                "resumes from it.")],
+    parts: Annotated[Path, typer.Option(help="Folder of bundled-format parts holding the trained VAE "
+                                             "(`train vae`); the UNet is written into it.")],
+    steps: Annotated[int, typer.Option(help="Optimizer updates in all (a resumed run continues up to it).")]
+    = 10_000,
+    batch_size: Annotated[int, typer.Option(help="Captioned shapes-world scenes per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
+    checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps.")] = 250,
+    ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the UNet's weights (the written UNet).")]
+    = 0.995,
+    seed: Annotated[int, typer.Option(help="Seeds the initial weights and every step's draws.")] = 0,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+) -> None:
+    """Train the bundled text-to-image UNet (MiniLM tokens) from scratch on captioned world scenes; writes
+    PARTS/unet.*"""
+    from ..training import TrainConfig
+
+    config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=200,
+                         checkpoint_every=checkpoint_every, ema_decay=ema_decay, seed=seed,
+                         mixed_precision=mixed_precision, cpu=cpu).check()
+    _check_output(output)
+
+    import torch
+
+    from ..models.bundled import SIZE, load_bundled_backbone, new_unet, write_part
+    from ..training import train
+    from ..training.base import BaseTraining, base_step
+    from ..training.vae import world_images
+
+    backbone = load_bundled_backbone(torch.device("cpu"), torch.float32, parts, fresh_unet=True)
+    backbone.unet = new_unet(seed)  # from scratch, whatever PARTS holds
+    summary = train(config, BaseTraining(backbone), base_step, world_images(batch_size, SIZE), keep_ema=True)
+    typer.echo(str(write_part(backbone.unet, "unet", parts, {"steps": summary.step, "joint": False})))
+    loss = "n/a" if summary.loss is None else f"{summary.loss:.4g}"
+    typer.echo(f"step {summary.step}, loss {loss}", err=True)
 
 
-for _name in ("vae", "base", "encoder"):
-    _not_yet(_name)
+@train_app.command("vae")
+def train_vae(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, samples and loss.jsonl; "
+                                                                "a run resumes from it.")],
+    steps: Annotated[int, typer.Option(help="Optimizer updates in all (a resumed run continues up to it).")]
+    = 4000,
+    batch_size: Annotated[int, typer.Option(help="Shapes-world renders per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-4,
+    checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps.")] = 250,
+    sample_every: Annotated[int, typer.Option(help="A reconstruction grid every this many steps (0: never).")]
+    = 500,
+    seed: Annotated[int, typer.Option(help="Seeds the initial weights and every step's draws.")] = 0,
+    parts: Annotated[Optional[Path], typer.Option(help="Folder of bundled-format parts the result is written "
+                                                       "into (default: --output).")] = None,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+) -> None:
+    """Train the bundled model's VAE (64 px, latent factor 4) on shapes-world renders; writes PARTS/vae.*"""
+    from ..training import TrainConfig
+
+    config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=100,
+                         checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed,
+                         mixed_precision=mixed_precision, cpu=cpu).check()
+    _check_output(output)
+
+    from ..models.bundled import SIZE, new_vae, write_part
+    from ..training import train
+    from ..training.vae import VAETraining, summary, vae_sampler, vae_step, world_images
+
+    vae = new_vae(seed)
+    train(config, VAETraining(vae), vae_step, world_images(batch_size, SIZE),
+          vae_sampler(SIZE) if sample_every else None)
+    vae = vae.eval().half().float()  # the bundled precision: the figures are those of what ships
+    figures = summary(vae)
+    typer.echo(str(write_part(vae, "vae", parts or output, figures)))
+    typer.echo(f"held-out PSNR {figures['psnr_mean']:.2f} dB (worst {figures['psnr_min']:.2f}), "
+               f"latent scale {figures['scaling_factor']:.4f}", err=True)
+
+
+@train_app.command("encoder")
+def train_encoder(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints and loss.jsonl; a run "
+                                                                "resumes from it.")],
+    steps: Annotated[int, typer.Option(help="Optimizer updates in all (a resumed run continues up to it).")]
+    = 1500,
+    batch_size: Annotated[int, typer.Option(help="Scenes per step (the contrastive batch).")] = 64,
+    pool: Annotated[int, typer.Option(help="Training scenes (their caption embeddings are computed once).")]
+    = 8192,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps.")] = 250,
+    seed: Annotated[int, typer.Option(help="Seeds the initial weights and every step's draws.")] = 0,
+    parts: Annotated[Optional[Path], typer.Option(help="Folder of bundled-format parts the result is written "
+                                                       "into (default: --output).")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+) -> None:
+    """Train the bundled image encoder (semantics and style) against caption embeddings; writes
+    PARTS/image_encoder.*"""
+    from .. import validation as v
+    from ..training import TrainConfig
+
+    config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=100,
+                         weight_decay=0.01, checkpoint_every=checkpoint_every, seed=seed, cpu=cpu).check()
+    v.integer("pool", pool, batch_size)
+    _check_output(output)
+
+    import torch
+
+    from ..models.bundled import write_part
+    from ..models.image_encoder import WorldImageEncoder
+    from ..models.minilm import load_minilm
+    from ..training import train
+    from ..training.encoder import EncoderTraining, caption_batches, caption_pool, encoder_step, retrieval
+
+    text_model, tokenizer = load_minilm()
+    output.mkdir(parents=True, exist_ok=True)
+    sentences = caption_pool(text_model, tokenizer, pool, output / "caption-pool.safetensors")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        trainee = EncoderTraining(WorldImageEncoder())
+    train(config, trainee, encoder_step, caption_batches(sentences, batch_size))
+    trainee.half().float()  # the bundled precision: the figures are those of what ships
+    figures = retrieval(trainee, text_model, tokenizer)
+    typer.echo(str(write_part(trainee.encoder, "image_encoder", parts or output, figures)))
+    typer.echo(f"held-out retrieval top-1: image->caption {figures['image_to_caption_top1']:.2f}, "
+               f"caption->image {figures['caption_to_image_top1']:.2f}", err=True)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -154,14 +293,19 @@ def _check_run(output: Path, run: dict) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(run, indent=2) + "\n").encode()))
 
 
-def _save_unet(unet, folder: Path) -> Path:
-    """The trained UNet as a diffusers folder (safetensors), written beside and renamed into place."""
+def _check_output(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise InvalidParameter("output", "a folder (new, or one this command wrote)", str(output))
+
+
+def _save_pretrained(module, folder: Path) -> Path:
+    """A diffusers model as a folder (safetensors), written beside and renamed into place."""
     import shutil
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        unet.save_pretrained(tmp, safe_serialization=True)
+        module.save_pretrained(tmp, safe_serialization=True)
         if folder.exists():
             aside = folder.with_name(f".{folder.name}.old.tmp")
             shutil.rmtree(aside, ignore_errors=True)

@@ -6,7 +6,7 @@ was loaded is kept in ``source`` so that a result's provenance can load it again
 """
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -26,6 +26,14 @@ class ModelSource:
         return {"kind": self.kind, "path": self.path, "config": self.config}
 
 
+class Prompts(NamedTuple):
+    """Encoded prompts (``Backbone.encode_prompts``)."""
+
+    tokens: torch.Tensor  # (B, T, D) token states for cross-attention
+    mask: torch.Tensor | None  # (B, T) 1 = attend, 0 = padding; None: attend to every token
+    sentence: torch.Tensor  # (B, D) one embedding per prompt
+
+
 @dataclass(eq=False)
 class Backbone:
     vae: AutoencoderKL
@@ -36,6 +44,7 @@ class Backbone:
     source: ModelSource = field(default_factory=lambda: ModelSource("memory"))
     text_attention_mask: bool = False  # pass the padding mask to the text encoder (BERT-style yes, SD's CLIP no)
     max_text_tokens: int | None = None  # prompt length in tokens; None: the tokenizer's model_max_length
+    mask_padding: bool = False  # the UNet ignores padding tokens (BERT-style encoders; SD's CLIP attends all)
     _identity: str | None = field(default=None, repr=False)
 
     # --- facts about the model -------------------------------------------------------------
@@ -73,31 +82,43 @@ class Backbone:
 
     # --- the three encoders ------------------------------------------------------------------
     @torch.no_grad()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Prompts -> token states (B, T, D), padded to the fixed prompt length, as SD pipelines do."""
-        length = self.max_text_tokens or self.tokenizer.model_max_length
-        tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-        mask = tokens.attention_mask.to(self.device) if self.text_attention_mask else None
-        states = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]  # (B, T, D)
-        return states.to(self.dtype)
+    def encode_prompts(self, texts: list[str]) -> "Prompts":
+        """Prompts -> token states, the UNet's padding mask and sentence embeddings, from one encoder forward.
 
-    @torch.no_grad()
-    def encode_sentence(self, texts: list[str]) -> torch.Tensor:
-        """Prompts -> one sentence embedding each (B, D), tokenised as in ``encode_text``.
-
-        CLIP text encoders: the pooled output (the final-norm state at the end-of-text token), as
-        unCLIP and Composer use it. Other encoders (BERT-style, e.g. MiniLM): the mean of the token
-        states over the real tokens (padding excluded), as sentence-transformers pools them.
+        tokens (B, T, D): padded to the fixed prompt length T, as SD pipelines do. With ``mask_padding``
+        the encoder runs on the real tokens only (padded to the longest prompt of the call, padding
+        masked out of its attention), the padding slots hold zeros and ``mask`` (B, T) tells the UNet to
+        ignore them: real-token states are the same numbers as a full-length forward gives.
+        sentence (B, D): CLIP text encoders: the pooled output (the final-norm state at the end-of-text
+        token), as unCLIP and Composer use it; other encoders (BERT-style, e.g. MiniLM): the mean of the
+        token states over the real tokens, as sentence-transformers pools them.
         """
         length = self.max_text_tokens or self.tokenizer.model_max_length
-        tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-        real = tokens.attention_mask.to(self.device)  # (B, T) 1 on real tokens
+        tokens = self.tokenizer(texts, padding="longest" if self.mask_padding else "max_length", max_length=length,
+                                truncation=True, return_tensors="pt")
+        real = tokens.attention_mask.to(self.device)  # (B, T') 1 on real tokens
         out = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=real if self.text_attention_mask
                                 else None)
+        states = out[0]  # (B, T', D)
         if getattr(self.text_encoder.config, "model_type", "").startswith("clip"):
-            return out.pooler_output.to(self.dtype)  # (B, D)
-        weights = real[..., None].to(out[0].dtype)  # (B, T, 1)
-        return ((out[0] * weights).sum(1) / weights.sum(1).clamp(min=1)).to(self.dtype)  # (B, D)
+            sentence = out.pooler_output  # (B, D)
+        else:
+            weights = real[..., None].to(states.dtype)  # (B, T', 1)
+            sentence = (states * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D)
+        mask = None
+        if self.mask_padding:
+            pad = length - states.shape[1]
+            states = torch.nn.functional.pad(states * real[..., None].to(states.dtype), (0, 0, 0, pad))
+            mask = torch.nn.functional.pad(real, (0, pad)).to(self.dtype)  # (B, T)
+        return Prompts(states.to(self.dtype), mask, sentence.to(self.dtype))
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Prompts -> token states (B, T, D) (``encode_prompts``; mind its mask when ``mask_padding``)."""
+        return self.encode_prompts(texts).tokens
+
+    def encode_sentence(self, texts: list[str]) -> torch.Tensor:
+        """Prompts -> one sentence embedding each (B, D) (``encode_prompts``)."""
+        return self.encode_prompts(texts).sentence
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> "torch.distributions.Distribution":

@@ -31,7 +31,7 @@ def load_backbone(source: ModelSource, device: torch.device, dtype: torch.dtype)
     if source.kind == "single-file":
         return load_single_file(source.path, source.config, device, dtype)
     if source.kind == "bundled":
-        return load_bundled(device, dtype)
+        return load_bundled(device, dtype, source.path)
     raise ModelError("model", "was built in memory and cannot be reloaded from a file")
 
 
@@ -117,10 +117,11 @@ def load_single_file(path: str | Path, config: str | Path, device: torch.device,
     return backbone.to(device, dtype)
 
 
-def load_bundled(device: torch.device, dtype: torch.dtype) -> Backbone:
-    """The shapes-world model shipped in the package. It is trained in the bundled-model issue."""
-    raise ModelError("model", "the bundled default model is not available yet; pass --model PATH to a "
-                              "Stable Diffusion directory, or run `recomposer demo` for a tiny random model")
+def load_bundled(device: torch.device, dtype: torch.dtype, folder: str | Path | None = None) -> Backbone:
+    """The shapes-world model shipped in the package (models/bundled.py), or one in a parts ``folder``."""
+    from .bundled import WEIGHTS, load_bundled_backbone
+
+    return load_bundled_backbone(device, dtype, Path(folder) if folder else WEIGHTS)
 
 
 def _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, source) -> Backbone:

@@ -80,11 +80,12 @@ def load_minilm(device: str | torch.device = "cpu", dtype: torch.dtype = torch.f
     return model, tokenizer
 
 
-def tokenize(tokenizer, texts: list[str], length: int = MAX_TOKENS) -> dict[str, torch.Tensor]:
-    """Texts -> input_ids and attention_mask (B, length), right-padded with [PAD], cut at ``length``."""
+def tokenize(tokenizer, texts: list[str], length: int = MAX_TOKENS, padding: str = "max_length") -> dict[str, torch.Tensor]:
+    """Texts -> input_ids and attention_mask (B, length), right-padded with [PAD], cut at ``length``
+    (``padding="longest"``: padded only to the longest text)."""
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise InvalidParameter("texts", "a list of strings", texts)
-    tokens = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    tokens = tokenizer(texts, padding=padding, max_length=length, truncation=True, return_tensors="pt")
     return {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
 
 
@@ -102,9 +103,11 @@ def sentence_embedding(model, tokenizer, texts: list[str]) -> torch.Tensor:
 
     sentence-transformers' recipe for this model (its modules.json: Transformer, Pooling(mean), Normalize):
     e = normalize(sum_t m_t h_t / sum_t m_t), h_t the last-layer token states and m_t the attention mask.
-    Texts are cut at MAX_TOKENS (sentence-transformers cuts at 256; identical for anything shorter).
+    Texts are cut at MAX_TOKENS (sentence-transformers cuts at 256; identical for anything shorter). Padding
+    is masked, so the encoder runs on the longest text's length only: the same numbers, for less work.
     """
-    states, mask = token_states(model, tokenizer, texts)
+    tokens = {k: v.to(model.device) for k, v in tokenize(tokenizer, texts, padding="longest").items()}
+    states, mask = model(**tokens)[0], tokens["attention_mask"]  # (B, T, 384), (B, T)
     weights = mask[..., None].float()  # (B, T, 1) 1 on real tokens, [CLS] and [SEP] included
     mean = (states.float() * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (B, 384)
     return torch.nn.functional.normalize(mean, p=2, dim=1)  # (B, 384)

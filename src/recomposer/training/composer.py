@@ -40,11 +40,11 @@ from ..models.composer import ComposerAdapter, ComposerConfig, generation_size
 from ..schedulers import make_scheduler
 from ..world.dataset import EVAL_SEED_BASE, WorldSample, eval_seeds, make_sample
 from ..world.scene import WorldConfig
+from .base import PREDICTION_TYPES, clean_latents, noised, training_target
 from .dropout import DropoutRates, condition_keep
 
 # The kinds the shapes world gives exactly (image_embedding too when an image encoder is given).
 WORLD_KINDS = ("caption", "palette", "sketch", "instances", "depth", "intensity", "masked_image")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 # ---------------------------------------------------------------- data
@@ -187,20 +187,14 @@ class ComposerTraining(nn.Module):
         drawn = condition_keep(sorted(present), n, self.rates, generator)
         keep = {kind: drawn[kind] & present[kind].to(drawn[kind].device) for kind in present}  # kind -> (B,)
         captions = [text if kept else "" for text, kept in zip(batch["caption"], keep["caption"].tolist())]
-        with torch.no_grad():
-            context = b.encode_text(captions)  # (B, T, D)
-            features = {"caption": b.encode_sentence(captions), **batch["features"]}  # (B, D_s), …
-            # 2. x_0 from the VAE posterior
-            latents = self.vae.encode(image.to(self.vae.dtype)).latent_dist.sample(generator)
-            latents = latents.float() * self.vae.config.scaling_factor  # (B, 4, h, w)
-        # 3. noise and timesteps
-        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
-        count = self.noise_scheduler.config.num_train_timesteps
-        t = torch.randint(0, count, (n,), generator=generator, device=generator.device).to(latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)  # (B, 4, h, w)
+        prompts = b.encode_prompts(captions)  # tokens (B, T, D), mask, sentence (B, D_s)
+        features = {"caption": prompts.sentence, **batch["features"]}
+        # 2. x_0 from the VAE posterior; 3. noise and timesteps
+        latents = clean_latents(b, image, generator)  # (B, 4, h, w)
+        noise, t, noisy = noised(self.noise_scheduler, latents, generator)
         # 4. the prediction through the adapter's doors
         outputs = self.adapter(features, n, (image.shape[2] // f, image.shape[3] // f), keep=keep)
-        inputs = composer_inputs(context, outputs)
+        inputs = composer_inputs(prompts.tokens, outputs, text_mask=prompts.mask)
         prediction = forward_unet(self.unet, noisy.to(b.dtype), t, inputs)  # (B, 4, h, w)
         # 5. the loss in the backbone's parameterisation
         target = training_target(self.noise_scheduler, self.prediction_type, latents, noise, t)
@@ -211,18 +205,6 @@ class ComposerTraining(nn.Module):
 def composer_step(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
     """The trainer's step_fn: call the (possibly DDP-wrapped) ComposerTraining so gradients are synchronised."""
     return model(batch, generator)
-
-
-def training_target(scheduler, prediction_type: str, latents: torch.Tensor, noise: torch.Tensor,
-                    timesteps: torch.Tensor) -> torch.Tensor:
-    """What the model should predict: ε, v = √ᾱ_t·ε − √(1 − ᾱ_t)·x_0 (Salimans & Ho 2022), or x_0."""
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    if prediction_type == "sample":
-        return latents
-    raise InvalidParameter("prediction_type", "one of " + ", ".join(PREDICTION_TYPES), prediction_type)
 
 
 def _kind_modules(adapter: ComposerAdapter, kind: str) -> list[nn.Module]:

@@ -107,7 +107,8 @@ StepFn = Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
 
 
 def train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Callable[[int], Any],
-          sample_fn: Callable[[nn.Module, int], Any] | None = None, *, resume: bool = True) -> TrainSummary:
+          sample_fn: Callable[[nn.Module, int], Any] | None = None, *, resume: bool = True,
+          keep_ema: bool = False) -> TrainSummary:
     """Train the parameters of ``model`` that require grad, resuming from ``config.output_dir`` if it holds
     a complete checkpoint (and ``resume``).
 
@@ -119,6 +120,8 @@ def train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Calla
     sample_fn(model, step) -> PIL image: called every ``config.sample_every`` updates on the main process,
         under no_grad with every module in eval mode and the EMA weights swapped in (if EMA is on);
         ``model`` is the unwrapped module. Saved as samples/step-XXXXXX.png (``image_grid`` tiles several).
+    keep_ema: at the end, leave the EMA weights in ``model`` (what a trained model should ship with);
+        otherwise the model keeps the last optimizer step's weights.
     The model is used in the train/eval modes it comes with (put frozen parts in eval mode yourself).
     """
     config.check()
@@ -225,6 +228,10 @@ def train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Calla
             bar.close()
         if log:
             log.close()
+    if keep_ema and ema is not None:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(ema.shadow[name])
     final = max(start, config.steps)
     return TrainSummary(final, last_loss, resumed_from, latest if accelerator.is_main_process else None,
                         output / "loss.jsonl", tuple(samples))

@@ -1,0 +1,147 @@
+"""The bundled shapes-world model: its architecture, and loading it from the package with no network.
+
+Four parts live in ``recomposer/weights/`` (safetensors, fp16, each beside a JSON config):
+
+    vae.safetensors           AutoencoderKL, 64 px -> 16 × 16 × 4 latents (factor 4), ``VAE_CONFIG``
+    unet.safetensors          UNet2DConditionModel on 16 × 16 latents, cross-attention on MiniLM tokens
+    composer.safetensors      the Composer adapter trained jointly with that UNet (models/composer.py)
+    image_encoder.safetensors the world's "semantics and style" image encoder (models/image_encoder.py)
+
+The text encoder is all-MiniLM-L6-v2 from its PyPI package (models/minilm.py), never copied here.
+Captions are encoded on their real tokens only and the UNet masks the padding out of cross-attention
+(``Backbone.mask_padding``): the same numbers as encoding all 128 positions, at a third of the cost.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from ..errors import ModelError
+from ..io.weights import check_finite, load_safetensors
+from .backbone import Backbone, ModelSource
+from .minilm import HIDDEN, MAX_TOKENS, load_minilm
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+SIZE = 64  # pixels
+
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=SIZE, layers_per_block=1, norm_num_groups=16,
+    block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3)
+
+UNET_CONFIG = dict(
+    sample_size=SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 192),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=HIDDEN, attention_head_dim=8, norm_num_groups=32)
+
+# Stable Diffusion's training betas (scaled linear, 1000 steps); Euler a samples the bundled model by default.
+SCHEDULER_CONFIG = dict(
+    _class_name="EulerAncestralDiscreteScheduler", num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+    beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1, timestep_spacing="trailing")
+
+
+def new_vae(seed: int = 0) -> AutoencoderKL:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(**VAE_CONFIG)
+
+
+def new_unet(seed: int = 0) -> UNet2DConditionModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def assemble(vae: AutoencoderKL, unet: UNet2DConditionModel, source: ModelSource = ModelSource("memory"),
+             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Backbone:
+    """A Backbone of the bundled architecture around MiniLM (trained parts, or fresh ones for training)."""
+    text_encoder, tokenizer = load_minilm()
+    backbone = Backbone(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                        scheduler_config=dict(SCHEDULER_CONFIG), source=source, text_attention_mask=True,
+                        max_text_tokens=MAX_TOKENS, mask_padding=True)
+    return backbone.to(torch.device(device), dtype)
+
+
+def read_part(name: str, folder: Path = WEIGHTS) -> tuple[dict[str, torch.Tensor], dict]:
+    """A bundled part's weights (checked by content, finite) and its JSON config."""
+    path, config = folder / f"{name}.safetensors", folder / f"{name}.json"
+    if not path.is_file() or not config.is_file():
+        raise ModelError("model", f"the bundled model is incomplete: {path.name} or {config.name} is missing from "
+                                  f"{folder} (reinstall recomposer)")
+    tensors = load_safetensors(path)
+    check_finite(tensors, str(path))
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except ValueError:
+        raise ModelError("model", f"{config} is not valid JSON (reinstall recomposer)") from None
+    return tensors, settings
+
+
+def load_part(module: torch.nn.Module, name: str, folder: Path = WEIGHTS) -> torch.nn.Module:
+    """Fill ``module`` with a bundled part's weights: every key present, every shape right."""
+    tensors, _ = read_part(name, folder)
+    own = module.state_dict()
+    missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    wrong = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    if missing or extra or wrong:
+        raise ModelError("model", f"{folder / name}.safetensors does not fit its architecture (missing "
+                                  f"{missing[:1]}, unexpected {extra[:1]}, wrong shape {wrong[:1]})")
+    module.load_state_dict({k: t.to(own[k].dtype) for k, t in tensors.items()})
+    return module
+
+
+def load_bundled_backbone(device: torch.device, dtype: torch.dtype, folder: Path = WEIGHTS,
+                          fresh_unet: bool = False) -> Backbone:
+    """The bundled VAE + UNet + MiniLM (the Composer adapter: ``load_bundled_composer``). ``fresh_unet``:
+    a newly initialised UNet where the folder has none yet (training the UNet from scratch)."""
+    _, vae_settings = read_part("vae", folder)
+    vae = load_part(AutoencoderKL(**VAE_CONFIG, scaling_factor=vae_settings["scaling_factor"]), "vae", folder)
+    unet = new_unet() if fresh_unet and not has_part("unet", folder) else \
+        load_part(UNet2DConditionModel(**UNET_CONFIG), "unet", folder)
+    source = ModelSource("bundled", None if folder == WEIGHTS else str(folder))
+    return assemble(vae, unet, source, device, dtype)
+
+
+def load_bundled_composer(folder: Path = WEIGHTS):
+    """The Composer adapter trained with the bundled UNet (not yet attached)."""
+    from .composer import ComposerAdapter, ComposerConfig
+
+    _, settings = read_part("composer", folder)
+    try:
+        config = ComposerConfig(**settings["config"])
+    except (KeyError, TypeError):
+        raise ModelError("model", f"{folder / 'composer.json'} holds no adapter config (reinstall recomposer)") from None
+    return load_part(ComposerAdapter(config), "composer", folder)
+
+
+def write_part(module: torch.nn.Module, name: str, folder: Path, settings: dict) -> Path:
+    """A part as ``folder/name.safetensors`` (fp16, the bundled precision) + ``name.json``, each written
+    all or nothing. Training reads parts back from here, so what trains on them is what ships."""
+    from safetensors.torch import save
+
+    from ..io.files import atomic_write
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (t.half() if t.is_floating_point() else t).detach().cpu().contiguous()
+               for k, t in module.state_dict().items()}
+    path = atomic_write(folder / f"{name}.safetensors", lambda f: f.write(save(tensors)))
+    atomic_write(folder / f"{name}.json", lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode()))
+    return path
+
+
+def load_bundled_image_encoder(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                               folder: Path = WEIGHTS):
+    """The bundled ImageEncoder; its identity names the weights (sha256 of the fp16 values as stored)."""
+    from .image_encoder import BundledImageEncoder, WorldImageEncoder
+    from .local import weights_sha256
+
+    model = load_part(WorldImageEncoder(), "image_encoder", folder)
+    identity = f"bundled:world-encoder@{weights_sha256(model.half())[:12]}"
+    return BundledImageEncoder(model.to(torch.device(device), dtype), identity)
+
+
+def has_part(name: str, folder: Path = WEIGHTS) -> bool:
+    return (folder / f"{name}.safetensors").is_file() and (folder / f"{name}.json").is_file()

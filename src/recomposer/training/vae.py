@@ -1,0 +1,120 @@
+"""Training the bundled model's VAE on shapes-world renders (Kingma & Welling 2014; Rombach et al. 2022, §3).
+
+One step (``VAETraining.step``), every random draw from the step's generator:
+    z ~ q(z | x) = N(μ(x), σ(x)²)                    the posterior sample (reparameterised)
+    x̂ = D(z)
+    loss = |x − x̂|₁ + (x − x̂)² + β·KL(q(z | x) ‖ N(0, I))      means over pixels / latent cells
+
+L1 keeps edges sharp, the squared error is what PSNR measures; β is small (1e-6, as in LDM's
+KL-regularised autoencoders): the latent space only has to stay near a standard normal in scale.
+No adversarial or perceptual term: flat-shaded scenes need neither, and both would need networks we
+cannot download. After training, ``scaling_factor`` = 1 / std of the latents over held-out scenes,
+so the diffusion model sees unit-variance latents (LDM's rescaling).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from torch import nn
+
+from .. import validation as v
+from ..errors import InvalidParameter
+from ..world.dataset import EVAL_SEED_BASE, eval_seeds, make_sample
+from ..world.scene import WorldConfig
+
+KL_WEIGHT = 1e-6
+
+
+class VAETraining(nn.Module):
+    """The VAE as one module for ``training.train``: ``model(batch, generator)`` is the step's loss."""
+
+    def __init__(self, vae: AutoencoderKL, kl_weight: float = KL_WEIGHT):
+        super().__init__()
+        self.vae, self.kl_weight = vae, v.real("kl_weight", kl_weight, 0.0)
+        vae.requires_grad_(True).train()
+
+    def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        x = batch["image"]  # (B, 3, H, W) in [-1, 1]
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator,
+                                                         device=generator.device).to(x.device)
+        x_hat = self.vae.decode(z).sample  # (B, 3, H, W)
+        kl = 0.5 * (posterior.mean.square() + posterior.var - 1.0 - posterior.logvar).mean()
+        return F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x) + self.kl_weight * kl
+
+
+def vae_step(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
+    return model(batch, generator)
+
+
+def world_images(batch_size: int, size: int, world: WorldConfig = WorldConfig()):
+    """``batches(index)``: world seeds index·B … index·B + B − 1 as renders "image" (B, 3, S, S) in [-1, 1]
+    and their "caption"s."""
+    v.integer("batch_size", batch_size, 1)
+    v.integer("size", size, 16, 4096)
+    world = world.check()
+
+    def batches(index: int) -> dict:
+        first = v.integer("index", index, 0) * batch_size
+        if first + batch_size > EVAL_SEED_BASE:
+            raise InvalidParameter("index", f"below {EVAL_SEED_BASE // batch_size}", index)
+        samples = [make_sample(s, world, size) for s in range(first, first + batch_size)]
+        return {"image": torch.stack([s.tensors()["image"] for s in samples]), "caption": [s.caption for s in samples]}
+
+    return batches
+
+
+def held_out(count: int, size: int, world: WorldConfig = WorldConfig()) -> torch.Tensor:
+    """Renders of the first ``count`` evaluation scenes (seeds the training stream never draws), (N, 3, S, S)."""
+    return torch.stack([make_sample(s, world.check(), size).tensors()["image"] for s in eval_seeds(count)])
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """x -> D(μ(x)), clamped to [-1, 1], in chunks."""
+    p = next(vae.parameters())
+    out = [vae.decode(vae.encode(chunk.to(p)).latent_dist.mode()).sample.clamp(-1, 1).float().cpu()
+           for chunk in images.split(batch)]
+    return torch.cat(out)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [-1, 1] measured on the 8-bit scale [0, 255] (peak 255)."""
+    a8 = ((a.clamp(-1, 1) + 1) * 127.5).round()
+    b8 = ((b.clamp(-1, 1) + 1) * 127.5).round()
+    mse = (a8 - b8).square().flatten(1).mean(1).clamp(min=1e-10)  # (N,)
+    return 10 * torch.log10(255.0**2 / mse)
+
+
+@torch.no_grad()
+def latent_scale(vae: AutoencoderKL, images: torch.Tensor) -> float:
+    """LDM's scaling factor: 1 / the standard deviation of the posterior means over ``images``."""
+    p = next(vae.parameters())
+    means = torch.cat([vae.encode(chunk.to(p)).latent_dist.mode().float().cpu() for chunk in images.split(32)])
+    return float(1.0 / means.std())
+
+
+def vae_sampler(size: int, count: int = 8):
+    """A trainer ``sample_fn``: held-out scenes (top row) above their reconstructions, with the mean PSNR."""
+    from ..io.images import to_pil
+    from .trainer import image_grid
+
+    images = held_out(count, size)
+
+    def sample_fn(model: VAETraining, step: int):
+        recon = reconstruct(model.vae, images)
+        tiles = to_pil(images) + to_pil(recon)
+        return image_grid(tiles, columns=count)
+
+    return sample_fn
+
+
+def summary(vae: AutoencoderKL, count: int = 256, size: int = 64) -> dict:
+    """Held-out figures: mean and worst PSNR (dB) over ``count`` evaluation scenes, and the latent scale."""
+    images = held_out(count, size)
+    scores = psnr(reconstruct(vae, images), images)
+    return {"psnr_mean": round(float(scores.mean()), 3), "psnr_min": round(float(scores.min()), 3),
+            "psnr_median": round(float(scores.median()), 3), "scenes": count,
+            "scaling_factor": latent_scale(vae, images) if math.isfinite(float(scores.mean())) else None}
