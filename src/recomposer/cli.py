@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .commands.compose import COMMANDS as COMPOSER_COMMANDS
 from .commands.decompose import decompose_command
 from .commands.train import train_app
 from .commands.world import world_app
@@ -23,6 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.add_typer(world_app, name="world")
 app.add_typer(train_app, name="train")
 app.command("decompose")(decompose_command)
+for _name, _command in COMPOSER_COMMANDS.items():
+    app.command(_name)(_command)
 
 Model = Annotated[Optional[str], typer.Option("--model", help="Diffusers model directory, or a .safetensors file "
                                                                "(with --config). Default: the bundled model.")]

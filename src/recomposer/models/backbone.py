@@ -93,24 +93,39 @@ class Backbone:
         token), as unCLIP and Composer use it; other encoders (BERT-style, e.g. MiniLM): the mean of the
         token states over the real tokens, as sentence-transformers pools them.
         """
+        if self.mask_padding:
+            return self._encode_real_tokens(texts)
         length = self.max_text_tokens or self.tokenizer.model_max_length
-        tokens = self.tokenizer(texts, padding="longest" if self.mask_padding else "max_length", max_length=length,
-                                truncation=True, return_tensors="pt")
-        real = tokens.attention_mask.to(self.device)  # (B, T') 1 on real tokens
-        out = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=real if self.text_attention_mask
-                                else None)
-        states = out[0]  # (B, T', D)
+        tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        out = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(
+            self.device) if self.text_attention_mask else None)
         if getattr(self.text_encoder.config, "model_type", "").startswith("clip"):
             sentence = out.pooler_output  # (B, D)
         else:
-            weights = real[..., None].to(states.dtype)  # (B, T', 1)
-            sentence = (states * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D)
-        mask = None
-        if self.mask_padding:
-            pad = length - states.shape[1]
-            states = torch.nn.functional.pad(states * real[..., None].to(states.dtype), (0, 0, 0, pad))
-            mask = torch.nn.functional.pad(real, (0, pad)).to(self.dtype)  # (B, T)
-        return Prompts(states.to(self.dtype), mask, sentence.to(self.dtype))
+            sentence = _mean_over(out[0], tokens.attention_mask.to(self.device))
+        return Prompts(out[0].to(self.dtype), None, sentence.to(self.dtype))
+
+    def _encode_real_tokens(self, texts: list[str]) -> "Prompts":
+        """``encode_prompts`` for ``mask_padding`` backbones: each distinct text once, texts of similar length
+        together (sorted, in groups of 8), each group padded only to its own longest text. Padding is masked
+        in the encoder's attention, so every real token's state is what one full-length forward gives."""
+        length = self.max_text_tokens or self.tokenizer.model_max_length
+        distinct = sorted(set(texts), key=lambda t: len(self.tokenizer(t, truncation=True, max_length=length)
+                                                        .input_ids))
+        tokens = torch.zeros(len(distinct), length, self.text_encoder.config.hidden_size, device=self.device)
+        mask = torch.zeros(len(distinct), length, device=self.device)
+        sentence = torch.zeros(len(distinct), self.text_encoder.config.hidden_size, device=self.device)
+        for start in range(0, len(distinct), 8):
+            group = self.tokenizer(distinct[start:start + 8], padding="longest", max_length=length, truncation=True,
+                                   return_tensors="pt")
+            real = group.attention_mask.to(self.device)  # (G, T') 1 on real tokens
+            states = self.text_encoder(group.input_ids.to(self.device), attention_mask=real)[0]  # (G, T', D)
+            rows, width = slice(start, start + len(real)), real.shape[1]
+            tokens[rows, :width] = states.float() * real[..., None]
+            mask[rows, :width] = real.float()
+            sentence[rows] = _mean_over(states, real).float()
+        index = torch.tensor([distinct.index(t) for t in texts], device=self.device)
+        return Prompts(tokens[index].to(self.dtype), mask[index].to(self.dtype), sentence[index].to(self.dtype))
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Prompts -> token states (B, T, D) (``encode_prompts``; mind its mask when ``mask_padding``)."""
@@ -152,3 +167,9 @@ class Backbone:
             module.eval()
         self._identity = None
         return self
+
+
+def _mean_over(states: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean of token states (B, T, D) over the real tokens (mask (B, T)) -> (B, D)."""
+    weights = real[..., None].to(states.dtype)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)

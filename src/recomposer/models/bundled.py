@@ -2,7 +2,7 @@
 
 Four parts live in ``recomposer/weights/`` (safetensors, fp16, each beside a JSON config):
 
-    vae.safetensors           AutoencoderKL, 64 px -> 16 × 16 × 4 latents (factor 4), ``VAE_CONFIG``
+    vae.safetensors           AutoencoderKL, 64 px -> 16 × 16 × 8 latents (factor 4), ``VAE_CONFIG``
     unet.safetensors          UNet2DConditionModel on 16 × 16 latents, cross-attention on MiniLM tokens
     composer.safetensors      the Composer adapter trained jointly with that UNet (models/composer.py)
     image_encoder.safetensors the world's "semantics and style" image encoder (models/image_encoder.py)
@@ -27,12 +27,12 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 SIZE = 64  # pixels
 
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, sample_size=SIZE, layers_per_block=1, norm_num_groups=16,
+    in_channels=3, out_channels=3, latent_channels=8, sample_size=SIZE, layers_per_block=1, norm_num_groups=16,
     block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
     up_block_types=("UpDecoderBlock2D",) * 3)
 
 UNET_CONFIG = dict(
-    sample_size=SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 192),
+    sample_size=SIZE // 4, in_channels=8, out_channels=8, layers_per_block=1, block_out_channels=(64, 128, 192),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     cross_attention_dim=HIDDEN, attention_head_dim=8, norm_num_groups=32)

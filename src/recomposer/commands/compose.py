@@ -1,0 +1,327 @@
+"""Composer's tasks on the command line (tasks/composer.py): compose, variations, interpolate, reconstruct,
+edit, colourise, recolour, style.
+
+Conditions come from images or from saved condition files, each named by its kind:
+
+    recomposer compose --sketch-from a.png --palette-from b.png --caption "..." -o out/
+
+``--KIND-from PATH``: PATH is an image (the kind is decomposed from it, after fitting it to the
+generation size), a folder holding a saved KIND.json (``recomposer decompose`` writes them), or that
+KIND.json itself. Everything is read and checked before the model loads; results are PNGs with their
+provenance, written all together at the end.
+"""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InvalidParameter
+
+FROM_KINDS = ("image_embedding", "palette", "sketch", "instances", "depth", "intensity")
+
+Model = Annotated[Optional[str], typer.Option("--model", help="Diffusers model directory (default: the bundled "
+                                                               "model with its own adapter).")]
+Adapter = Annotated[Optional[str], typer.Option("--adapter", help="Composer adapter file for --model.")]
+Encoder = Annotated[Optional[str], typer.Option("--image-encoder", help="Local CLIP vision model directory (the "
+                                                                        "adapter's); default: the bundled one.")]
+Scheduler = Annotated[str, typer.Option(help="ddim, ddpm, pndm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, "
+                                             "unipc.")]
+Steps = Annotated[int, typer.Option(help="Sampling steps.")]
+Guidance = Annotated[float, typer.Option(help="Composer guidance w (1: none).")]
+Seed = Annotated[int, typer.Option(help="Seed of the first image (image k uses seed + k).")]
+Batch = Annotated[int, typer.Option(help="Number of images.")]
+Caption = Annotated[Optional[str], typer.Option(help="The caption condition.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="A folder for the images.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+Kinds = Annotated[str, typer.Option(help="Comma-separated condition kinds.")]
+
+
+def _request(scheduler, steps, guidance, seed, batch, base: str | None = None, weights: list[str] | None = None):
+    from ..tasks.composer import ComposeRequest, Weight
+
+    parsed = []
+    for text in weights or ():
+        parts = text.split(":")
+        try:
+            kind, numbers = parts[0], [float(x) for x in parts[1:]]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (1, 3):
+            raise InvalidParameter("weight", "KIND:SCALE or KIND:SCALE:START:END", text)
+        parsed.append(Weight(kind, *numbers))
+    return ComposeRequest(scheduler=scheduler, steps=steps, guidance=guidance, seed=seed, batch=batch,
+                          base=_split("base", base) if base else (), weights=tuple(parsed)).check()
+
+
+def _split(field: str, text: str) -> tuple[str, ...]:
+    from ..tasks.composer import GLOBAL_KINDS, LOCAL_KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not kinds:
+        raise InvalidParameter(field, "comma-separated kinds from " + ", ".join(GLOBAL_KINDS + LOCAL_KINDS), text)
+    for kind in kinds:
+        if kind not in GLOBAL_KINDS + LOCAL_KINDS:
+            raise InvalidParameter(field, "kinds from " + ", ".join(GLOBAL_KINDS + LOCAL_KINDS), kind)
+    return kinds
+
+
+def _source(field: str, kind: str, path: Path):
+    """What ``--KIND-from PATH`` names: ("condition", Condition) for saved files, ("image", PIL image)."""
+    from ..conditions.files import load_condition
+    from ..io.images import open_image
+
+    if path.is_dir():
+        if not (path / f"{kind}.json").is_file():
+            others = sorted(p.stem for p in path.glob("*.json"))
+            raise InvalidParameter(field, f"a folder holding {kind}.json", f"{path} holds {others or 'none'}")
+        return "condition", load_condition(path, kind)
+    if path.suffix.lower() == ".json":
+        if path.stem != kind:
+            raise InvalidParameter(field, f"a saved {kind} condition ({kind}.json)", path.name)
+        return "condition", load_condition(path.parent, kind)
+    return "image", open_image(path, field)
+
+
+def _model(model, adapter, image_encoder, device):
+    from ..models.device import resolve_device
+    from ..tasks.composer import load_composer
+
+    torch_device = resolve_device(device)
+    return load_composer(model, adapter, image_encoder, torch_device)
+
+
+def _write(results, output: Path, extra: dict | None = None) -> list[Path]:
+    """The images as 0.png, 1.png, ... (with provenance) and any extra files, all or nothing."""
+    from ..io.files import write_folder
+    from ..provenance import write_png
+
+    files = {f"{k}.png": (lambda folder, r=r, k=k: write_png(folder / f"{k}.png", r.image, r.provenance))
+             for k, r in enumerate(results)}
+    write_folder(output, {**files, **(extra or {})})
+    return [output / name for name in files]
+
+
+def _echo(paths, results=None) -> None:
+    for k, path in enumerate(paths):
+        note = ""
+        if results is not None and "psnr_outside_mask" in results[k].provenance:
+            note = f"  (PSNR outside the mask {results[k].provenance['psnr_outside_mask']:.2f} dB)"
+        typer.echo(f"{path}{note}")
+
+
+def compose_command(
+    caption: Caption = None,
+    image_embedding_from: Annotated[Optional[Path], typer.Option(help="Semantics/style from this image or file.")]
+    = None,
+    palette_from: Annotated[Optional[Path], typer.Option(help="Colour histogram from this image or file.")] = None,
+    sketch_from: Annotated[Optional[Path], typer.Option(help="Sketch from this image or file.")] = None,
+    instances_from: Annotated[Optional[Path], typer.Option(help="Instance layout from this image or file.")] = None,
+    depth_from: Annotated[Optional[Path], typer.Option(help="Depth from this image (needs a depth model) or "
+                                                            "file.")] = None,
+    intensity_from: Annotated[Optional[Path], typer.Option(help="Intensity from this image or file.")] = None,
+    image: Annotated[Optional[Path], typer.Option(help="Image to keep outside --mask (region editing).")] = None,
+    mask: Annotated[Optional[Path], typer.Option(help="Region to generate, white = generate (with --image).")]
+    = None,
+    base: Annotated[Optional[str], typer.Option(help="Kinds forming Composer's c2 (guidance base); default none.")]
+    = None,
+    weight: Annotated[Optional[list[str]], typer.Option(help="Per-condition guidance KIND:SCALE[:START:END]; "
+                                                             "repeatable.")] = None,
+    model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("composed"),
+) -> None:
+    """Generate from any mix of conditions, each from its own image or file."""
+    from ..conditions import Caption as CaptionCondition
+    from ..conditions import ConditionSet
+    from ..io.images import open_image, open_mask
+    from ..tasks.composer import compose, edit_region
+
+    request = _request(scheduler, steps, guidance, seed, batch, base, weight)
+    given = dict(zip(FROM_KINDS, (image_embedding_from, palette_from, sketch_from, instances_from, depth_from,
+                                  intensity_from)))
+    sources = {kind: _source(f"{kind.replace('_', '-')}-from", kind, path)
+               for kind, path in given.items() if path is not None}
+    if (image is None) != (mask is None):
+        raise InvalidParameter("mask", "given together with --image", "only one of them")
+    picture = open_image(image, "image") if image is not None else None
+    region = open_mask(mask, picture.size, "mask")[0, 0].numpy() > 0.5 if picture is not None else None
+    if caption is None and not sources and picture is None:
+        raise InvalidParameter("conditions", "at least one of --caption, --KIND-from, --image/--mask", "none")
+
+    composer = _model(model, adapter, image_encoder, device)
+    size = picture.size if picture is not None else None
+    conds = [CaptionCondition(caption)] if caption is not None else []
+    for kind, (what, value) in sources.items():
+        conds += [value] if what == "condition" else list(composer.decompose(value, (kind,), size=size).values())
+    conds = ConditionSet(tuple(conds))
+    if picture is not None:
+        results = edit_region(composer, picture, region, conds, request)
+    else:
+        results = compose(composer, conds, request)
+    _echo(_write(results, output), results)
+
+
+def variations_command(
+    image: Annotated[Path, typer.Argument(help="The image to vary.")],
+    keep: Kinds = "image_embedding,palette", caption: Caption = None,
+    model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    batch: Batch = 4, device: Device = "auto", output: Output = Path("variations"),
+) -> None:
+    """New images that keep some of an image's conditions (default: semantics/style and palette)."""
+    from ..io.images import open_image
+    from ..tasks.composer import variations
+
+    request, kinds, picture = _request(scheduler, steps, guidance, seed, batch), _split("keep", keep), \
+        open_image(image, "image")
+    results = variations(_model(model, adapter, image_encoder, device), picture, kinds, request, caption)
+    _echo(_write(results, output))
+
+
+def reconstruct_command(
+    image: Annotated[Path, typer.Argument(help="The image to rebuild.")],
+    kinds: Kinds = "palette,sketch,instances,intensity", caption: Caption = None,
+    model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("reconstructed"),
+) -> None:
+    """An image generated again from a subset of its own conditions."""
+    from ..io.images import open_image
+    from ..tasks.composer import reconstruct
+
+    request, chosen, picture = _request(scheduler, steps, guidance, seed, batch), _split("kinds", kinds), \
+        open_image(image, "image")
+    results = reconstruct(_model(model, adapter, image_encoder, device), picture, chosen, request, caption)
+    _echo(_write(results, output))
+
+
+def interpolate_command(
+    first: Annotated[Path, typer.Argument(help="The first image.")],
+    last: Annotated[Path, typer.Argument(help="The last image.")],
+    frames: Annotated[int, typer.Option(help="Frames, both ends included.")] = 8,
+    kinds: Kinds = "image_embedding,palette", caption: Caption = None,
+    sketch_from: Annotated[Optional[Path], typer.Option(help="A sketch shared by every frame (image or "
+                                                             "file).")] = None,
+    model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    device: Device = "auto", output: Output = Path("interpolation"),
+    fps: Annotated[int, typer.Option(help="Frames per second of the GIF.")] = 8,
+) -> None:
+    """Frames between two images' embeddings and/or palettes: PNGs, a strip and an animated GIF."""
+    from .. import validation as v
+    from ..conditions import Caption as CaptionCondition
+    from ..conditions import ConditionSet
+    from ..io.images import open_image
+    from ..tasks.composer import interpolate
+
+    request, chosen = _request(scheduler, steps, guidance, seed, 1), _split("kinds", kinds)
+    v.integer("frames", frames, 2, 256)
+    v.integer("fps", fps, 1, 60)
+    a, b = open_image(first, "first"), open_image(last, "last")
+    shared = _source("sketch-from", "sketch", sketch_from) if sketch_from is not None else None
+    composer = _model(model, adapter, image_encoder, device)
+    fixed = [CaptionCondition(caption)] if caption is not None else []
+    if shared is not None:
+        fixed += [shared[1]] if shared[0] == "condition" else list(composer.decompose(shared[1], ("sketch",)).values())
+    results = interpolate(composer, a, b, frames, chosen, request, ConditionSet(tuple(fixed)))
+    images = [r.image for r in results]
+    _echo(_write(results, output, {"strip.png": strip(images), "interpolation.gif": lambda folder: (folder / "interpolation.gif").write_bytes(gif_bytes(images, fps))}))
+    typer.echo(str(output / "interpolation.gif"))
+
+
+def edit_command(
+    image: Annotated[Path, typer.Argument(help="The image to edit.")],
+    mask: Annotated[Path, typer.Option(help="Region to change, white = change; the image's size.")],
+    caption: Caption = None,
+    palette_from: Annotated[Optional[Path], typer.Option(help="Colours for the region from this image or file.")]
+    = None,
+    image_embedding_from: Annotated[Optional[Path], typer.Option(help="Semantics/style from this image or file.")]
+    = None,
+    model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("edited"),
+) -> None:
+    """Change only the masked region (inpainting with conditions); pixels outside stay exactly as they were."""
+    compose_command(caption=caption, image_embedding_from=image_embedding_from, palette_from=palette_from,
+                    sketch_from=None, instances_from=None, depth_from=None, intensity_from=None, image=image,
+                    mask=mask, base=None, weight=None, model=model, adapter=adapter, image_encoder=image_encoder,
+                    scheduler=scheduler, steps=steps, guidance=guidance, seed=seed, batch=batch, device=device,
+                    output=output)
+
+
+def colourise_command(
+    image: Annotated[Path, typer.Argument(help="A greyscale (or any) image: its intensity is kept.")],
+    palette_from: Annotated[Optional[Path], typer.Option(help="Colours from this image.")] = None,
+    caption: Caption = None,
+    model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("colourised"),
+) -> None:
+    """Colourisation: the image's intensity, plus a palette and/or a caption."""
+    from ..io.images import open_image
+    from ..tasks.composer import colourise
+
+    request = _request(scheduler, steps, guidance, seed, batch)
+    grey = open_image(image, "image")
+    reference = open_image(palette_from, "palette-from") if palette_from is not None else None
+    results = colourise(_model(model, adapter, image_encoder, device), grey, reference, caption, request)
+    _echo(_write(results, output))
+
+
+def recolour_command(
+    image: Annotated[Path, typer.Argument(help="The image whose layout is kept.")],
+    palette_from: Annotated[Path, typer.Option(help="The new colours come from this image.")],
+    keep: Kinds = "sketch,instances", caption: Caption = None,
+    model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("recoloured"),
+) -> None:
+    """Palette recolouring: the image's layout in another image's colours."""
+    from ..io.images import open_image
+    from ..tasks.composer import recolour
+
+    request, kinds = _request(scheduler, steps, guidance, seed, batch), _split("keep", keep)
+    picture, reference = open_image(image, "image"), open_image(palette_from, "palette-from")
+    results = recolour(_model(model, adapter, image_encoder, device), picture, reference, kinds, request, caption)
+    _echo(_write(results, output))
+
+
+def style_command(
+    content: Annotated[Path, typer.Argument(help="The image whose structure is kept.")],
+    style: Annotated[Path, typer.Option(help="The image whose semantics/style and palette are taken.")],
+    structure: Kinds = "sketch", caption: Caption = None,
+    model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("styled"),
+) -> None:
+    """Style transfer through the image embedding: content's structure, style's embedding and palette."""
+    from ..io.images import open_image
+    from ..tasks.composer import style_transfer
+
+    request, kinds = _request(scheduler, steps, guidance, seed, batch), _split("structure", structure)
+    a, b = open_image(content, "content"), open_image(style, "style")
+    results = style_transfer(_model(model, adapter, image_encoder, device), a, b, kinds, request, caption)
+    _echo(_write(results, output))
+
+
+def strip(images) -> "Image.Image":
+    """Images side by side, left to right."""
+    from ..training import image_grid
+
+    return image_grid(images, columns=len(images))
+
+
+def gif_bytes(images, fps: int) -> bytes:
+    """An endlessly looping animated GIF of the frames."""
+    import io
+
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps),
+                   loop=0)
+    return buffer.getvalue()
+
+
+COMMANDS = {"compose": compose_command, "variations": variations_command, "reconstruct": reconstruct_command,
+            "interpolate": interpolate_command, "edit": edit_command, "colourise": colourise_command,
+            "recolour": recolour_command, "style": style_command}

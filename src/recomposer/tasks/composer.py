@@ -1,0 +1,323 @@
+"""Composer's tasks (Huang et al. 2023, §4): every one is ``compose`` over a chosen condition set.
+
+    compose(model, conds)          any subset of conditions, from any mix of images and files
+    variations(model, image)       keep some of an image's conditions, new seeds
+    interpolate(model, a, b)       slerp the image embeddings / lerp the palettes of two images
+    reconstruct(model, image)      an image again from a subset of its own conditions
+    edit_region(model, image, m)   change inside a mask only (masked image + latent blend + paste back)
+    colourise, recolour, style_transfer, sketch/depth/instances-to-image, inpainting: condition recipes
+
+Sampling: ε̂ = ε(x, c₂) + w·(ε(x, c₁) − ε(x, c₂)) (Composer's Eq. 2) with c₁ the conditions and c₂ the
+``base`` set (default ∅: classifier-free guidance), plus optional per-condition terms
+s_k·(ε(x, c₂ ∪ {c_k}) − ε(x, c₂)) inside [start, end] of the schedule; all in one batched forward.
+"""
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import validation as v
+from ..conditions import ConditionSet, ImageEmbedding, MaskedImage, Palette
+from ..decompose.decomposer import Backends, decompose
+from ..denoiser import ComposerDenoiser
+from ..errors import InvalidParameter
+from ..guidance import GUIDANCE_MAX, GuidancePlan, Term
+from ..io.images import to_pil, to_tensor
+from ..models.backbone import Backbone
+from ..models.composer import ComposerAdapter, generation_size
+from ..provenance import FORMAT, library_versions
+from ..sampling import StepCallback, check_finite, inpaint_blend, noise, sample
+from ..schedulers import NAMES, display_name, make_scheduler
+from .generate import MAX_BATCH, MAX_STEPS, Generated
+
+GLOBAL_KINDS = ("caption", "image_embedding", "palette")
+LOCAL_KINDS = ("sketch", "instances", "depth", "intensity", "masked_image")
+
+
+@dataclass(eq=False)
+class ComposerModel:
+    """A backbone with its Composer adapter attached, and the image encoder the adapter was trained with."""
+
+    backbone: Backbone
+    adapter: ComposerAdapter
+    encoder: object | None = None  # decompose.embedding.ImageEncoder
+
+    def __post_init__(self) -> None:
+        self.adapter.attach(self.backbone.unet)
+        self.adapter.to(self.backbone.device, self.backbone.dtype).eval()
+
+    @property
+    def size(self) -> int:
+        return self.backbone.native_size
+
+    def fit(self, image: Image.Image, size: tuple[int, int] | None = None) -> Image.Image:
+        """The image centre-cropped to the aspect of ``size`` (default the model's square) and resized to it."""
+        width, height = size or (self.size, self.size)
+        scale = max(width / image.width, height / image.height)
+        w, h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+        image = image.convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
+        left, top = (w - width) // 2, (h - height) // 2
+        return image.crop((left, top, left + width, top + height))
+
+    def decompose(self, image: Image.Image, kinds: tuple[str, ...], caption: str | None = None,
+                  size: tuple[int, int] | None = None) -> ConditionSet:
+        """The named conditions of ``image`` at the generation size (fitted first)."""
+        backends = Backends(encoder=self.encoder)
+        return decompose(self.fit(image, size), tuple(kinds), caption=caption, backends=backends).conditions
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A per-condition guidance term: push towards ``kind`` with ``scale`` inside [start, end] of the schedule."""
+
+    kind: str
+    scale: float
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass(frozen=True)
+class ComposeRequest:
+    scheduler: str = "dpmpp_2m"  # one of schedulers.NAMES
+    steps: int = 20
+    guidance: float = 3.0  # w in Composer's Eq. 2 (1: no guidance)
+    seed: int = 0  # sample k uses seed + k
+    batch: int = 1
+    base: tuple[str, ...] = ()  # kinds of the conditions that form c₂ (default ∅)
+    weights: tuple[Weight, ...] = ()  # extra per-condition terms
+
+    def check(self) -> "ComposeRequest":
+        v.choice("scheduler", self.scheduler, NAMES)
+        v.integer("steps", self.steps, 1, MAX_STEPS)
+        v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
+        v.seed("seed", self.seed)
+        v.integer("batch", self.batch, 1, MAX_BATCH)
+        for weight in self.weights:
+            Term(ConditionSet(), weight.scale, weight.start, weight.end)  # checks scale and window
+        return self
+
+
+def plan(conds: ConditionSet, request: ComposeRequest) -> GuidancePlan:
+    """c₁ = conds, c₂ = its ``base`` kinds; per-condition terms on top of c₂. A masked image is in every set:
+    it says what to keep, and is not guided."""
+    for kind in request.base + tuple(w.kind for w in request.weights):
+        if kind not in conds:
+            raise InvalidParameter("base" if kind in request.base else "weights",
+                                   "kinds among the given conditions: " + ", ".join(conds), kind)
+    kept = tuple(k for k in ("masked_image",) if k in conds)
+    base = ConditionSet.of(*(conds[k] for k in (*request.base, *kept) if k in conds))
+    terms = [Term(conds, request.guidance)]
+    terms += [Term(base.with_(conds[w.kind]), w.scale, w.start, w.end) for w in request.weights]
+    return GuidancePlan(base=base, terms=tuple(terms))
+
+
+def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest = ComposeRequest(),
+            size: tuple[int, int] | None = None, callback: StepCallback | None = None, cancel=None,
+            task: str = "compose") -> list[Generated]:
+    """Images from any subset of conditions. With a masked image, pixels outside its mask are kept
+    exactly: the latents outside are blended back at every step and the source pasted back after decoding."""
+    from ..guidance import guided
+
+    request.check()
+    if not isinstance(conds, ConditionSet):
+        raise InvalidParameter("conditions", "a ConditionSet", type(conds).__name__)
+    b = model.backbone
+    width, height = size or generation_size(conds) or (model.size, model.size)
+    denoiser = ComposerDenoiser(b, model.adapter, size=(width, height))
+    denoise = guided(denoiser, plan(conds, request), request.batch)
+
+    scheduler = make_scheduler(request.scheduler, b.scheduler_config)
+    scheduler.set_timesteps(request.steps, device=b.device)
+    generators = [torch.Generator("cpu").manual_seed(request.seed + k) for k in range(request.batch)]
+    shape = (request.batch, b.latent_channels, height // b.vae_factor, width // b.vae_factor)
+    eps = noise(shape, generators, b.device, b.dtype)
+    x, hooks = eps * scheduler.init_noise_sigma, []
+    masked = conds.get("masked_image")
+    if masked is not None:  # keep the outside: blend the source latents back after every step
+        known = b.encode_image(masked.image).mode() * b.vae.config.scaling_factor  # (1, C, h, w)
+        latent_mask = _latent_mask(masked.mask, shape[-2:]).to(b.device, b.dtype)
+        hooks.append(inpaint_blend(scheduler, known.repeat(request.batch, 1, 1, 1), eps, latent_mask))
+
+    x = sample(denoise, scheduler, x, generators, hooks=hooks, callback=callback, cancel=cancel)
+    pixels = check_finite(b.decode(check_finite(x, "latents")), "decoded image").float()
+    if masked is not None:  # paste the source back outside the mask: those pixels stay exactly as they were
+        m = masked.mask.to(pixels)
+        pixels = m * pixels + (1 - m) * masked.image.to(pixels)
+    images = to_pil(pixels)
+    floats = (pixels / 2 + 0.5).clamp(0, 1).cpu()
+    caption = conds["caption"].text if "caption" in conds else ""
+    params = {**asdict(request), "width": width, "height": height, "prompt": caption}
+    base = {"format": FORMAT, "task": task, "params": params, "conditions": conds.describe(),
+            "sampler_label": display_name(request.scheduler), "model": b.describe(),
+            "versions": dict(library_versions())}
+    return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k})
+            for k, im in enumerate(images)]
+
+
+def _latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A pixel mask (1, 1, H, W) at latent size: a cell is regenerated if any of its pixels is (max-pool),
+    so the blend never pins a latent cell that the edit needs."""
+    return torch.nn.functional.adaptive_max_pool2d(mask.float(), size)
+
+
+# ---------------------------------------------------------------- the tasks
+
+def variations(model: ComposerModel, image: Image.Image, keep: tuple[str, ...] = ("image_embedding", "palette"),
+               request: ComposeRequest = ComposeRequest(batch=4), caption: str | None = None) -> list[Generated]:
+    """New images sharing ``keep`` (default: semantics/style and colours) with ``image``; one per seed."""
+    conds = model.decompose(image, _kinds("keep", keep), caption)
+    return compose(model, conds, request, task="variations")
+
+
+def reconstruct(model: ComposerModel, image: Image.Image, kinds: tuple[str, ...],
+                request: ComposeRequest = ComposeRequest(), caption: str | None = None) -> list[Generated]:
+    """``image`` generated again from the named conditions of its own decomposition."""
+    return compose(model, model.decompose(image, _kinds("kinds", kinds), caption), request, task="reconstruct")
+
+
+def interpolate(model: ComposerModel, a: Image.Image, b: Image.Image, frames: int = 8,
+                kinds: tuple[str, ...] = ("image_embedding", "palette"), request: ComposeRequest = ComposeRequest(),
+                fixed: ConditionSet = ConditionSet()) -> list[Generated]:
+    """``frames`` images from a's to b's ``kinds`` (image embedding: slerp; palette: linear), all from the same
+    noise (seed), with ``fixed`` conditions shared by every frame."""
+    v.integer("frames", frames, 2, 256)
+    kinds = _kinds("kinds", kinds)
+    for kind in kinds:
+        if kind not in ("image_embedding", "palette"):
+            raise InvalidParameter("kinds", "image_embedding and/or palette", kind)
+    ca, cb = model.decompose(a, kinds), model.decompose(b, kinds)
+    results = []
+    for i in range(frames):
+        s = i / (frames - 1)
+        mixed = [_mix(ca[k], cb[k], s) for k in kinds]
+        results += compose(model, fixed.with_(*mixed), replace(request, batch=1), task="interpolate")
+    return results
+
+
+def _mix(a, b, s: float):
+    if isinstance(a, Palette):
+        mixed = (1 - s) * np.asarray(a.histogram, np.float64) + s * np.asarray(b.histogram, np.float64)
+        return Palette(mixed.astype(np.float32), a.sigma)
+    return ImageEmbedding(slerp(a.vector, b.vector, s), a.encoder)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, s: float) -> np.ndarray:
+    """Spherical interpolation (Shoemake 1985) of the directions, the norm interpolated linearly; exact at the ends."""
+    if s in (0.0, 1.0):
+        return np.array(a if s == 0.0 else b, np.float32)
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    ua, ub = a / max(na, 1e-12), b / max(nb, 1e-12)
+    omega = math.acos(float(np.clip(ua @ ub, -1.0, 1.0)))
+    if omega < 1e-6:
+        direction = (1 - s) * ua + s * ub
+    else:
+        direction = (math.sin((1 - s) * omega) * ua + math.sin(s * omega) * ub) / math.sin(omega)
+    return (direction * ((1 - s) * na + s * nb)).astype(np.float32)
+
+
+def edit_region(model: ComposerModel, image: Image.Image, mask: np.ndarray, conds: ConditionSet = ConditionSet(),
+                request: ComposeRequest = ComposeRequest()) -> list[Generated]:
+    """Regenerate the pixels where ``mask`` (H, W) is true under ``conds``; every other pixel is kept.
+    The image must already be of a size the model generates (``ComposerModel.fit``)."""
+    from ..decompose.masking import masked_image
+
+    masked = masked_image(image.convert("RGB"), mask)
+    results = compose(model, conds.with_(masked), request, task="edit")
+    for r in results:
+        r.provenance["psnr_outside_mask"] = psnr_outside(r.image, image, mask)
+    return results
+
+
+def psnr_outside(result: Image.Image, source: Image.Image, mask: np.ndarray) -> float:
+    """PSNR (dB, 8-bit) over the pixels outside the mask; inf when they are identical."""
+    outside = ~np.asarray(mask, bool)
+    a = np.asarray(result.convert("RGB"), np.float64)[outside]
+    b = np.asarray(source.convert("RGB"), np.float64)[outside]
+    mse = float(((a - b) ** 2).mean()) if a.size else 0.0
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def colourise(model: ComposerModel, grey: Image.Image, palette_from: Image.Image | None = None,
+              caption: str | None = None, request: ComposeRequest = ComposeRequest()) -> list[Generated]:
+    """Colours for a greyscale image: its intensity, plus a palette (from another image) and/or a caption."""
+    conds = model.decompose(grey, ("intensity",))
+    if palette_from is not None:
+        conds = conds.with_(*model.decompose(palette_from, ("palette",)).values())
+    return compose(model, _with_caption(model, conds, caption), request, task="colourise")
+
+
+def recolour(model: ComposerModel, image: Image.Image, palette_from: Image.Image,
+             keep: tuple[str, ...] = ("sketch", "instances"), request: ComposeRequest = ComposeRequest(),
+             caption: str | None = None) -> list[Generated]:
+    """The image's layout (``keep``) in the colours of ``palette_from``."""
+    conds = model.decompose(image, _kinds("keep", keep), caption)
+    return compose(model, conds.with_(*model.decompose(palette_from, ("palette",)).values()), request,
+                   task="recolour")
+
+
+def style_transfer(model: ComposerModel, content: Image.Image, style: Image.Image,
+                   structure: tuple[str, ...] = ("sketch",), request: ComposeRequest = ComposeRequest(),
+                   caption: str | None = None) -> list[Generated]:
+    """``content``'s structure with ``style``'s semantics-and-style embedding (and its palette)."""
+    conds = model.decompose(content, _kinds("structure", structure), caption)
+    return compose(model, conds.with_(*model.decompose(style, ("image_embedding", "palette")).values()), request,
+                   task="style")
+
+
+def from_local(model: ComposerModel, kind: str, image: Image.Image, caption: str | None = None,
+               request: ComposeRequest = ComposeRequest()) -> list[Generated]:
+    """Sketch-, depth-, instance-layout- or intensity-to-image: one local condition of ``image`` (+ a caption)."""
+    v.choice("kind", kind, ("sketch", "depth", "instances", "intensity"))
+    return compose(model, _with_caption(model, model.decompose(image, (kind,)), caption), request,
+                   task=f"{kind}-to-image")
+
+
+def inpaint(model: ComposerModel, image: Image.Image, mask: np.ndarray, caption: str | None = None,
+            request: ComposeRequest = ComposeRequest()) -> list[Generated]:
+    """Fill the masked region from the rest of the image (and a caption)."""
+    return edit_region(model, image, mask, _with_caption(model, ConditionSet(), caption), request)
+
+
+def _with_caption(model: ComposerModel, conds: ConditionSet, caption: str | None) -> ConditionSet:
+    from ..conditions import Caption
+
+    return conds if caption is None else conds.with_(Caption(caption))
+
+
+def _kinds(name: str, kinds) -> tuple[str, ...]:
+    kinds = tuple(kinds)
+    if not kinds:
+        raise InvalidParameter(name, "at least one condition kind", kinds)
+    for kind in kinds:
+        v.choice(name, kind, GLOBAL_KINDS + LOCAL_KINDS[:-1])
+    return kinds
+
+
+def load_composer(model: str | None = None, adapter: str | None = None, image_encoder: str | None = None,
+                  device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
+                  config: str | None = None) -> ComposerModel:
+    """The bundled model with its adapter and image encoder, or ``model`` (a diffusers directory or a single
+    file with ``config``) with an adapter file from ``recomposer train composer`` (and a CLIP ``image_encoder``)."""
+    from ..decompose.embedding import ClipImageEncoder
+    from ..errors import ModelError
+    from ..models import bundled
+    from ..models.loading import load_model
+
+    if model is None:
+        if adapter is not None:
+            raise ModelError("adapter", "goes with --model; the bundled model brings its own adapter")
+        backbone = bundled.load_bundled_backbone(device, dtype)
+        composer_adapter = bundled.load_bundled_composer()
+        encoder = bundled.load_bundled_image_encoder(device) if image_encoder is None else \
+            ClipImageEncoder(image_encoder, device)
+    else:
+        if adapter is None:
+            raise ModelError("adapter", "a Composer adapter file (`recomposer train composer` writes "
+                                        "composer.safetensors) is needed with --model")
+        backbone = load_model(model, device, dtype, config)
+        composer_adapter = ComposerAdapter.load(adapter)
+        encoder = ClipImageEncoder(image_encoder, device) if image_encoder is not None else None
+    return ComposerModel(backbone, composer_adapter, encoder)
