@@ -470,10 +470,12 @@ def test_clip_in_bfloat16_keeps_identity(models, small_left):
     np.testing.assert_allclose(bf16(small_left).vector, fp32(small_left).vector, atol=0.1)
 
 
-def test_bundled_image_encoder_is_a_clear_error_until_it_exists():
-    with pytest.raises(ModelError, match="bundled-model issue") as info:
-        load_image_encoder(None)
-    assert info.value.field == "image-encoder" and "--image-encoder DIR" in str(info.value)
+def test_the_bundled_image_encoder_is_the_default(small_left):
+    encoder = load_image_encoder(None)
+    embedding = encoder(small_left)
+    assert encoder.identity.startswith("bundled:world-encoder@") and embedding.dim == 256
+    assert np.isclose(np.linalg.norm(embedding.vector), 1.0, atol=1e-3)
+    assert encoder(small_left) == embedding  # deterministic
 
 
 # --- captioner ------------------------------------------------------------------------------------

@@ -86,11 +86,11 @@ def decompose_command(
     # 2. Backends, then the decomposition; files given by the user replace what was computed.
     backends = Backends(
         captioner=TransformersCaptioner(caption_model, device) if caption_model is not None else None,
-        encoder=ClipImageEncoder(image_encoder, device) if image_encoder is not None else None,
         depth=TransformersDepth(depth_model, device) if depth_model is not None else
         (_Given(given["depth"]) if "depth" in given else bundled_depth_estimator()),
         segmenter=TransformersSegmenter(segmentation_model, device) if segmentation_model is not None else
-        ClassicalSegmenter())
+        ClassicalSegmenter(),
+        **({"encoder": ClipImageEncoder(image_encoder, device)} if image_encoder is not None else {}))
     result = decompose(picture, kinds, caption=caption, mask=region, backends=backends,
                        rng=None if seed is None else np.random.default_rng(seed))
     conditions = result.conditions.with_(*[c for k, c in given.items() if k in result.conditions])

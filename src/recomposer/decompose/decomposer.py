@@ -2,7 +2,7 @@
 
 What each representation comes from (METHODS.md §1):
 - caption: the user's text, else a local captioning model, else absent (never invented);
-- image_embedding: a local CLIP vision model (the bundled shapes-world encoder arrives later);
+- image_embedding: the bundled shapes-world encoder, or a local CLIP vision model;
 - palette: the 180-bin smoothed CIELab histogram; sketch: Canny on Lab + thinning;
 - instances: the classical segmenter (or any Segmenter); depth: a local depth model (or the bundled one);
 - intensity: luminance (or weights drawn from the predefined set, given an rng);
@@ -38,10 +38,27 @@ class Backends:
     """Which model makes which representation; None where there is none."""
 
     captioner: Captioner | None = None
-    encoder: ImageEncoder | None = None
+    encoder: ImageEncoder | None = field(default_factory=lambda: _bundled_encoder())
     depth: DepthEstimator | None = field(default_factory=bundled_depth_estimator)
     segmenter: Segmenter = field(default_factory=ClassicalSegmenter)
     sketcher: Callable[[np.ndarray], np.ndarray] = sketch
+
+
+def _bundled_encoder() -> ImageEncoder | None:
+    """The bundled encoder, loaded once per process (None if this install lacks its weights)."""
+    global _BUNDLED
+    if _BUNDLED is False:
+        from ..models.bundled import has_part
+
+        _BUNDLED = None
+        if has_part("image_encoder"):
+            from .embedding import bundled_image_encoder
+
+            _BUNDLED = bundled_image_encoder()
+    return _BUNDLED
+
+
+_BUNDLED: ImageEncoder | None | bool = False
 
 
 @dataclass(frozen=True)
@@ -51,12 +68,13 @@ class Decomposition:
 
 
 def decompose(image: Image.Image, kinds: tuple[str, ...] | None = None, *, caption: str | None = None,
-              mask: np.ndarray | None = None, backends: Backends = Backends(),
+              mask: np.ndarray | None = None, backends: Backends | None = None,
               rng: np.random.Generator | None = None) -> Decomposition:
     """All (or the named) representations of an RGB image. ``mask`` (H, W) bool: the region to generate."""
     if not isinstance(image, Image.Image) or image.mode != "RGB":
         raise InvalidParameter("image", "an RGB PIL image (io.images.open_image makes one)",
                                getattr(image, "mode", type(image).__name__))
+    backends = Backends() if backends is None else backends
     wanted = KINDS if kinds is None else tuple(kinds)
     for kind in wanted:
         if kind not in KINDS:
@@ -84,8 +102,7 @@ def decompose(image: Image.Image, kinds: tuple[str, ...] | None = None, *, capti
                 made[kind] = backends.encoder(image)
             else:
                 absent(kind, RecomposerError("image_embedding", "no image encoder: pass --image-encoder DIR (a "
-                                                                "local CLIP vision model); the bundled encoder "
-                                                                "arrives with the bundled-model issue"))
+                                                                "local CLIP vision model)"))
         elif kind == "palette":
             made[kind] = Palette.from_image(rgb)
         elif kind == "sketch":

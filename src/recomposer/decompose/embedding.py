@@ -2,8 +2,7 @@
 
 - ``ClipImageEncoder``: CLIP ViT image embeddings (``CLIPVisionModelWithProjection``) from a local
   directory, for real use; Composer (like unCLIP) uses CLIP ViT-L/14's projected image embedding.
-- the bundled small encoder, the default once the bundled-model issue trains it; until then
-  ``bundled_image_encoder`` raises a clear error.
+- the bundled small encoder (models/image_encoder.py), trained on the shapes world: the default.
 """
 
 from pathlib import Path
@@ -34,9 +33,10 @@ class ImageEncoder(Protocol):
 
 
 def bundled_image_encoder(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ImageEncoder:
-    """The small shapes-world encoder shipped in the package (the default once it exists)."""
-    raise ModelError("image-encoder", "the bundled image encoder arrives with the bundled-model issue; "
-                                      "pass --image-encoder DIR (a CLIP vision model saved locally with transformers)")
+    """The small shapes-world encoder shipped in the package (models/bundled.py)."""
+    from ..models.bundled import load_bundled_image_encoder
+
+    return load_bundled_image_encoder(device, dtype)
 
 
 def load_image_encoder(path: str | Path | None = None, device: str | torch.device = "cpu",

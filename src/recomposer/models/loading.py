@@ -38,6 +38,8 @@ def load_backbone(source: ModelSource, device: torch.device, dtype: torch.dtype)
 def load_model(path: str, device: torch.device, dtype: torch.dtype, config: str | None = None) -> Backbone:
     """What ``--model PATH`` means: a diffusers directory, or a .safetensors file (+ ``--config`` directory)."""
     p = Path(path)
+    if p.is_dir() and is_parts_dir(p):
+        return load_bundled(device, dtype, p)
     if p.is_dir():
         return load_diffusers_dir(path, device, dtype)
     if p.is_file():
@@ -46,6 +48,12 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype, config: str 
                                        "with the matching configs)")
         return load_single_file(path, config, device, dtype)
     raise ModelError("model", f"no such file or directory: {path}")
+
+
+def is_parts_dir(path: Path) -> bool:
+    """A folder of bundled-format parts (``recomposer train vae/base/composer --parts``), not a diffusers one."""
+    return not (path / "model_index.json").is_file() and (path / "vae.json").is_file() \
+        and (path / "unet.json").is_file()
 
 
 def check_diffusers_dir(path: str | Path) -> Path:

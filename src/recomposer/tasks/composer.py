@@ -13,6 +13,7 @@ s_k·(ε(x, c₂ ∪ {c_k}) − ε(x, c₂)) inside [start, end] of the schedule
 """
 
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -299,19 +300,19 @@ def _kinds(name: str, kinds) -> tuple[str, ...]:
 def load_composer(model: str | None = None, adapter: str | None = None, image_encoder: str | None = None,
                   device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
                   config: str | None = None) -> ComposerModel:
-    """The bundled model with its adapter and image encoder, or ``model`` (a diffusers directory or a single
-    file with ``config``) with an adapter file from ``recomposer train composer`` (and a CLIP ``image_encoder``)."""
+    """The bundled model with its adapter and image encoder (or a folder of parts trained like it), or ``model``
+    (a diffusers directory, or a single file with ``config``) with an adapter file from ``recomposer train
+    composer`` (and a CLIP ``image_encoder``)."""
     from ..decompose.embedding import ClipImageEncoder
     from ..errors import ModelError
     from ..models import bundled
-    from ..models.loading import load_model
+    from ..models.loading import is_parts_dir, load_model
 
-    if model is None:
-        if adapter is not None:
-            raise ModelError("adapter", "goes with --model; the bundled model brings its own adapter")
-        backbone = bundled.load_bundled_backbone(device, dtype)
-        composer_adapter = bundled.load_bundled_composer()
-        encoder = bundled.load_bundled_image_encoder(device) if image_encoder is None else \
+    if model is None or is_parts_dir(Path(model)):  # the bundled model, or parts trained like it
+        folder = bundled.WEIGHTS if model is None else Path(model)
+        backbone = bundled.load_bundled_backbone(device, dtype, folder)
+        composer_adapter = bundled.load_bundled_composer(folder) if adapter is None else ComposerAdapter.load(adapter)
+        encoder = bundled.load_bundled_image_encoder(device, folder=folder) if image_encoder is None else \
             ClipImageEncoder(image_encoder, device)
     else:
         if adapter is None:

@@ -1,0 +1,99 @@
+"""`recomposer train vae / encoder / base / composer --parts`: the bundled model's whole training chain, a
+few steps each, on the real architectures (they are small), writing a parts folder that loads as a model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from recomposer.cli import main
+from recomposer.models import bundled
+from recomposer.models.backbone import Backbone
+from recomposer.training.vae import psnr
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A parts folder after one short run of each command (shared: each step needs the one before)."""
+    root = tmp_path_factory.mktemp("bundle")
+    folder = root / "parts"
+    for args in (("vae", "-o", root / "vae", "--steps", 2, "--batch-size", 2, "--sample-every", 2),
+                 ("encoder", "-o", root / "encoder", "--steps", 2, "--batch-size", 4, "--pool", 8),
+                 ("base", "-o", root / "base", "--steps", 1, "--batch-size", 2),
+                 ("composer", "-o", root / "composer", "--steps", 1, "--batch-size", 2, "--train-unet",
+                  "--ema-decay", 0.9)):
+        code = main(["train", *map(str, args), "--parts", str(folder)])
+        assert code == 0, args
+    return root
+
+
+def test_each_part_is_written_in_fp16_with_its_figures(parts):
+    folder = parts / "parts"
+    for name in ("vae", "image_encoder", "unet", "composer"):
+        with safe_open(folder / f"{name}.safetensors", "pt") as f:
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+        assert dtypes == {"F16"}, name
+    vae = json.loads((folder / "vae.json").read_text())
+    assert {"psnr_mean", "psnr_min", "scaling_factor"} <= set(vae) and vae["scaling_factor"] > 0
+    assert set(json.loads((folder / "image_encoder.json").read_text())) >= {"image_to_caption_top1"}
+    assert json.loads((folder / "unet.json").read_text())["joint"] is True  # composer --train-unet wrote it last
+    assert (parts / "vae" / "samples" / "step-000002.png").is_file()
+    assert (parts / "encoder" / "caption-pool.safetensors").is_file()
+
+
+def test_a_parts_folder_is_a_model(parts, capsys):
+    from recomposer.models.loading import load_model
+    from recomposer.tasks.composer import ComposeRequest, compose, load_composer
+    from recomposer.conditions import Caption, ConditionSet
+
+    folder = parts / "parts"
+    backbone = load_model(str(folder), torch.device("cpu"), torch.float32)
+    assert isinstance(backbone, Backbone) and backbone.native_size == 64 and backbone.latent_channels == 8
+    assert backbone.mask_padding and backbone.source.kind == "bundled"
+    model = load_composer(str(folder))
+    (result,) = compose(model, ConditionSet.of(Caption("a red circle")), ComposeRequest(steps=2))
+    assert result.image.size == (64, 64)
+    code, out, err = run(capsys, "compose", "--caption", "a blue star", "--model", folder, "--steps", 2,
+                         "-o", parts / "composed")
+    assert code == 0 and out.strip().endswith("0.png"), err
+
+
+def test_prompts_encode_on_real_tokens_only_with_the_same_numbers():
+    from recomposer.models.minilm import token_states
+    from recomposer.world.dataset import make_sample
+
+    backbone = bundled.assemble(bundled.new_vae(), bundled.new_unet())
+    texts = [make_sample(seed).caption for seed in range(5)] + ["", make_sample(0).caption]
+    prompts = backbone.encode_prompts(texts)
+    full, mask = token_states(backbone.text_encoder, backbone.tokenizer, texts)
+    assert prompts.tokens.shape == full.shape and torch.equal(prompts.mask, mask.float())
+    torch.testing.assert_close(prompts.tokens, full * mask[..., None], atol=1e-5, rtol=0)
+    pooled = (full * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    torch.testing.assert_close(prompts.sentence, pooled, atol=1e-5, rtol=0)
+
+
+def test_psnr_is_measured_on_the_8_bit_scale():
+    a = -torch.ones(1, 3, 4, 4)  # level 0 everywhere
+    b = a.clone()
+    b[0, 0, 0, 0] += 2 / 255  # level 1 at one of 48 values
+    expected = 10 * np.log10(255**2 / (1 / 48))
+    assert abs(float(psnr(a, b)) - expected) < 1e-3 and float(psnr(a, a)) > 100
+
+
+def test_bad_training_input_names_the_field(tmp_path, capsys):
+    for args, field in ((("vae", "--steps", 0), "steps"), (("encoder", "--pool", 2), "pool"),
+                        (("base", "--batch-size", 0, "--parts", tmp_path), "batch_size"),
+                        (("composer", "--parts", tmp_path, "--model", tmp_path), "parts")):
+        code, out, err = run(capsys, "train", *args, "-o", tmp_path / "run")
+        assert code == 2 and err.startswith(f"error: {field}"), err
+        assert not (tmp_path / "run").exists()
+    code, _, err = run(capsys, "train", "base", "--parts", tmp_path / "empty", "-o", tmp_path / "run")
+    assert code == 2 and err.startswith("error: model:") and "vae" in err
