@@ -107,24 +107,17 @@ def recall(
 
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo model and images.")]
+    output: Annotated[Path, typer.Option("--output", "-o", help="A new folder for the demo's images and sheet.")]
     = Path("demo-out"),
+    steps: Annotated[int, typer.Option(help="Sampling steps per image.")] = 20,
+    model: Annotated[Optional[str], typer.Option("--model", help="A folder of bundled-format parts (default: "
+                                                                 "the bundled model).")] = None,
 ) -> None:
-    """Save a tiny random SD-shaped model, generate from it, and recall one result.
+    """Decompose a shapes-world scene and a photo with the bundled model, recompose them (reconstruction,
+    variations, a palette swap, mixed-source compositions) and write a contact sheet."""
+    from .commands.demo import run_demo
 
-    Until the bundled shapes-world model lands, this shows the machinery end to end on random
-    weights: the pictures are noise-like, the provenance and reproduction are real.
-    """
-    from .models.tiny import save_diffusers_dir, tiny_sd
-
-    model_dir = output / "tiny-sd"
-    if not (model_dir / "model_index.json").is_file():
-        save_diffusers_dir(tiny_sd(), model_dir)
-    typer.echo(f"model: {model_dir} (tiny, random weights: expect noise-like pictures)")
-    generate("a red circle above a blue square", negative="", model=str(model_dir), config=None,
-             scheduler="euler_a", steps=20, guidance=7.5, seed=1, width=64, height=64, batch=2, image=None,
-             strength=None, mask=None, device="cpu", dtype="fp32", output=output / "images")
-    recall(output / "images" / "1.png", output=output / "images" / "1-recall.png", device=None)
+    typer.echo(str(run_demo(output, steps, model)))
 
 
 def _not_yet(command: str, issue: str) -> None:

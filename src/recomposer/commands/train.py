@@ -178,6 +178,10 @@ def train_vae(
     seed: Annotated[int, typer.Option(help="Seeds the initial weights and every step's draws.")] = 0,
     parts: Annotated[Optional[Path], typer.Option(help="Folder of bundled-format parts the result is written "
                                                        "into (default: --output).")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Start from the VAE in this parts folder.")] = None,
+    decoder_only: Annotated[bool, typer.Option("--decoder-only", help="Train the decoder only (with --init): "
+                                                                      "latents, and models trained on them, stay "
+                                                                      "valid.")] = False,
     mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
 ) -> None:
@@ -188,13 +192,15 @@ def train_vae(
                          checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed,
                          mixed_precision=mixed_precision, cpu=cpu).check()
     _check_output(output)
+    if decoder_only and init is None:
+        raise InvalidParameter("decoder-only", "used with --init PARTS (a trained VAE to keep the encoder of)", True)
 
-    from ..models.bundled import SIZE, new_vae, write_part
+    from ..models.bundled import SIZE, load_part, new_vae, write_part
     from ..training import train
     from ..training.vae import VAETraining, summary, vae_sampler, vae_step, world_images
 
-    vae = new_vae(seed)
-    train(config, VAETraining(vae), vae_step, world_images(batch_size, SIZE),
+    vae = new_vae(seed) if init is None else load_part(new_vae(seed), "vae", init)
+    train(config, VAETraining(vae, decoder_only=decoder_only), vae_step, world_images(batch_size, SIZE),
           vae_sampler(SIZE) if sample_every else None)
     vae = vae.eval().half().float()  # the bundled precision: the figures are those of what ships
     figures = summary(vae)

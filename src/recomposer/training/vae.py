@@ -28,12 +28,19 @@ KL_WEIGHT = 1e-6
 
 
 class VAETraining(nn.Module):
-    """The VAE as one module for ``training.train``: ``model(batch, generator)`` is the step's loss."""
+    """The VAE as one module for ``training.train``: ``model(batch, generator)`` is the step's loss.
 
-    def __init__(self, vae: AutoencoderKL, kl_weight: float = KL_WEIGHT):
+    decoder_only: the encoder (and quant_conv) stay frozen, so the latent space, and every diffusion model
+    trained on it, stays valid while the decoder keeps improving (Stable Diffusion's ft-MSE decoders).
+    """
+
+    def __init__(self, vae: AutoencoderKL, kl_weight: float = KL_WEIGHT, decoder_only: bool = False):
         super().__init__()
         self.vae, self.kl_weight = vae, v.real("kl_weight", kl_weight, 0.0)
         vae.requires_grad_(True).train()
+        if decoder_only:
+            for module in (vae.encoder, vae.quant_conv):
+                module.requires_grad_(False).eval()
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         x = batch["image"]  # (B, 3, H, W) in [-1, 1]
