@@ -52,7 +52,7 @@ def main():
     scene = make_sample(eval_seeds(1)[0])
     image = Image.fromarray(scene.rendered.image)
     kinds = ("image_embedding", "palette", "sketch", "instances", "intensity")
-    six = model.decompose(image, kinds, caption=scene.caption)
+    six = model.decompose(image, ("caption", *kinds), caption=scene.caption)
     caption = ConditionSet.of(Caption(scene.caption))
     request = ComposeRequest(steps=args.steps, scheduler="dpmpp_2m", guidance=3.0)
 

@@ -135,11 +135,15 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    code, out, err = run(capsys, "demo", "-o", tmp_path)
+def test_demo_runs_end_to_end_on_the_bundled_model(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "-o", tmp_path / "demo", "--steps", 2)
     assert code == 0, err
-    assert "identical pixels" in out
-    assert json.loads(Image.open(tmp_path / "images" / "2.png").text["recomposer"])["seed"] == 2
+    assert out.strip() == str(tmp_path / "demo" / "sheet.png")
+    names = {p.name for p in (tmp_path / "demo").iterdir()}
+    assert {"sheet.png", "caption.txt", "inputs-0.png", "palette-swap-scene-0.png", "caption-only-2.png"} <= names
+    assert Image.open(tmp_path / "demo" / "caption-only-0.png").size == (64, 64)
+    code, out, err = run(capsys, "demo", "-o", tmp_path / "demo")  # never overwrites
+    assert code == 2 and err.startswith("error: output:")
 
 
 def test_world_commands_write_sheets_samples_and_renders(tmp_path, capsys):

@@ -30,7 +30,7 @@ def run_demo(output: Path, steps: int = 20, model_path: str | None = None) -> Pa
     a = Image.fromarray(scene.rendered.image)
     b = model.fit(Image.fromarray(data.chelsea()))
     kinds = ("image_embedding", "palette", "sketch", "instances", "intensity")
-    ca = model.decompose(a, kinds, caption=scene.caption)
+    ca = model.decompose(a, ("caption", *kinds), caption=scene.caption)
     cb = model.decompose(b, kinds)
 
     def run(conds, seeds=3):
