@@ -17,7 +17,7 @@ import torch
 from . import validation as v
 from .conditions import Caption, ConditionSet, MaskedImage
 from .errors import InvalidParameter, ModelError
-from .models.backbone import Backbone
+from .models.backbone import Backbone, Prompts
 from .models.composer import AdapterOutputs, ComposerAdapter, is_attached, local_size
 
 
@@ -94,6 +94,10 @@ class BackboneDenoiser:
         self.prediction_type = backbone.prediction_type
 
     def encode(self, conds: ConditionSet) -> ModelInputs:
+        return self._encode(conds)[0]
+
+    def _encode(self, conds: ConditionSet) -> tuple[ModelInputs, Prompts]:
+        """The plain doors' inputs, and the caption's encoding (which subclasses use further)."""
         unknown = set(conds) - self.consumes
         if unknown:
             allowed = "kinds this model has adapters for: " + ", ".join(sorted(self.consumes))
@@ -105,7 +109,7 @@ class BackboneDenoiser:
             if "masked_image" not in conds:
                 raise InvalidParameter("mask", "given: this is an inpainting model (9 input channels)", None)
             concat = inpainting_channels(self.backbone, conds["masked_image"])
-        return ModelInputs(context=prompt.tokens, concat=concat, context_mask=prompt.mask)
+        return ModelInputs(context=prompt.tokens, concat=concat, context_mask=prompt.mask), prompt
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, inputs: ModelInputs) -> torch.Tensor:
@@ -142,10 +146,10 @@ class ComposerDenoiser(BackboneDenoiser):
 
     @torch.no_grad()
     def encode(self, conds: ConditionSet) -> ModelInputs:
-        plain = super().encode(conds)  # kinds checked; caption tokens; inpainting channels
+        plain, prompt = self._encode(conds)  # kinds checked; caption tokens; inpainting channels
         b, adapter, (width, height) = self.backbone, self.adapter, self.size
         caption = conds.get("caption", Caption(""))
-        features = {"caption": b.encode_sentence([caption.text])} if caption.text else {}  # (1, D_s)
+        features = {"caption": prompt.sentence} if caption.text else {}  # (1, D_s)
         for kind in conds:
             if kind in adapter.LOCAL_INPUTS and local_size(conds[kind]) != self.size:
                 w, h = local_size(conds[kind])

@@ -247,7 +247,7 @@ def colourise(model: ComposerModel, grey: Image.Image, palette_from: Image.Image
     conds = model.decompose(grey, ("intensity",))
     if palette_from is not None:
         conds = conds.with_(*model.decompose(palette_from, ("palette",)).values())
-    return compose(model, _with_caption(model, conds, caption), request, task="colourise")
+    return compose(model, _with_caption(conds, caption), request, task="colourise")
 
 
 def recolour(model: ComposerModel, image: Image.Image, palette_from: Image.Image,
@@ -272,17 +272,17 @@ def from_local(model: ComposerModel, kind: str, image: Image.Image, caption: str
                request: ComposeRequest = ComposeRequest()) -> list[Generated]:
     """Sketch-, depth-, instance-layout- or intensity-to-image: one local condition of ``image`` (+ a caption)."""
     v.choice("kind", kind, ("sketch", "depth", "instances", "intensity"))
-    return compose(model, _with_caption(model, model.decompose(image, (kind,)), caption), request,
+    return compose(model, _with_caption(model.decompose(image, (kind,)), caption), request,
                    task=f"{kind}-to-image")
 
 
 def inpaint(model: ComposerModel, image: Image.Image, mask: np.ndarray, caption: str | None = None,
             request: ComposeRequest = ComposeRequest()) -> list[Generated]:
     """Fill the masked region from the rest of the image (and a caption)."""
-    return edit_region(model, image, mask, _with_caption(model, ConditionSet(), caption), request)
+    return edit_region(model, image, mask, _with_caption(ConditionSet(), caption), request)
 
 
-def _with_caption(model: ComposerModel, conds: ConditionSet, caption: str | None) -> ConditionSet:
+def _with_caption(conds: ConditionSet, caption: str | None) -> ConditionSet:
     from ..conditions import Caption
 
     return conds if caption is None else conds.with_(Caption(caption))
