@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recomposer.conditions import Caption, ConditionSet
+from recomposer.conditions import ConditionSet
 from recomposer.models import bundled
 from recomposer.tasks.composer import ComposeRequest, compose, load_composer
 from recomposer.world.dataset import eval_seeds, make_sample

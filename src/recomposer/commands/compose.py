@@ -305,7 +305,7 @@ def style_command(
     _echo(_write(results, output))
 
 
-def strip(images) -> "Image.Image":
+def strip(images):
     """Images side by side, left to right."""
     from ..training import image_grid
 

@@ -82,7 +82,7 @@ class Backbone:
 
     # --- the three encoders ------------------------------------------------------------------
     @torch.no_grad()
-    def encode_prompts(self, texts: list[str]) -> "Prompts":
+    def encode_prompts(self, texts: list[str]) -> Prompts:
         """Prompts -> token states, the UNet's padding mask and sentence embeddings, from one encoder forward.
 
         tokens (B, T, D): padded to the fixed prompt length T, as SD pipelines do. With ``mask_padding``
@@ -105,7 +105,7 @@ class Backbone:
             sentence = _mean_over(out[0], tokens.attention_mask.to(self.device))
         return Prompts(out[0].to(self.dtype), None, sentence.to(self.dtype))
 
-    def _encode_real_tokens(self, texts: list[str]) -> "Prompts":
+    def _encode_real_tokens(self, texts: list[str]) -> Prompts:
         """``encode_prompts`` for ``mask_padding`` backbones: each distinct text once, texts of similar length
         together (sorted, in groups of 8), each group padded only to its own longest text. Padding is masked
         in the encoder's attention, so every real token's state is what one full-length forward gives."""

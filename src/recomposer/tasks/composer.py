@@ -13,20 +13,20 @@ s_k·(ε(x, c₂ ∪ {c_k}) − ε(x, c₂)) inside [start, end] of the schedule
 """
 
 import math
-from pathlib import Path
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .. import validation as v
-from ..conditions import ConditionSet, ImageEmbedding, MaskedImage, Palette
+from ..conditions import ConditionSet, ImageEmbedding, Palette
 from ..decompose.decomposer import Backends, decompose
 from ..denoiser import ComposerDenoiser
 from ..errors import InvalidParameter
-from ..guidance import GUIDANCE_MAX, GuidancePlan, Term
-from ..io.images import to_pil, to_tensor
+from ..guidance import GUIDANCE_MAX, GuidancePlan, Term, guided
+from ..io.images import to_pil
 from ..models.backbone import Backbone
 from ..models.composer import ComposerAdapter, generation_size
 from ..provenance import FORMAT, library_versions
@@ -120,8 +120,6 @@ def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest =
             task: str = "compose") -> list[Generated]:
     """Images from any subset of conditions. With a masked image, pixels outside its mask are kept
     exactly: the latents outside are blended back at every step and the source pasted back after decoding."""
-    from ..guidance import guided
-
     request.check()
     if not isinstance(conds, ConditionSet):
         raise InvalidParameter("conditions", "a ConditionSet", type(conds).__name__)
