@@ -24,7 +24,7 @@ def main():
 
     from skimage import data
 
-    from recomposer.conditions import Caption, ConditionSet
+    from recomposer.conditions import Caption, ConditionSet, Depth
     from recomposer.io.sheets import stacked, titled_row
     from recomposer.tasks import composer as t
     from recomposer.world.dataset import eval_seeds, make_sample
@@ -40,6 +40,7 @@ def main():
     def seeds(results):
         return [(f"seed {k + 1}", r.image) for k, r in enumerate(results)]
 
+    depth = Depth(scenes[4].rendered.depth)  # no bundled depth estimator: the world's exact depth
     mask = np.zeros((model.size, model.size), bool)
     mask[: model.size // 2, model.size // 2:] = True
     edit = t.edit_region(model, image[3], mask, ConditionSet.of(Caption("a red star")), request)
@@ -48,6 +49,8 @@ def main():
         ("caption only", [("caption", image[0])], t.compose(model, ConditionSet.of(c[0]["caption"]), request)),
         ("sketch-to-image", [("sketch", c[1]["sketch"].picture())],
          t.compose(model, ConditionSet.of(c[1]["sketch"]), request)),
+        ("depth-to-image\n(the world's depth)", [("depth", depth.picture())],
+         t.compose(model, ConditionSet.of(depth), request)),
         ("instances-to-image", [("instances", c[2]["instances"].picture())],
          t.compose(model, ConditionSet.of(c[2]["instances"]), request)),
         ("variations\n(embedding+palette)", [("image", image[5])], t.variations(model, image[5], request=request)),

@@ -211,6 +211,7 @@ def test_compose_command_mixes_sources_and_saved_conditions(tiny_dir, adapter_fi
 def test_compose_command_errors_are_one_line_and_write_nothing(tiny_dir, adapter_file, scene_files, tmp_path,
                                                                 capsys):
     a, b = scene_files
+    Image.new("L", (16, 16), 255).save(tmp_path / "small-mask.png")  # the scenes are 64 px
     common = ("--model", tiny_dir, "--adapter", adapter_file, "--steps", 2, "--device", "cpu")
     cases = [
         (("compose", *common), "conditions"),
@@ -220,6 +221,8 @@ def test_compose_command_errors_are_one_line_and_write_nothing(tiny_dir, adapter
         (("compose", "--caption", "x", "--weight", "sketch:lots", *common), "weight"),
         (("compose", "--caption", "x", "--model", tiny_dir), "adapter"),
         (("compose", "--image", a, *common), "mask"),
+        (("compose", "--image", a, "--mask", tmp_path / "small-mask.png", *common), "mask"),
+        (("compose", "--depth-from", a, *common), "depth"),
         (("variations", a, "--keep", "nothing", *common), "keep"),
         (("interpolate", a, b, "--frames", 1, *common), "frames"),
     ]

@@ -120,6 +120,8 @@ def compose_command(
     depth_from: Annotated[Optional[Path], typer.Option(help="Depth from this image (needs a depth model) or "
                                                             "file.")] = None,
     intensity_from: Annotated[Optional[Path], typer.Option(help="Intensity from this image or file.")] = None,
+    depth_map: Annotated[Optional[Path], typer.Option(help="A depth map image (bright = near) of the generation "
+                                                           "size.")] = None,
     image: Annotated[Optional[Path], typer.Option(help="Image to keep outside --mask (region editing).")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="Region to generate, white = generate (with --image).")]
     = None,
@@ -142,6 +144,12 @@ def compose_command(
                                   intensity_from)))
     sources = {kind: _source(f"{kind.replace('_', '-')}-from", kind, path)
                for kind, path in given.items() if path is not None}
+    if depth_map is not None:
+        if depth_from is not None:
+            raise InvalidParameter("depth-map", "or --depth-from, not both", str(depth_map))
+        from ..conditions import Depth
+
+        sources["depth"] = ("condition", Depth.from_image(depth_map))
     if (image is None) != (mask is None):
         raise InvalidParameter("mask", "given together with --image", "only one of them")
     picture = open_image(image, "image") if image is not None else None
@@ -244,7 +252,8 @@ def edit_command(
 ) -> None:
     """Change only the masked region (inpainting with conditions); pixels outside stay exactly as they were."""
     compose_command(caption=caption, image_embedding_from=image_embedding_from, palette_from=palette_from,
-                    sketch_from=None, instances_from=None, depth_from=None, intensity_from=None, image=image,
+                    sketch_from=None, instances_from=None, depth_from=None, intensity_from=None, depth_map=None,
+                    image=image,
                     mask=mask, base=None, weight=None, model=model, adapter=adapter, image_encoder=image_encoder,
                     scheduler=scheduler, steps=steps, guidance=guidance, seed=seed, batch=batch, device=device,
                     output=output)

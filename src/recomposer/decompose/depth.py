@@ -30,7 +30,7 @@ def no_depth_backend() -> RecomposerError:
     """The error for "depth was asked for but nothing can estimate it" (raise it)."""
     return RecomposerError("depth", "no depth backend: pass --depth-model DIR (a transformers depth-estimation "
                                     "model, e.g. DPT or Depth Anything, saved locally) or provide a depth map "
-                                    "with --depth FILE")
+                                    "(decompose --depth FILE, compose --depth-map FILE)")
 
 
 def bundled_depth_estimator() -> DepthEstimator | None:
