@@ -9,7 +9,7 @@ from skimage import data
 
 from recomposer.cli import main
 from recomposer.conditions.files import load_set
-from recomposer.decompose.decomposer import KINDS, decompose
+from recomposer.decompose.decomposer import KINDS, Backends, decompose
 from recomposer.decompose.palette import colour_histogram
 from recomposer.errors import RecomposerError
 from recomposer.world.dataset import make_sample
@@ -25,9 +25,12 @@ def run(capsys, *args):
 
 def test_everything_available_is_made_and_the_rest_is_explained():
     result = decompose(PHOTO, caption="an astronaut", mask=np.eye(128, dtype=bool))
-    assert list(result.conditions) == ["caption", "palette", "sketch", "instances", "intensity", "masked_image",
-                                       "blobs"]
-    assert set(result.skipped) == {"image_embedding", "depth"}
+    assert list(result.conditions) == ["caption", "image_embedding", "palette", "sketch", "instances", "intensity",
+                                       "masked_image", "blobs"]
+    assert result.conditions["image_embedding"].encoder.startswith("bundled:world-encoder@")  # the default
+    assert set(result.skipped) == {"depth"}
+    without = decompose(PHOTO, caption="x", backends=Backends(encoder=None))
+    assert "image_embedding" in without.skipped and "--image-encoder" in without.skipped["image_embedding"]
     assert "--depth-model" in result.skipped["depth"]
     c = result.conditions
     assert c["sketch"].lines.shape == (128, 128) and c["intensity"].values.shape == (128, 128)
@@ -62,9 +65,9 @@ def test_cli_writes_every_condition_and_they_load_back(tmp_path, capsys):
     code, out, err = run(capsys, "decompose", tmp_path / "in.png", "-o", tmp_path / "d", "--caption", "a person",
                          "--box", "10,10,60,60", "--depth", tmp_path / "depth.png", "--seed", 3)
     assert code == 0, err
-    assert "image_embedding skipped" in err
+    assert err == ""  # nothing skipped: the bundled image encoder is the default, the depth map is given
     summary = json.loads((tmp_path / "d" / "decomposition.json").read_text())
-    assert summary["kinds"] == [k for k in KINDS if k != "image_embedding"]
+    assert summary["kinds"] == list(KINDS)
     loaded = load_set(tmp_path / "d")
     assert set(loaded) == set(summary["kinds"])
     assert loaded["caption"].text == "a person" and loaded["masked_image"].mask.sum() == 50 * 50
