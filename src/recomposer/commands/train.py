@@ -1,6 +1,8 @@
-"""`recomposer train ...`: train adapters on the shapes world (training/), resumable from their output folder.
+"""`recomposer train ...`: train the bundled model's parts and Composer adapters on the shapes world
+(training/), each resumable from its output folder.
 
-    recomposer train composer --model DIR -o OUT [--steps N --batch-size B --lr LR --size S ...]
+    recomposer train vae|encoder|base -o OUT [--parts PARTS ...]        parts of the bundled model
+    recomposer train composer (--model DIR | --parts PARTS) -o OUT [--train-unet --steps N ...]
 
 Every parameter is checked before a model loads; a run resumes from OUT's newest complete checkpoint
 (``--no-resume`` refuses a folder that has one). At the end the adapter is written, all or nothing, to
