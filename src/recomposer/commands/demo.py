@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-SCENE_SEED_OFFSET = 7  # evaluation scene EVAL_SEED_BASE + 7: three objects, one patterned
+SCENE_SEED_OFFSET = 7  # evaluation scene EVAL_SEED_BASE + 7: two small objects on a flat background
 
 
 def run_demo(output: Path, steps: int = 20, model_path: str | None = None) -> Path:
