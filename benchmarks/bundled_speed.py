@@ -10,19 +10,11 @@ Measured per image, models loaded beforehand (loading is reported separately), m
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from loop_overhead import median_time  # the same timing rule as the loop benchmark (a sibling script)
 
 
 def main():

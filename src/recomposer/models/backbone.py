@@ -110,8 +110,9 @@ class Backbone:
         together (sorted, in groups of 8), each group padded only to its own longest text. Padding is masked
         in the encoder's attention, so every real token's state is what one full-length forward gives."""
         length = self.max_text_tokens or self.tokenizer.model_max_length
-        distinct = sorted(set(texts), key=lambda t: len(self.tokenizer(t, truncation=True, max_length=length)
-                                                        .input_ids))
+        unique = sorted(set(texts))
+        lengths = [len(ids) for ids in self.tokenizer(unique, truncation=True, max_length=length).input_ids]
+        distinct = [t for _, t in sorted(zip(lengths, unique))]  # one tokenizer call to sort by length
         tokens = torch.zeros(len(distinct), length, self.text_encoder.config.hidden_size, device=self.device)
         mask = torch.zeros(len(distinct), length, device=self.device)
         sentence = torch.zeros(len(distinct), self.text_encoder.config.hidden_size, device=self.device)
