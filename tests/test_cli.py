@@ -121,12 +121,6 @@ def test_bad_model_directories_are_refused(tiny_dir, tmp_path, capsys, problem):
     assert not (tmp_path / "out").exists()
 
 
-def test_later_commands_say_they_are_not_available_yet(capsys):
-    for command in ("bench",):
-        code, out, err = run(capsys, command, "anything", "--flag")
-        assert code == 2 and "not available yet" in err and out == ""
-
-
 def test_the_installed_command_prints_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "recomposer", "generate", "x", "--steps", "0", "-o", tmp_path],
                             capture_output=True, text=True, timeout=120)

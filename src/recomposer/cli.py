@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .commands.bench import bench_app
 from .commands.compose import COMMANDS as COMPOSER_COMMANDS
 from .commands.decompose import decompose_command
 from .commands.train import train_app
@@ -23,6 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 app.add_typer(world_app, name="world")
 app.add_typer(train_app, name="train")
+app.add_typer(bench_app, name="bench")
 app.command("decompose")(decompose_command)
 for _name, _command in COMPOSER_COMMANDS.items():
     app.command(_name)(_command)
@@ -118,16 +120,6 @@ def demo(
     from .commands.demo import run_demo
 
     typer.echo(str(run_demo(output, steps, model)))
-
-
-def _not_yet(command: str, issue: str) -> None:
-    @app.command(command, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                 help=f"Not available yet (arrives with {issue}).")
-    def stub(ctx: typer.Context) -> None:
-        raise RecomposerError(command, f"`recomposer {command}` is not available yet; it arrives with {issue}")
-
-
-_not_yet("bench", "the benchmark issue")
 
 
 # --- helpers ---------------------------------------------------------------------------------

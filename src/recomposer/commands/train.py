@@ -1,7 +1,7 @@
 """`recomposer train ...`: train the bundled model's parts and Composer adapters on the shapes world
 (training/), each resumable from its output folder.
 
-    recomposer train vae|encoder|base -o OUT [--parts PARTS ...]        parts of the bundled model
+    recomposer train vae|encoder|base|analyser -o OUT [--parts PARTS ...]   parts of the bundled model
     recomposer train composer (--model DIR | --parts PARTS) -o OUT [--train-unet --steps N ...]
 
 Every parameter is checked before a model loads; a run resumes from OUT's newest complete checkpoint
@@ -257,6 +257,85 @@ def train_encoder(
     typer.echo(str(write_part(trainee.encoder, "image_encoder", parts or output, figures)))
     typer.echo(f"held-out retrieval top-1: image->caption {figures['image_to_caption_top1']:.2f}, "
                f"caption->image {figures['caption_to_image_top1']:.2f}", err=True)
+
+
+@train_app.command("analyser")
+def train_analyser(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints and loss.jsonl (the "
+                                                                "classifier's in OUT/classifier); a run resumes "
+                                                                "from it.")],
+    steps: Annotated[int, typer.Option(help="Segmenter updates in all (a resumed run continues up to it).")]
+    = 3000,
+    classifier_steps: Annotated[int, typer.Option(help="Instance-classifier updates in all.")] = 2500,
+    batch_size: Annotated[int, typer.Option(help="Scenes per step (both networks).")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate of the segmenter.")] = 1e-3,
+    evaluate: Annotated[int, typer.Option(help="Held-out renders the written figures are measured on.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seeds the initial weights and every step's draws.")] = 0,
+    parts: Annotated[Optional[Path], typer.Option(help="Folder of bundled-format parts the result is written "
+                                                       "into (default: --output).")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+) -> None:
+    """Train the shapes-world analyser (the controllability benchmark's judge): the segmenter, then the instance
+    classifier; writes PARTS/analyser.* with its held-out accuracy."""
+    from .. import validation as v
+
+    v.integer("classifier_steps", classifier_steps, 1)
+    v.integer("evaluate", evaluate, 1)
+    segmenter_config, classifier_config = analyser_configs(output, steps, classifier_steps, batch_size, lr, seed, cpu)
+    _check_output(output)
+
+    from ..evaluation.analyser import Analyser, AnalyserWeights
+    from ..models.bundled import write_part
+    from ..training.analyser import accuracy
+
+    segmenter = train_segmenter(segmenter_config, seed)
+    classifier = train_classifier(classifier_config, seed)
+    weights = AnalyserWeights(segmenter, classifier).half().float().cpu()  # the bundled precision, as it ships
+    figures = accuracy(Analyser(weights), evaluate)
+    settings = {"steps": steps, "classifier_steps": classifier_steps, "batch_size": batch_size, "lr": lr, **figures}
+    typer.echo(str(write_part(weights, "analyser", parts or output, settings)))
+    typer.echo(json.dumps(figures, indent=2), err=True)
+
+
+def analyser_configs(output: Path, steps: int, classifier_steps: int, batch_size: int, lr: float, seed: int,
+                     cpu: bool):
+    """The two runs' settings: the segmenter in OUT, the classifier (half the scenes per step) in OUT/classifier."""
+    from ..training import TrainConfig
+
+    segmenter = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=100,
+                            weight_decay=0.01, ema_decay=0.998, checkpoint_every=250, seed=seed, cpu=cpu).check()
+    classifier = TrainConfig(output_dir=Path(output) / "classifier", steps=classifier_steps,
+                             batch_size=max(1, batch_size // 2), lr=2e-3, warmup_steps=100, weight_decay=0.01,
+                             ema_decay=0.995, checkpoint_every=250, seed=seed, cpu=cpu).check()
+    return segmenter, classifier
+
+
+def train_segmenter(config, seed: int):
+    import torch
+
+    from ..evaluation.analyser import WorldAnalyser
+    from ..training import train
+    from ..training.analyser import AnalyserTraining, analyser_batches, analyser_step
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        trainee = AnalyserTraining(WorldAnalyser())
+    train(config, trainee, analyser_step, analyser_batches(config.batch_size), keep_ema=True)
+    return trainee.analyser
+
+
+def train_classifier(config, seed: int):
+    import torch
+
+    from ..evaluation.analyser import InstanceClassifier
+    from ..training import train
+    from ..training.analyser import ClassifierTraining, analyser_step, classifier_batches
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        trainee = ClassifierTraining(InstanceClassifier())
+    train(config, trainee, analyser_step, classifier_batches(config.batch_size), keep_ema=True)
+    return trainee.classifier
 
 
 # --- helpers ---------------------------------------------------------------------------------

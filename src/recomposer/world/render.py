@@ -57,7 +57,7 @@ def render(scene: Scene, size: int = 64) -> Rendered:
     depth = _depth(scene, labels, centres, n)
     image8 = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
     intensity = (image8 @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
-    return Rendered(image8, labels, depth, _outlines(labels), intensity.astype(np.float32))
+    return Rendered(image8, labels, depth, outlines(labels), intensity.astype(np.float32))
 
 
 def object_patch(obj: WorldObject, centres: np.ndarray):
@@ -188,7 +188,7 @@ def object_depths(n: int) -> np.ndarray:
     return np.array([0.8 - 0.7 * k / max(n - 1, 1) for k in range(n)], np.float32)
 
 
-def _outlines(labels: np.ndarray) -> np.ndarray:
+def outlines(labels: np.ndarray) -> np.ndarray:
     """1-px lines: where two neighbouring pixels carry different labels, mark the front one
     (higher label; an object against the background marks the object's own edge pixel)."""
     sketch = np.zeros(labels.shape, bool)

@@ -1,0 +1,111 @@
+"""`recomposer bench ...`: the controllability benchmark and the speed harness, each writing a new folder of
+report.json + report.md (+ PNG plots for controllability).
+
+    recomposer bench controllability [-o bench-controllability] [--quick | --scenes N ...] [--model PARTS]
+    recomposer bench speed [-o bench-speed] [--quick] [--repeats N] [--threads N] [--device auto|cpu|cuda]
+
+``--quick`` is the CI size (seconds to a minute on one CPU thread); the full runs are what the README's
+figures come from (benchmarks/controllability.py and benchmarks/speed.py call the same code).
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+bench_app = typer.Typer(no_args_is_help=True, help="Measure controllability and speed (reports in a new folder).")
+
+
+@bench_app.command("controllability")
+def controllability(
+    output: Annotated[Path, typer.Option("--output", "-o", help="A new folder for the report.")]
+    = Path("bench-controllability"),
+    quick: Annotated[bool, typer.Option("--quick", help="The CI size: 2 scenes, 6 steps (under a minute).")]
+    = False,
+    scenes: Annotated[Optional[int], typer.Option(help="Held-out scenes (default 40; quick 2).")] = None,
+    held_out_scenes: Annotated[Optional[int], typer.Option(help="Scenes with held-out attribute combinations "
+                                                                "(default 40; quick 1).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Sampler steps per image (default 20; quick 6).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Composer guidance w (default 3).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="A diffusers Composer model directory or a "
+                                                                 "folder of bundled-format parts (default: the "
+                                                                 "bundled model).")] = None,
+    adapter: Annotated[Optional[str], typer.Option("--adapter", help="A Composer adapter .safetensors for "
+                                                                     "--model.")] = None,
+) -> None:
+    """Generate from every condition alone, in pairs and from mixed sources on held-out scenes; judge each
+    with the shapes-world analyser beside its floor (no condition) and ceiling (the scene's own render)."""
+    from dataclasses import replace
+
+    from ..evaluation.controllability import QUICK, BenchConfig
+
+    base = QUICK if quick else BenchConfig()
+    given = {"scenes": scenes, "held_out_scenes": held_out_scenes, "steps": steps, "guidance": guidance}
+    config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
+    _check_new(output)
+
+    from ..evaluation.analyser import load_bundled_analyser
+    from ..evaluation.controllability import generations, run
+    from ..evaluation.report import bars, example_grid, markdown
+    from ..io.files import write_folder
+    from ..tasks.composer import load_composer
+
+    composer = load_composer(model, adapter)
+    with typer.progressbar(length=generations(config), label="generating", file=sys.stderr) as bar:
+        report, examples = run(composer, load_bundled_analyser(), config, lambda done, total: bar.update(1))
+    files = {"report.json": _json(report), "report.md": markdown(report), "bars.png": bars(report)}
+    if examples:
+        files["examples.png"] = example_grid(examples)
+    typer.echo(str(write_folder(output, files)))
+    typer.echo(markdown(report), err=True)
+
+
+@bench_app.command("speed")
+def speed(
+    output: Annotated[Path, typer.Option("--output", "-o", help="A new folder for the report.")] = Path("bench-speed"),
+    quick: Annotated[bool, typer.Option("--quick", help="The CI size (seconds).")] = False,
+    repeats: Annotated[Optional[int], typer.Option(help="Timed runs per figure; the median is reported (>= 5).")]
+    = None,
+    threads: Annotated[int, typer.Option(help="CPU threads torch uses.")] = 1,
+    device: Annotated[str, typer.Option(help="auto (CUDA where present), cpu or cuda.")] = "auto",
+) -> None:
+    """Time our loop against diffusers' pipeline and raw UNet forwards, multi-term guidance against one batched
+    forward, decomposition, a training step against a plain diffusers step, and the shapes world."""
+    from dataclasses import replace
+
+    from ..evaluation.speed import QUICK_SPEED, SpeedConfig, markdown, run
+
+    base = QUICK_SPEED if quick else SpeedConfig()
+    config = replace(base, threads=threads, device=device,
+                     **({"repeats": repeats} if repeats is not None else {})).check()
+    _check_new(output)
+
+    from ..io.files import write_folder
+
+    report = run(config)
+    typer.echo(str(write_folder(output, {"report.json": _json(report), "report.md": markdown(report)})))
+    typer.echo(markdown(report), err=True)
+
+
+def _check_new(output: Path) -> None:
+    from ..errors import RecomposerError
+
+    if output.exists():
+        raise RecomposerError("output", f"{output} exists; choose a new folder")
+
+
+def _json(report: dict) -> str:
+    """JSON with infinite figures (a PSNR of identical pixels) written as the string "inf"."""
+    def clean(x):
+        if isinstance(x, float) and math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        if isinstance(x, dict):
+            return {k: clean(value) for k, value in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(value) for value in x]
+        return x
+
+    return json.dumps(clean(report), indent=2) + "\n"

@@ -1,0 +1,1 @@
+"""Measuring recomposer: the shapes-world analyser (the judge), controllability and speed benchmarks."""

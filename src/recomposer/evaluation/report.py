@@ -1,0 +1,97 @@
+"""The controllability report as people read it: a markdown table, per-condition bars and an example grid."""
+
+import math
+
+from PIL import Image, ImageDraw
+
+from ..io.sheets import stacked, titled_row
+from .controllability import KINDS
+
+SETTINGS = ("floor", "single", "pairs", "mixed", "ceiling")
+COLOURS = {"floor": (170, 170, 170), "single": (40, 110, 200), "pairs": (80, 170, 90), "mixed": (230, 150, 40),
+           "ceiling": (40, 40, 40)}
+PSNR_TOP = 50.0  # dB at the top of the bars (infinite PSNR is drawn there)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = ["# Controllability report", "",
+             f"{s['scenes']} held-out scenes (seeds {s['scene_seeds'][0]}…), {s['held_out_scenes']} scenes with "
+             f"held-out attribute combinations; {s['size']} px, {s['steps']} steps, guidance {s['guidance']}. "
+             "Judge: the shapes-world analyser. Floor: no condition; ceiling: the judge on the scenes' own renders.",
+             "", "| condition | figure | floor | single | in pairs | mixed sources | ceiling |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, row in report["conditions"].items():
+        lines.append(f"| {kind} | {row['figure']} | " + " | ".join(_cell(row[k]) for k in SETTINGS) + " |")
+    lines += ["", "## Caption, per attribute", "", "| setting | shape | colour | count | relation |", "|---|---|---|---|---|"]
+    caption = report["conditions"]["caption"]["details"]
+    held = report["held_out_caption"]
+    rows = [(name, caption.get(name, {})) for name in SETTINGS] + [
+        (f"held-out combinations: {name}", held.get(name, {})) for name in ("floor", "caption", "ceiling")]
+    for name, d in rows:
+        lines.append(f"| {name} | " + " | ".join(_cell(d.get(f"{a}_accuracy")) for a in ("shape", "colour", "count",
+                                                                                          "relation")) + " |")
+    depth = report["conditions"]["depth"]["details"]
+    lines += ["", "## Depth occlusion order (touching pairs, front read as nearer)", "",
+              "| " + " | ".join(name for name in SETTINGS if name in depth) + " |",
+              "|" + "---|" * sum(name in depth for name in SETTINGS),
+              "| " + " | ".join(_cell(depth[name].get("order_accuracy")) for name in SETTINGS if name in depth) + " |"]
+    realism = report["realism"]
+    lines += ["", f"## Realism: Fréchet distance of analyser features to {realism['reference_renders']} renders "
+                  "(lower is better)", "", "| images | count | Fréchet distance |", "|---|---|---|"]
+    for name in ("renders", "floor", "conditioned"):
+        if name in realism:
+            lines.append(f"| {name} | {realism[name]['images']} | {realism[name]['frechet_distance']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def bars(report: dict, width: int = 900) -> Image.Image:
+    """One group of bars per condition (floor, single, pairs, mixed, ceiling), each on its figure's scale:
+    [0, 1] for accuracies, IoU, F1, ρ, intersections and cosines; [0, 50] dB for PSNRs."""
+    rows = report["conditions"]
+    group, bar, top, height = width // len(rows), 0, 40, 260
+    image = Image.new("RGB", (width, height + top + 60), "white")
+    draw = ImageDraw.Draw(image)
+    for i, (name, colour) in enumerate(COLOURS.items()):
+        draw.rectangle((10 + 110 * i, 10, 22 + 110 * i, 22), fill=colour)
+        draw.text((26 + 110 * i, 10), name, fill="black")
+    bar = (group - 16) // len(SETTINGS)
+    for g, (kind, row) in enumerate(rows.items()):
+        db = row["figure"].endswith("_db")
+        x0 = g * group + 8
+        for k, setting in enumerate(SETTINGS):
+            value = row[setting]
+            if value is None:
+                continue
+            share = min(value, PSNR_TOP) / PSNR_TOP if db else value
+            share = max(0.0, min(1.0, share))
+            x = x0 + k * bar
+            draw.rectangle((x, top + height - round(share * height), x + bar - 2, top + height), fill=COLOURS[setting])
+        draw.text((x0, top + height + 6), kind, fill="black")
+        draw.text((x0, top + height + 22), row["figure"] + (" /50" if db else ""), fill="gray")
+    draw.line((0, top + height, width, top + height), fill="black")
+    return image
+
+
+def example_grid(examples: dict) -> Image.Image:
+    """Two rows per scene: pictures of its conditions, then the scene, the unconditioned floor and the image
+    generated from each condition alone (``examples``: (scene, name) -> image, (scene, "conditions") -> dict)."""
+    scenes = sorted({i for i, _ in examples})
+    rows = []
+    for i in scenes:
+        conditions = examples[i, "conditions"]
+        rows.append((f"scene {i}\nconditions", titled_row(
+            [("scene", examples[i, "scene"]), ("(none)", Image.new("RGB", (8, 8), "white"))]
+            + [(kind, conditions[kind].picture()) for kind in KINDS], tile=96)))
+        rows.append((f"scene {i}\ngenerated", titled_row(
+            [("scene", examples[i, "scene"]), ("floor", examples[i, "floor"])]
+            + [(kind, examples[i, kind]) for kind in KINDS], tile=96, nearest=True)))
+    return stacked(rows, label_width=90)
