@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from recomposer.decompose.metrics import match_masks, nonempty
+from recomposer.decompose.metrics import match_masks
 from recomposer.evaluation import judges
 from recomposer.evaluation.analyser import (COLOUR_NAMES, CROP, HEADS, SHAPE_NAMES, STYLE_NAMES, InstanceClassifier,
-                                            WorldAnalyser, crops, read_out, to_input)
+                                            OcclusionClassifier, WorldAnalyser, back_to_front, crops, meeting_point,
+                                            read_out, to_input, touching_pairs)
 from recomposer.errors import InvalidParameter
-from recomposer.training.analyser import (CONFIG, AnalyserTraining, ClassifierTraining, analyser_batches,
-                                          classifier_batches, degrade, targets)
+from recomposer.training.analyser import (CONFIG, AnalyserTraining, ClassifierTraining, OcclusionTraining,
+                                          analyser_batches, classifier_batches, degrade, occlusion_batches, targets)
 from recomposer.world.dataset import eval_seeds, make_sample
 from recomposer.world.relations import inside_pairs
-from recomposer.world.scene import WorldConfig, sample_scene
+from recomposer.world.scene import sample_scene
 
 
 def perfect_heads(scene) -> dict[str, torch.Tensor]:
@@ -135,6 +136,46 @@ def test_classifier_training_learns_one_batch():
     optimizer = torch.optim.AdamW(trainee.parameters(), 3e-3)
     losses = []
     for _ in range(8):
+        loss = trainee(batch, torch.Generator().manual_seed(1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_back_to_front_follows_pairwise_occlusion_and_survives_a_cycle():
+    # 2 in front of 0, 0 in front of 1 (a chain through touching pairs only)
+    chain = {(2, 0): 0.9, (0, 2): 0.1, (0, 1): 0.8, (1, 0): 0.2}
+    assert back_to_front(3, chain) == [1, 0, 2]
+    cycle = {(0, 1): 0.9, (1, 0): 0.1, (1, 2): 0.9, (2, 1): 0.1, (2, 0): 0.6, (0, 2): 0.4}  # 0>1>2>0, last weakest
+    assert back_to_front(3, cycle) == [2, 1, 0]
+    assert back_to_front(2, {}) == [0, 1]
+
+
+def test_touching_pairs_and_meeting_point():
+    masks = np.zeros((3, 8, 8), bool)
+    masks[0, :, :4] = True
+    masks[1, :, 4:] = True
+    masks[0, 0, 0] = False
+    masks[2, 0, 0] = True  # one pixel in mask 0's corner: touches mask 0 only
+    assert touching_pairs(masks) == [(1, 0), (2, 0)]
+    x, y = meeting_point(masks[1], masks[0])
+    assert x == 4.0 and y == 4.0  # columns 3 and 4 meet; their centres average to x = 4
+
+
+def test_occlusion_training_learns_one_batch():
+    batch = occlusion_batches(8)(0)
+    n = len(batch["owner"])
+    assert batch["mask"].shape == (n, 2, 64, 64) and set(batch["front"].tolist()) <= {0.0, 1.0}
+    for k in range(n):  # the meeting point is within 2 px of both masks' shared edge
+        x, y = batch["centre"][k].tolist()
+        assert batch["mask"][k, :, max(0, int(y) - 4):int(y) + 5, max(0, int(x) - 4):int(x) + 5].any(dim=(1, 2)).all()
+    torch.manual_seed(0)
+    trainee = OcclusionTraining(OcclusionClassifier())
+    optimizer = torch.optim.AdamW(trainee.parameters(), 3e-3)
+    losses = []
+    for _ in range(10):
         loss = trainee(batch, torch.Generator().manual_seed(1))
         loss.backward()
         optimizer.step()

@@ -14,10 +14,14 @@ pixel votes for its object's centre p + Δ; vote peaks are the centres; a pixel 
 another stays apart (same centre, different colour: the world never nests one colour in itself).
 Each instance's shape, colour and style are then read by ``InstanceClassifier`` from a 32 × 32 crop
 around its centre with its visible mask as a fourth channel (a whole object fits: radii are at most
-13 px), which learns far faster than the per-pixel class heads (those only find the objects).
+13 px), which learns far faster than the per-pixel class heads (those only find the objects). Depth
+comes from occlusion: ``OcclusionClassifier`` sees the crop where two touching instances meet with both
+masks and says which is in front; the instances are ordered back to front by these verdicts and given
+the world's object depths (the per-pixel depth head, which cannot tell ranks apart, keeps the background).
 ``features`` (the mean of the 8 px features, 128-d) is what the Fréchet distance is measured on.
 """
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,6 +30,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from ..world.render import object_depths
 from ..world.scene import COLOURS, STYLES
 from ..world.shapes import SHAPES
 
@@ -82,40 +87,100 @@ CROP = 32  # classifier input side in pixels
 CLASSIFIER_WIDTHS = (24, 48, 96, 128)
 
 
-class InstanceClassifier(nn.Module):
-    """Crops (N, 4, 32, 32) (RGB in [-1, 1], visible mask) -> shape (11), colour (14), style (7) logits."""
+class CropNet(nn.Module):
+    """Crops (N, C, 32, 32) -> logits (N, outputs): 32 -> 16 -> 8 -> 4 px convolutions, mean pool, linear."""
 
-    def __init__(self):
+    def __init__(self, channels: int, outputs: int):
         super().__init__()
         w = CLASSIFIER_WIDTHS
-        layers = [nn.Conv2d(4, w[0], 3, padding=1), nn.GroupNorm(8, w[0]), nn.SiLU()]
-        for a, b in zip(w[:-1], w[1:]):  # 32 -> 16 -> 8 -> 4 px
+        layers = [nn.Conv2d(channels, w[0], 3, padding=1), nn.GroupNorm(8, w[0]), nn.SiLU()]
+        for a, b in zip(w[:-1], w[1:]):
             layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GroupNorm(8, b), nn.SiLU(),
                        nn.Conv2d(b, b, 3, padding=1), nn.GroupNorm(8, b), nn.SiLU()]
         self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(w[-1], len(SHAPE_NAMES) + len(COLOUR_NAMES) + len(STYLE_NAMES) - 3)
+        self.head = nn.Linear(w[-1], outputs)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(crops).mean(dim=(2, 3)))
+
+
+class InstanceClassifier(CropNet):
+    """Crops (N, 4, 32, 32) (RGB in [-1, 1], visible mask) -> shape (11), colour (14), style (7) logits."""
+
+    SPLIT = (len(SHAPE_NAMES) - 1, len(COLOUR_NAMES) - 1, len(STYLE_NAMES) - 1)
+
+    def __init__(self):
+        super().__init__(4, sum(self.SPLIT))
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.head(self.body(crops).mean(dim=(2, 3)))  # (N, 32)
-        return logits.split([len(SHAPE_NAMES) - 1, len(COLOUR_NAMES) - 1, len(STYLE_NAMES) - 1], dim=1)
+        return super().forward(crops).split(self.SPLIT, dim=1)
+
+
+class OcclusionClassifier(CropNet):
+    """Crops (N, 5, 32, 32) (RGB, mask of A, mask of B) around where A and B meet -> logit of "A is in front"."""
+
+    def __init__(self):
+        super().__init__(5, 1)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return super().forward(crops)[:, 0]
 
 
 def crops(images: torch.Tensor, owner: torch.Tensor, masks: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Classifier inputs: for object n, the 32 × 32 window of images[owner[n]] (B, 3, S, S) whose centre pixel
-    holds centres[n] (x, y in px), zero outside the image, with masks[n] (S, S) as the fourth channel."""
-    half = CROP // 2
-    padded = F.pad(torch.cat([images[owner], masks[:, None].to(images.dtype)], dim=1), (half,) * 4)  # (N, 4, ...)
+    """Classifier inputs: for item n, the 32 × 32 window of images[owner[n]] (B, 3, S, S) whose centre pixel
+    holds centres[n] (x, y in px), zero outside the image, with its masks (N, S, S) or (N, M, S, S) as the
+    channels after RGB."""
+    half, n = CROP // 2, len(owner)
+    masks = masks.reshape(n, -1, *masks.shape[-2:]).to(images.dtype)  # (N, M, S, S)
+    padded = F.pad(torch.cat([images[owner], masks], dim=1), (half,) * 4)  # (N, 3 + M, S + 32, S + 32)
     corner = centres.floor().long().clamp(0, images.shape[-1] - 1)  # the centre pixel, (N, 2)
     return torch.stack([p[:, y:y + CROP, x:x + CROP] for p, (x, y) in zip(padded, corner.tolist())])
+
+
+def meeting_point(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(x, y) in px: the mean of the pixels of either mask that touch the other (4-neighbourhood)."""
+    ys, xs = np.nonzero((a & grown(b)) | (b & grown(a)))
+    return float(xs.mean() + 0.5), float(ys.mean() + 0.5)
+
+
+def grown(masks: np.ndarray) -> np.ndarray:
+    """Masks (..., H, W) dilated by one pixel in the 4-neighbourhood."""
+    out = masks.copy()
+    out[..., 1:, :] |= masks[..., :-1, :]
+    out[..., :-1, :] |= masks[..., 1:, :]
+    out[..., :, 1:] |= masks[..., :, :-1]
+    out[..., :, :-1] |= masks[..., :, 1:]
+    return out
+
+
+def touching_pairs(masks: np.ndarray) -> list[tuple[int, int]]:
+    """(i, j) index pairs, i > j, of masks (N, H, W) that share an edge (4-neighbourhood)."""
+    near = grown(masks)
+    return [(i, j) for i in range(len(masks)) for j in range(i) if (near[i] & masks[j]).any()]
+
+
+def back_to_front(n: int, in_front: dict[tuple[int, int], float]) -> list[int]:
+    """Order n objects back to front from P(i in front of j) of touching pairs: repeatedly take the object
+    with the least total log-odds of being in front of the others left (a cycle costs the weakest link)."""
+    left, order = list(range(n)), []
+    while left:
+        def frontness(i: int) -> float:
+            return sum(math.log(p / (1 - p)) for (a, b), p in in_front.items() if a == i and b in left)
+        back = min(left, key=frontness)
+        order.append(back)
+        left.remove(back)
+    return order
 
 
 class AnalyserWeights(nn.Module):
     """The two trained networks, stored together as the bundled part ``analyser``."""
 
-    def __init__(self, segmenter: WorldAnalyser | None = None, classifier: InstanceClassifier | None = None):
+    def __init__(self, segmenter: WorldAnalyser | None = None, classifier: InstanceClassifier | None = None,
+                 occlusion: OcclusionClassifier | None = None):
         super().__init__()
         self.segmenter = segmenter or WorldAnalyser()
         self.classifier = classifier or InstanceClassifier()
+        self.occlusion = occlusion or OcclusionClassifier()
 
 
 def to_input(images) -> torch.Tensor:
@@ -177,15 +242,33 @@ class Analyser:
         return found
 
     def classify(self, image: torch.Tensor, a: "Analysis") -> "Analysis":
-        """The Analysis with every instance's shape, colour and style read by the instance classifier."""
+        """The Analysis with every instance's shape, colour and style read by the instance classifier, and its
+        depth from occlusion: P(i in front of j) for every touching pair (both crop orders averaged), the
+        instances ordered back to front by it and given the world's object depths (``object_depths``), the
+        segmenter's depth kept on the background."""
         if not len(a.masks):
             return a
         p = next(self.weights.parameters())
-        inputs = crops(image[None], torch.zeros(len(a.masks), dtype=torch.long), torch.from_numpy(a.masks).to(p),
-                       torch.from_numpy(a.centres))
+        masks = torch.from_numpy(a.masks).to(p)
+        inputs = crops(image[None], torch.zeros(len(masks), dtype=torch.long), masks, torch.from_numpy(a.centres))
         shape, colour, style = (t.argmax(1).tolist() for t in self.weights.classifier(inputs))
+        pairs = touching_pairs(a.masks)
+        in_front = {}
+        if pairs:
+            both = pairs + [(j, i) for i, j in pairs]
+            points = torch.tensor([meeting_point(a.masks[i], a.masks[j]) for i, j in pairs] * 2)
+            inputs = crops(image[None], torch.zeros(len(both), dtype=torch.long),
+                           torch.stack([masks[[i, j]] for i, j in both]), points)
+            p_front = self.weights.occlusion(inputs).sigmoid().double().clamp(1e-4, 1 - 1e-4).tolist()
+            for k, (i, j) in enumerate(pairs):
+                q = 0.5 * (p_front[k] + 1 - p_front[k + len(pairs)])
+                in_front[i, j], in_front[j, i] = q, 1 - q
+        depths = np.zeros(len(masks), np.float32)
+        depths[back_to_front(len(masks), in_front)] = object_depths(len(masks))
+        depth = np.where(a.labels > 0, np.concatenate([[0.0], depths])[a.labels], a.depth).astype(np.float32)
         return replace(a, shapes=tuple(SHAPE_NAMES[1 + k] for k in shape),
-                       colours=tuple(COLOUR_NAMES[1 + k] for k in colour), styles=tuple(STYLE_NAMES[1 + k] for k in style))
+                       colours=tuple(COLOUR_NAMES[1 + k] for k in colour), styles=tuple(STYLE_NAMES[1 + k] for k in style),
+                       depths=depths, depth=depth)
 
 
 def read_out(heads: dict[str, torch.Tensor], features: np.ndarray, min_pixels: int = 3, peak_votes: float = 4.0,

@@ -149,7 +149,8 @@ def generations(config: BenchConfig) -> int:
     return config.scenes * (1 + len(KINDS) + len(PAIRS) + len(MIXED)) + 2 * config.held_out_scenes
 
 
-def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchConfig(), progress=None) -> tuple[dict, dict]:
+def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchConfig(),
+        progress=None) -> tuple[dict, dict]:
     """The report (JSON-ready) and the example grid's material: {(scene, setting): image} and
     {(scene, "conditions"): {kind: Condition}} for the first ``config.examples`` scenes."""
     config.check()

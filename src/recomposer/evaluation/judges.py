@@ -28,7 +28,7 @@ from ..world.captions import parse_mentions, parse_relations
 from ..world.relations import in_front_of, relation
 from ..world.render import Rendered, outlines
 from ..world.scene import Background, Scene, WorldObject
-from .analyser import SIZE, Analysis
+from .analyser import SIZE, Analysis, touching_pairs
 
 
 def caption_scores(analysis: Analysis, caption: str) -> dict[str, list[bool]]:
@@ -85,16 +85,6 @@ def depth_scores(analysis: Analysis, truth: Rendered) -> dict[str, list[float]]:
 
 def reads_nearer(depth: np.ndarray, front: np.ndarray, back: np.ndarray) -> bool:
     return bool(np.median(depth[front]) < np.median(depth[back]))
-
-
-def touching_pairs(masks: np.ndarray) -> list[tuple[int, int]]:
-    """(front, back) index pairs of masks (listed back to front) that share an edge (4-neighbourhood)."""
-    grown = masks.copy()
-    grown[:, 1:] |= masks[:, :-1]
-    grown[:, :-1] |= masks[:, 1:]
-    grown[:, :, 1:] |= masks[:, :, :-1]
-    grown[:, :, :-1] |= masks[:, :, 1:]
-    return [(f, b) for f in range(len(masks)) for b in range(f) if (grown[f] & masks[b]).any()]
 
 
 def palette_intersection(image: np.ndarray, histogram: np.ndarray) -> float:

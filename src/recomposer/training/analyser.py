@@ -11,6 +11,8 @@ noise of σ ∈ [0, 0.04]) so that the judge reads a slightly soft render as it 
 The instance classifier trains on every visible object of a batch of scenes: its 32 × 32 crop around the
 true centre moved by up to ±3 px (the segmenter's voted centres are that close), its visible mask, and
     L = CE(shape) + CE(colour) + CE(style)      (the same degradation applied to the scenes first)
+The occlusion classifier trains on every touching pair of visible objects, in a random order (A, B): the
+crop around where they meet (±2 px), both visible masks, and L = BCE(logit, [A is in front of B]).
 """
 
 import numpy as np
@@ -21,8 +23,9 @@ from torch.nn import functional as F
 from .. import validation as v
 from ..decompose.metrics import match_masks
 from ..evaluation.analyser import (COLOUR_NAMES, OFFSET_SCALE, SHAPE_NAMES, SIZE, STYLE_NAMES, Analyser,
-                                   InstanceClassifier, WorldAnalyser, crops)
-from ..evaluation.judges import reads_nearer, touching_pairs
+                                   InstanceClassifier, OcclusionClassifier, WorldAnalyser, crops, meeting_point,
+                                   touching_pairs)
+from ..evaluation.judges import reads_nearer
 from ..world.dataset import eval_seeds
 from ..world.render import pixel_centres, render
 from ..world.scene import Scene, WorldConfig, sample_scene
@@ -127,6 +130,44 @@ class ClassifierTraining(nn.Module):
         images = degrade(batch["image"], generator)
         logits = self.classifier(crops(images, batch["owner"], batch["mask"], batch["centre"]))
         return sum(F.cross_entropy(x, batch["classes"][:, i]) for i, x in enumerate(logits))
+
+
+def occlusion_batches(scenes_per_batch: int):
+    """``batches(index)``: the scenes' images and per touching pair of visible objects (A, B) in a random
+    order its scene (N,), masks (N, 2, S, S), jittered meeting point (N, 2) and whether A is in front (N,)."""
+    v.integer("scenes_per_batch", scenes_per_batch, 1)
+
+    def batches(index: int) -> dict:
+        seeds = range(v.integer("index", index, 0) * scenes_per_batch, (index + 1) * scenes_per_batch)
+        rng = np.random.default_rng([index, 4])
+        images, owner, masks, points, front = [], [], [], [], []
+        for b, seed in enumerate(seeds):
+            r = render(sample_scene(seed, CONFIG), SIZE)
+            images.append(torch.from_numpy(r.image).permute(2, 0, 1).float() / 127.5 - 1.0)
+            for i, j in touching_pairs(r.masks):  # i > j: i is drawn later, in front
+                swap = bool(rng.random() < 0.5)
+                a, c = (j, i) if swap else (i, j)
+                owner.append(b)
+                masks.append(torch.from_numpy(np.stack([r.masks[a], r.masks[c]])))
+                points.append(np.array(meeting_point(r.masks[a], r.masks[c])) + rng.uniform(-2, 2, 2))
+                front.append(float(not swap))
+        if not owner:  # no scene of the batch has touching objects: one blank pair keeps shapes valid
+            owner, masks, points, front = [0], [torch.zeros(2, SIZE, SIZE, dtype=torch.bool)], [[32.0, 32.0]], [0.5]
+        return {"image": torch.stack(images), "owner": torch.tensor(owner), "mask": torch.stack(masks),
+                "centre": torch.tensor(np.array(points), dtype=torch.float32), "front": torch.tensor(front)}
+
+    return batches
+
+
+class OcclusionTraining(nn.Module):
+    def __init__(self, occlusion: OcclusionClassifier):
+        super().__init__()
+        self.occlusion = occlusion.train()
+
+    def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        images = degrade(batch["image"], generator)
+        logits = self.occlusion(crops(images, batch["owner"], batch["mask"], batch["centre"]))
+        return F.binary_cross_entropy_with_logits(logits, batch["front"])
 
 
 def accuracy(analyser: Analyser, count: int = 500) -> dict:
