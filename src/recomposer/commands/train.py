@@ -262,13 +262,14 @@ def train_encoder(
 @train_app.command("analyser")
 def train_analyser(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints and loss.jsonl (the "
-                                                                "classifier's in OUT/classifier); a run resumes "
-                                                                "from it.")],
+                                                                "classifiers' in OUT/classifier, OUT/occlusion); "
+                                                                "a run resumes from it.")],
     steps: Annotated[int, typer.Option(help="Segmenter updates in all (a resumed run continues up to it).")]
     = 3000,
     classifier_steps: Annotated[int, typer.Option(help="Instance-classifier updates in all.")] = 5000,
     occlusion_steps: Annotated[int, typer.Option(help="Occlusion-classifier updates in all.")] = 2500,
-    batch_size: Annotated[int, typer.Option(help="Scenes per step (both networks).")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Scenes per step (the instance classifier takes "
+                                                        "half as many).")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of the segmenter.")] = 1e-3,
     evaluate: Annotated[int, typer.Option(help="Held-out renders the written figures are measured on.")] = 500,
     seed: Annotated[int, typer.Option(help="Seeds the initial weights and every step's draws.")] = 0,

@@ -1,5 +1,5 @@
-"""Training the shapes-world analyser (evaluation/analyser.py) on exact ground truth: the segmenter, then
-the instance classifier.
+"""Training the shapes-world analyser (evaluation/analyser.py) on exact ground truth: the segmenter, the
+instance classifier and the occlusion classifier.
 
 Batch ``index`` renders world seeds index·B … index·B + B − 1 (training seeds; held-out attribute
 combinations allowed, since the judge must read them) with, per pixel: the object's shape, colour and
