@@ -93,6 +93,19 @@ def test_pixel_judges():
     assert judges.cosine(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == 0.0
 
 
+def fit(trainee, batch, steps: int, lr: float) -> list[float]:
+    """The losses of ``steps`` AdamW updates on one batch (a fixed generator per step)."""
+    optimizer = torch.optim.AdamW(trainee.parameters(), lr)
+    losses = []
+    for _ in range(steps):
+        loss = trainee(batch, torch.Generator().manual_seed(1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 def test_training_step_learns_and_degrade_keeps_shape():
     torch.manual_seed(0)
     batch = analyser_batches(4)(0)
@@ -100,15 +113,7 @@ def test_training_step_learns_and_degrade_keeps_shape():
     g = torch.Generator().manual_seed(0)
     out = degrade(batch["image"], g)
     assert out.shape == batch["image"].shape and out.abs().max() <= 1
-    trainee = AnalyserTraining(WorldAnalyser())
-    optimizer = torch.optim.AdamW(trainee.parameters(), 2e-3)
-    losses = []
-    for _ in range(6):
-        loss = trainee(batch, torch.Generator().manual_seed(1))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = fit(AnalyserTraining(WorldAnalyser()), batch, 6, 2e-3)
     assert losses[-1] < losses[0]
     heads, features = WorldAnalyser()(batch["image"])
     assert {k: v.shape[1] for k, v in heads.items()} == HEADS and features.shape == (4, 128)
@@ -132,15 +137,7 @@ def test_classifier_training_learns_one_batch():
     n = len(batch["owner"])
     assert batch["mask"].shape == (n, 64, 64) and batch["classes"].shape == (n, 3) and batch["centre"].shape == (n, 2)
     torch.manual_seed(0)
-    trainee = ClassifierTraining(InstanceClassifier())
-    optimizer = torch.optim.AdamW(trainee.parameters(), 3e-3)
-    losses = []
-    for _ in range(8):
-        loss = trainee(batch, torch.Generator().manual_seed(1))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = fit(ClassifierTraining(InstanceClassifier()), batch, 8, 3e-3)
     assert losses[-1] < 0.8 * losses[0]
 
 
@@ -172,15 +169,7 @@ def test_occlusion_training_learns_one_batch():
         x, y = batch["centre"][k].tolist()
         assert batch["mask"][k, :, max(0, int(y) - 4):int(y) + 5, max(0, int(x) - 4):int(x) + 5].any(dim=(1, 2)).all()
     torch.manual_seed(0)
-    trainee = OcclusionTraining(OcclusionClassifier())
-    optimizer = torch.optim.AdamW(trainee.parameters(), 3e-3)
-    losses = []
-    for _ in range(10):
-        loss = trainee(batch, torch.Generator().manual_seed(1))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = fit(OcclusionTraining(OcclusionClassifier()), batch, 10, 3e-3)
     assert losses[-1] < 0.8 * losses[0]
 
 

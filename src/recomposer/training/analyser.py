@@ -45,9 +45,20 @@ def targets(scene: Scene) -> dict[str, torch.Tensor]:
     inside = labels > 0
     offset = np.stack([np.where(inside, centre_x[labels] - grid[None, :], 0.0),
                        np.where(inside, centre_y[labels] - grid[:, None], 0.0)]) / OFFSET_SCALE
-    return {"image": torch.from_numpy(r.image).permute(2, 0, 1).float() / 127.5 - 1.0,
+    return {"image": pixels(r.image),
             **{name: torch.from_numpy(table[labels]) for name, table in lookup.items()},
             "offset": torch.from_numpy(offset.astype(np.float32)), "depth": torch.from_numpy(r.depth)[None]}
+
+
+def pixels(image: np.ndarray) -> torch.Tensor:
+    """uint8 (S, S, 3) -> (3, S, S) in [-1, 1]."""
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def rendered_scenes(index: int, scenes_per_batch: int) -> list:
+    """(scene, render) of the training seeds of batch ``index``: index·B … index·B + B − 1."""
+    seeds = range(v.integer("index", index, 0) * scenes_per_batch, (index + 1) * scenes_per_batch)
+    return [(scene, render(scene, SIZE)) for scene in (sample_scene(s, CONFIG) for s in seeds)]
 
 
 def analyser_batches(batch_size: int):
@@ -101,22 +112,20 @@ def classifier_batches(scenes_per_batch: int):
     v.integer("scenes_per_batch", scenes_per_batch, 1)
 
     def batches(index: int) -> dict:
-        seeds = range(v.integer("index", index, 0) * scenes_per_batch, (index + 1) * scenes_per_batch)
+        scenes = rendered_scenes(index, scenes_per_batch)
         rng = np.random.default_rng([index, 3])
-        images, owner, masks, centres, classes = [], [], [], [], []
-        for b, seed in enumerate(seeds):
-            scene = sample_scene(seed, CONFIG)
-            r = render(scene, SIZE)
-            images.append(torch.from_numpy(r.image).permute(2, 0, 1).float() / 127.5 - 1.0)
-            for k, (o, m) in enumerate(zip(scene.objects, r.masks)):
+        owner, masks, centres, classes = [], [], [], []
+        for b, (scene, r) in enumerate(scenes):
+            for o, m in zip(scene.objects, r.masks):
                 if m.any():
                     owner.append(b)
                     masks.append(torch.from_numpy(m))
                     centres.append([o.x * SIZE, o.y * SIZE] + rng.uniform(-3, 3, 2))
                     classes.append([SHAPE_NAMES.index(o.shape) - 1, COLOUR_NAMES.index(o.colour) - 1,
                                     STYLE_NAMES.index(o.style) - 1])
-        return {"image": torch.stack(images), "owner": torch.tensor(owner), "mask": torch.stack(masks),
-                "centre": torch.tensor(np.array(centres), dtype=torch.float32), "classes": torch.tensor(classes)}
+        return {"image": torch.stack([pixels(r.image) for _, r in scenes]), "owner": torch.tensor(owner),
+                "mask": torch.stack(masks), "centre": torch.tensor(np.array(centres), dtype=torch.float32),
+                "classes": torch.tensor(classes)}
 
     return batches
 
@@ -138,12 +147,10 @@ def occlusion_batches(scenes_per_batch: int):
     v.integer("scenes_per_batch", scenes_per_batch, 1)
 
     def batches(index: int) -> dict:
-        seeds = range(v.integer("index", index, 0) * scenes_per_batch, (index + 1) * scenes_per_batch)
+        scenes = rendered_scenes(index, scenes_per_batch)
         rng = np.random.default_rng([index, 4])
-        images, owner, masks, points, front = [], [], [], [], []
-        for b, seed in enumerate(seeds):
-            r = render(sample_scene(seed, CONFIG), SIZE)
-            images.append(torch.from_numpy(r.image).permute(2, 0, 1).float() / 127.5 - 1.0)
+        owner, masks, points, front = [], [], [], []
+        for b, (_, r) in enumerate(scenes):
             for i, j in touching_pairs(r.masks):  # i > j: i is drawn later, in front
                 swap = bool(rng.random() < 0.5)
                 a, c = (j, i) if swap else (i, j)
@@ -153,8 +160,9 @@ def occlusion_batches(scenes_per_batch: int):
                 front.append(float(not swap))
         if not owner:  # no scene of the batch has touching objects: one blank pair keeps shapes valid
             owner, masks, points, front = [0], [torch.zeros(2, SIZE, SIZE, dtype=torch.bool)], [[32.0, 32.0]], [0.5]
-        return {"image": torch.stack(images), "owner": torch.tensor(owner), "mask": torch.stack(masks),
-                "centre": torch.tensor(np.array(points), dtype=torch.float32), "front": torch.tensor(front)}
+        return {"image": torch.stack([pixels(r.image) for _, r in scenes]), "owner": torch.tensor(owner),
+                "mask": torch.stack(masks), "centre": torch.tensor(np.array(points), dtype=torch.float32),
+                "front": torch.tensor(front)}
 
     return batches
 
