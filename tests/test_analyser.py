@@ -2,6 +2,7 @@
 what they claim, and the committed weights are near-perfect on held-out renders."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,10 +15,12 @@ from recomposer.evaluation.analyser import (COLOUR_NAMES, CROP, HEADS, SHAPE_NAM
                                             read_out, to_input, touching_pairs)
 from recomposer.errors import InvalidParameter
 from recomposer.training.analyser import (CONFIG, AnalyserTraining, ClassifierTraining, OcclusionTraining,
-                                          analyser_batches, classifier_batches, degrade, occlusion_batches, targets)
+                                          analyser_batches, classifier_batches, degrade, misread, occlusion_batches,
+                                          targets)
 from recomposer.world.dataset import eval_seeds, make_sample
 from recomposer.world.relations import inside_pairs
-from recomposer.world.scene import sample_scene
+from recomposer.world.render import occlusions, render
+from recomposer.world.scene import Background, Scene, WorldObject, sample_scene
 
 
 def perfect_heads(scene) -> dict[str, torch.Tensor]:
@@ -93,6 +96,17 @@ def test_pixel_judges():
     assert judges.cosine(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == 0.0
 
 
+def test_depth_judge_scores_occluding_pairs_of_the_truth():
+    samples = (make_sample(seed, CONFIG) for seed in eval_seeds(50))
+    sample = next(m for m in samples if len(occlusions(m.scene, m.rendered)) >= 2)
+    a = read_out(perfect_heads(sample.scene), np.zeros(128, np.float32))
+    pairs = occlusions(sample.scene, sample.rendered)
+    scores = judges.depth_scores(a, sample)
+    assert scores["spearman"][0] > 0.99 and scores["order"] == [1.0] * len(pairs)
+    flipped = judges.depth_scores(replace(a, depth=1 - a.depth), sample)  # everything read back to front
+    assert flipped["spearman"][0] < -0.99 and flipped["order"] == [0.0] * len(pairs)
+
+
 def fit(trainee, batch, steps: int, lr: float) -> list[float]:
     """The losses of ``steps`` AdamW updates on one batch (a fixed generator per step)."""
     optimizer = torch.optim.AdamW(trainee.parameters(), lr)
@@ -159,6 +173,41 @@ def test_touching_pairs_and_meeting_point():
     assert touching_pairs(masks) == [(1, 0), (2, 0)]
     x, y = meeting_point(masks[1], masks[0])
     assert x == 4.0 and y == 4.0  # columns 3 and 4 meet; their centres average to x = 4
+
+
+def test_misread_grows_shrinks_or_frays_each_mask_by_at_most_a_pixel():
+    masks = torch.zeros(64, 2, 16, 16, dtype=torch.bool)
+    masks[:, 0, 4:12, 3:10] = True
+    masks[:, 1, 7, 7] = True  # one pixel: shrinking would empty it, so it stays or grows
+    out = misread(masks, torch.Generator().manual_seed(0))
+    assert out.shape == masks.shape and set(out.unique().tolist()) <= {0.0, 1.0}
+    m = masks.float().reshape(-1, 1, 16, 16)
+    grown = torch.nn.functional.max_pool2d(m, 3, 1, 1).reshape(out.shape)
+    shrunk = -torch.nn.functional.max_pool2d(-m, 3, 1, 1).reshape(out.shape)
+    assert ((out <= grown) & (out >= shrunk)).all()  # changes stay within the one-pixel border band
+    assert (out[:, 1].sum(dim=(1, 2)) >= 1).all()
+    kinds = {("exact" if torch.equal(o, f) else "grown" if torch.equal(o, g) else "shrunk" if torch.equal(o, s)
+              else "frayed") for o, f, g, s in zip(out[:, 0], masks[:, 0].float(), grown[:, 0], shrunk[:, 0])}
+    assert kinds == {"exact", "grown", "shrunk", "frayed"}
+    assert torch.equal(out, misread(masks, torch.Generator().manual_seed(0)))
+
+
+def test_occlusions_are_pairs_where_one_object_hides_part_of_another():
+    def scene(*objects):  # (shape, style, x, y, size), back to front
+        return Scene(tuple(WorldObject(shape, "red" if k % 2 else "blue", style, x, y, size, 0.0)
+                           for k, (shape, style, x, y, size) in enumerate(objects)), Background("solid", "cream", "cream"))
+
+    def found(s):
+        return occlusions(s, render(s, 64))
+
+    assert found(scene(("circle", "solid", 0.4, 0.5, 0.15), ("square", "solid", 0.6, 0.5, 0.15))) == [(1, 0)]
+    assert found(scene(("circle", "solid", 0.2, 0.5, 0.15), ("square", "solid", 0.8, 0.5, 0.15))) == []
+    hidden = scene(("circle", "solid", 0.5, 0.5, 0.05), ("square", "solid", 0.3, 0.5, 0.15),
+                   ("square", "solid", 0.5, 0.5, 0.15))
+    assert not render(hidden, 64).masks[0].any() and found(hidden) == [(2, 1)]  # the hidden circle is in no pair
+    # an outline hides only what its stroke crosses: not a small circle inside its hole
+    assert found(scene(("circle", "solid", 0.5, 0.5, 0.2), ("square", "outline", 0.5, 0.5, 0.2))) == [(1, 0)]
+    assert found(scene(("circle", "solid", 0.5, 0.5, 0.05), ("square", "outline", 0.5, 0.5, 0.3))) == []
 
 
 def test_occlusion_training_learns_one_batch():

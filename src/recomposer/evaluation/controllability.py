@@ -105,7 +105,7 @@ class Scores:
         elif kind == "sketch":
             self.edges = (self.edges or EdgeCounts()) + judges.sketch_counts(a, r.sketch)
         elif kind == "depth":
-            for name, values in judges.depth_scores(a, r).items():
+            for name, values in judges.depth_scores(a, truth).items():
                 self.lists[kind, {"spearman": "spearman", "order": "order_accuracy"}[name]] += values
         elif kind == "palette":
             self.lists[kind, "intersection"].append(judges.palette_intersection(pixels, truth.palette))

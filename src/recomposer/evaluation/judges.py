@@ -8,8 +8,9 @@ shapes-world scene the condition came from:
   objects stand in it (relations.py's rules, on the scene the analyser read back);
 - instances: Hungarian-matched mIoU of the analyser's masks against the condition's masks;
 - sketch: edge F1 at 2 px of the analyser's object outlines against the condition's sketch;
-- depth: Spearman ρ of the analyser's depth map against the condition's, and the share of touching object
-  pairs whose front one is read as nearer (median depth over the condition's masks);
+- depth: Spearman ρ of the analyser's depth map against the condition's, and the share of occluding object
+  pairs (one hides part of the other; mere touching shows no order) whose front one is read as nearer
+  (median depth over the condition's masks);
 - palette: histogram intersection Σ min(p, q) of the image's colour histogram with the condition's;
 - intensity: PSNR (dB) of the image's luminance against the condition's;
 - masked image: PSNR (dB) outside the mask against the source image (infinite = identical pixels);
@@ -26,9 +27,10 @@ from ..decompose.metrics import edge_counts, match_masks, nonempty
 from ..decompose.palette import colour_histogram
 from ..world.captions import parse_mentions, parse_relations
 from ..world.relations import in_front_of, relation
-from ..world.render import Rendered, outlines
+from ..world.dataset import WorldSample
+from ..world.render import occlusions, outlines
 from ..world.scene import Background, Scene, WorldObject
-from .analyser import SIZE, Analysis, touching_pairs
+from .analyser import SIZE, Analysis
 
 
 def caption_scores(analysis: Analysis, caption: str) -> dict[str, list[bool]]:
@@ -75,12 +77,15 @@ def sketch_counts(analysis: Analysis, lines: np.ndarray):
     return edge_counts(outlines(analysis.labels), np.asarray(lines, bool))
 
 
-def depth_scores(analysis: Analysis, truth: Rendered) -> dict[str, list[float]]:
-    """Spearman ρ over pixels and per touching pair of visible objects whether the front one reads nearer."""
-    rho = stats.spearmanr(analysis.depth.ravel(), truth.depth.ravel()).statistic
-    masks = truth.masks
+def depth_scores(analysis: Analysis, truth: WorldSample) -> dict[str, list[float]]:
+    """Spearman ρ over pixels and, per pair of visible objects where one hides part of the other
+    (``occlusions``), whether the front one reads nearer."""
+    r = truth.rendered
+    rho = stats.spearmanr(analysis.depth.ravel(), r.depth.ravel()).statistic
+    masks = r.masks
     return {"spearman": [float(rho) if math.isfinite(rho) else 0.0],
-            "order": [float(reads_nearer(analysis.depth, masks[f], masks[b])) for f, b in touching_pairs(masks)]}
+            "order": [float(reads_nearer(analysis.depth, masks[f], masks[b]))
+                      for f, b in occlusions(truth.scene, r)]}
 
 
 def reads_nearer(depth: np.ndarray, front: np.ndarray, back: np.ndarray) -> bool:

@@ -183,6 +183,24 @@ def _depth(scene: Scene, labels: np.ndarray, centres: np.ndarray, n: int) -> np.
     return np.where(labels > 0, per_object[labels], depth)
 
 
+def occlusions(scene: Scene, rendered: Rendered) -> list[tuple[int, int]]:
+    """(front, back) pairs of visible objects where the front one hides part of the back one: the back one's
+    silhouette (coverage >= 1/2) reaches under the front one's visible pixels. Objects that merely touch are
+    not pairs: nothing in the image tells their order."""
+    size = len(rendered.labels)
+    masks = rendered.masks
+    visible = [k for k in range(len(masks)) if masks[k].any()]
+    found = []
+    for j in visible:
+        patch = object_patch(scene.objects[j], pixel_centres(size))
+        if patch is None:
+            continue
+        ((y0, y1), (x0, x1)), *_, cover = patch
+        under = rendered.labels[y0:y1, x0:x1][cover >= 0.5]  # who is seen where object j lies
+        found += [(int(k) - 1, j) for k in np.unique(under) if k - 1 > j]  # drawn later: in front
+    return sorted(found)
+
+
 def object_depths(n: int) -> np.ndarray:
     """Depth of each object, back to front."""
     return np.array([0.8 - 0.7 * k / max(n - 1, 1) for k in range(n)], np.float32)
