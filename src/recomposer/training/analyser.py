@@ -11,8 +11,8 @@ noise of σ ∈ [0, 0.04]) so that the judge reads a slightly soft render as it 
 The instance classifier trains on every visible object of a batch of scenes: its 32 × 32 crop around the
 true centre moved by up to ±3 px (the segmenter's voted centres are that close), its visible mask, and
     L = CE(shape) + CE(colour) + CE(style)      (the same degradation applied to the scenes first)
-The occlusion classifier trains on every pair of visible objects where one hides part of the other
-(``occlusions``; objects that merely touch show no order), in a random order (A, B): the crop around
+The occlusion classifier trains on every touching pair of visible objects where one hides part of the
+other (``occlusions``; objects that merely touch show no order), in a random order (A, B): the crop around
 where they meet (±2 px), both visible masks, and L = BCE(logit, [A is in front of B]).
 Both classifiers see their masks misread (``misread``: grown, shrunk or frayed by a pixel), as the
 segmenter's read-out gives them, so that neither learns to read exact silhouettes.
@@ -26,7 +26,8 @@ from torch.nn import functional as F
 from .. import validation as v
 from ..decompose.metrics import match_masks
 from ..evaluation.analyser import (COLOUR_NAMES, OFFSET_SCALE, SHAPE_NAMES, SIZE, STYLE_NAMES, Analyser,
-                                   InstanceClassifier, OcclusionClassifier, WorldAnalyser, crops, meeting_point)
+                                   InstanceClassifier, OcclusionClassifier, WorldAnalyser, crops, meeting_point,
+                                   touching_pairs)
 from ..evaluation.judges import reads_nearer
 from ..world.dataset import eval_seeds
 from ..world.render import occlusions, pixel_centres, render
@@ -162,8 +163,9 @@ class ClassifierTraining(nn.Module):
 
 
 def occlusion_batches(scenes_per_batch: int):
-    """``batches(index)``: the scenes' images and per occluding pair of visible objects (A, B) in a random
-    order its scene (N,), masks (N, 2, S, S), jittered meeting point (N, 2) and whether A is in front (N,)."""
+    """``batches(index)``: the scenes' images and per touching pair of visible objects where one hides part
+    of the other (A, B), in a random order: its scene (N,), masks (N, 2, S, S), jittered meeting point
+    (N, 2) and whether A is in front (N,)."""
     v.integer("scenes_per_batch", scenes_per_batch, 1)
 
     def batches(index: int) -> dict:
@@ -171,7 +173,8 @@ def occlusion_batches(scenes_per_batch: int):
         rng = np.random.default_rng([index, 4])
         owner, masks, points, front = [], [], [], []
         for b, (scene, r) in enumerate(scenes):
-            for i, j in occlusions(scene, r):  # i hides part of j
+            touching = set(touching_pairs(r.masks))  # the pairs the analyser will ask about
+            for i, j in (pair for pair in occlusions(scene, r) if pair in touching):  # i hides part of j
                 swap = bool(rng.random() < 0.5)
                 a, c = (j, i) if swap else (i, j)
                 owner.append(b)
