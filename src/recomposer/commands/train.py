@@ -262,12 +262,11 @@ def train_encoder(
 @train_app.command("analyser")
 def train_analyser(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints and loss.jsonl (the "
-                                                                "classifiers' in OUT/classifier, OUT/occlusion); "
-                                                                "a run resumes from it.")],
+                                                                "classifier's in OUT/classifier); a run resumes "
+                                                                "from it.")],
     steps: Annotated[int, typer.Option(help="Segmenter updates in all (a resumed run continues up to it).")]
-    = 3000,
-    classifier_steps: Annotated[int, typer.Option(help="Instance-classifier updates in all.")] = 5000,
-    occlusion_steps: Annotated[int, typer.Option(help="Occlusion-classifier updates in all.")] = 2500,
+    = 4000,
+    classifier_steps: Annotated[int, typer.Option(help="Instance-classifier updates in all.")] = 12000,
     batch_size: Annotated[int, typer.Option(help="Scenes per step (the instance classifier takes "
                                                         "half as many).")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of the segmenter.")] = 1e-3,
@@ -277,14 +276,13 @@ def train_analyser(
                                                        "into (default: --output).")] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
 ) -> None:
-    """Train the shapes-world analyser (the controllability benchmark's judge): the segmenter, the instance
-    classifier and the occlusion classifier; writes PARTS/analyser.* with its held-out accuracy."""
+    """Train the shapes-world analyser (the controllability benchmark's judge): the segmenter and the instance
+    classifier; writes PARTS/analyser.* with its held-out accuracy."""
     from .. import validation as v
 
     v.integer("classifier_steps", classifier_steps, 1)
-    v.integer("occlusion_steps", occlusion_steps, 1)
     v.integer("evaluate", evaluate, 1)
-    configs = analyser_configs(output, steps, classifier_steps, occlusion_steps, batch_size, lr, seed, cpu)
+    configs = analyser_configs(output, steps, classifier_steps, batch_size, lr, seed, cpu)
     _check_output(output)
 
     from ..evaluation.analyser import Analyser, AnalyserWeights
@@ -294,16 +292,16 @@ def train_analyser(
     weights = AnalyserWeights(*(train_analyser_part(name, config, seed) for name, config in configs.items()))
     weights = weights.half().float().cpu()  # the bundled precision: the figures are those of what ships
     figures = accuracy(Analyser(weights), evaluate)
-    settings = {"steps": steps, "classifier_steps": classifier_steps, "occlusion_steps": occlusion_steps,
-                "batch_size": batch_size, "lr": lr, **figures}
+    settings = {"steps": steps, "classifier_steps": classifier_steps, "batch_size": batch_size, "lr": lr,
+                **figures}
     typer.echo(str(write_part(weights, "analyser", parts or output, settings)))
     typer.echo(json.dumps(figures, indent=2), err=True)
 
 
-def analyser_configs(output: Path, steps: int, classifier_steps: int, occlusion_steps: int, batch_size: int,
-                     lr: float, seed: int, cpu: bool) -> dict:
-    """The three runs' settings: the segmenter in OUT, the instance classifier (half the scenes per step) in
-    OUT/classifier, the occlusion classifier in OUT/occlusion."""
+def analyser_configs(output: Path, steps: int, classifier_steps: int, batch_size: int, lr: float, seed: int,
+                     cpu: bool) -> dict:
+    """The two runs' settings: the segmenter in OUT, the instance classifier (half the scenes per step) in
+    OUT/classifier."""
     from ..training import TrainConfig
 
     def run(folder: Path, steps: int, batch_size: int, lr: float, ema_decay: float) -> TrainConfig:
@@ -311,22 +309,20 @@ def analyser_configs(output: Path, steps: int, classifier_steps: int, occlusion_
                            weight_decay=0.01, ema_decay=ema_decay, checkpoint_every=250, seed=seed, cpu=cpu).check()
 
     return {"segmenter": run(Path(output), steps, batch_size, lr, 0.998),
-            "classifier": run(Path(output) / "classifier", classifier_steps, max(1, batch_size // 2), 2e-3, 0.995),
-            "occlusion": run(Path(output) / "occlusion", occlusion_steps, batch_size, 2e-3, 0.995)}
+            "classifier": run(Path(output) / "classifier", classifier_steps, max(1, batch_size // 2), 2e-3, 0.995)}
 
 
 def train_analyser_part(name: str, config, seed: int):
     """Train (or resume, or just load when complete) one of the analyser's networks; returns it with EMA weights."""
     import torch
 
-    from ..evaluation.analyser import InstanceClassifier, OcclusionClassifier, WorldAnalyser
+    from ..evaluation.analyser import InstanceClassifier, WorldAnalyser
     from ..training import train
     from ..training import analyser as a
 
     network, trainee, batches = {
         "segmenter": (WorldAnalyser, a.AnalyserTraining, a.analyser_batches),
-        "classifier": (InstanceClassifier, a.ClassifierTraining, a.classifier_batches),
-        "occlusion": (OcclusionClassifier, a.OcclusionTraining, a.occlusion_batches)}[name]
+        "classifier": (InstanceClassifier, a.ClassifierTraining, a.classifier_batches)}[name]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = network()

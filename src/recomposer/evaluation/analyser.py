@@ -14,10 +14,15 @@ pixel votes for its object's centre p + Δ; vote peaks are the centres; a pixel 
 another stays apart (same centre, different colour: the world never nests one colour in itself).
 Each instance's shape, colour and style are then read by ``InstanceClassifier`` from a 32 × 32 crop
 around its centre with its visible mask as a fourth channel (a whole object fits: radii are at most
-13 px), which learns far faster than the per-pixel class heads (those only find the objects). Depth
-comes from occlusion: ``OcclusionClassifier`` sees the crop where two touching instances meet with both
-masks and says which is in front; the instances are ordered back to front by these verdicts and given
-the world's object depths (the per-pixel depth head, which cannot tell ranks apart, keeps the background).
+13 px); it learns far faster than the per-pixel class heads (those only find the objects) and is trained
+on misread masks, as read-outs give them. Depth
+comes from occlusion: of two touching instances, the one whose visible pixels, turned about its voted
+(amodal) centre, land on the other continues under it (``p_in_front``); the instances are ordered back to
+front by these verdicts and given the world's object depths (the per-pixel depth head, which cannot tell
+ranks apart, keeps the background). This is the judge's weak part: right for 0.85 of occluding pairs on
+true masks and centres but 0.57 on read-out ones (a pixel of mask error moves the few pixels it counts);
+a small network trained for the verdict on the crop where two objects meet did no better (0.69 on true
+masks) and was dropped.
 ``features`` (the mean of the 8 px features, 128-d) is what the Fréchet distance is measured on.
 """
 
@@ -84,6 +89,7 @@ class WorldAnalyser(nn.Module):
 
 
 CROP = 32  # classifier input side in pixels
+TURNS = 2 * np.pi * np.arange(1, 12) / 12  # rotations (rad) a silhouette is tested under by ``p_in_front``
 CLASSIFIER_WIDTHS = (24, 48, 96, 128)
 
 
@@ -116,16 +122,6 @@ class InstanceClassifier(CropNet):
         return super().forward(crops).split(self.SPLIT, dim=1)
 
 
-class OcclusionClassifier(CropNet):
-    """Crops (N, 5, 32, 32) (RGB, mask of A, mask of B) around where A and B meet -> logit of "A is in front"."""
-
-    def __init__(self):
-        super().__init__(5, 1)
-
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        return super().forward(crops)[:, 0]
-
-
 def crops(images: torch.Tensor, owner: torch.Tensor, masks: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Classifier inputs: for item n, the 32 × 32 window of images[owner[n]] (B, 3, S, S) whose centre pixel
     holds centres[n] (x, y in px), zero outside the image, with its masks (N, S, S) or (N, M, S, S) as the
@@ -137,10 +133,27 @@ def crops(images: torch.Tensor, owner: torch.Tensor, masks: torch.Tensor, centre
     return torch.stack([p[:, y:y + CROP, x:x + CROP] for p, (x, y) in zip(padded, corner.tolist())])
 
 
-def meeting_point(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(x, y) in px: the mean of the pixels of either mask that touch the other (4-neighbourhood)."""
-    ys, xs = np.nonzero((a & grown(b)) | (b & grown(a)))
-    return float(xs.mean() + 0.5), float(ys.mean() + 0.5)
+def p_in_front(a: np.ndarray, a_centre, b: np.ndarray, b_centre) -> float:
+    """P(A in front of B) for two touching visible masks (S, S) with their voted centres (x, y in px), by
+    symmetry: a shape turned about its centre (``TURNS``) mostly covers itself, so a back object's visible
+    pixels, turned, land where it continues under the front one, and not the other way round. With
+    u(X, Y) the mean number of X's pixels that land on Y, the log-odds are
+        s = (u(B, A) − u(A, B)) / √min(|A|, |B|),      P = σ(s).
+    Voted centres are amodal (an occluded object's pixels vote for its whole shape's centre), which is what
+    makes the test work."""
+    s = (_landing(b, b_centre, a) - _landing(a, a_centre, b)) / math.sqrt(max(1, min(a.sum(), b.sum())))
+    return float(np.clip(1 / (1 + math.exp(-s)), 1e-4, 1 - 1e-4))
+
+
+def _landing(mask: np.ndarray, centre, target: np.ndarray) -> float:
+    """The mean over TURNS of how many of mask's pixels, turned about centre (nearest pixel), land on target."""
+    ys, xs = np.nonzero(mask)
+    x, y = xs + 0.5 - centre[0], ys + 0.5 - centre[1]  # (K,) relative to the centre
+    c, s = np.cos(TURNS)[:, None], np.sin(TURNS)[:, None]  # (T, 1)
+    tx = np.floor(centre[0] + c * x - s * y).astype(int)  # (T, K)
+    ty = np.floor(centre[1] + s * x + c * y).astype(int)
+    inside = (tx >= 0) & (tx < target.shape[1]) & (ty >= 0) & (ty < target.shape[0])
+    return float(target[ty[inside], tx[inside]].sum() / len(TURNS))
 
 
 def grown(masks: np.ndarray) -> np.ndarray:
@@ -173,14 +186,12 @@ def back_to_front(n: int, in_front: dict[tuple[int, int], float]) -> list[int]:
 
 
 class AnalyserWeights(nn.Module):
-    """The two trained networks, stored together as the bundled part ``analyser``."""
+    """The two trained networks (segmenter, instance classifier), stored together as the bundled part ``analyser``."""
 
-    def __init__(self, segmenter: WorldAnalyser | None = None, classifier: InstanceClassifier | None = None,
-                 occlusion: OcclusionClassifier | None = None):
+    def __init__(self, segmenter: WorldAnalyser | None = None, classifier: InstanceClassifier | None = None):
         super().__init__()
         self.segmenter = segmenter or WorldAnalyser()
         self.classifier = classifier or InstanceClassifier()
-        self.occlusion = occlusion or OcclusionClassifier()
 
 
 def to_input(images) -> torch.Tensor:
@@ -243,26 +254,19 @@ class Analyser:
 
     def classify(self, image: torch.Tensor, a: "Analysis") -> "Analysis":
         """The Analysis with every instance's shape, colour and style read by the instance classifier, and its
-        depth from occlusion: P(i in front of j) for every touching pair (both crop orders averaged), the
-        instances ordered back to front by it and given the world's object depths (``object_depths``), the
-        segmenter's depth kept on the background."""
+        depth from occlusion: P(i in front of j) for every touching pair (``p_in_front``), the instances
+        ordered back to front by it and given the world's object depths (``object_depths``), the segmenter's
+        depth kept on the background."""
         if not len(a.masks):
             return a
         p = next(self.weights.parameters())
         masks = torch.from_numpy(a.masks).to(p)
         inputs = crops(image[None], torch.zeros(len(masks), dtype=torch.long), masks, torch.from_numpy(a.centres))
         shape, colour, style = (t.argmax(1).tolist() for t in self.weights.classifier(inputs))
-        pairs = touching_pairs(a.masks)
         in_front = {}
-        if pairs:
-            both = pairs + [(j, i) for i, j in pairs]
-            points = torch.tensor([meeting_point(a.masks[i], a.masks[j]) for i, j in pairs] * 2)
-            inputs = crops(image[None], torch.zeros(len(both), dtype=torch.long),
-                           torch.stack([masks[[i, j]] for i, j in both]), points)
-            p_front = self.weights.occlusion(inputs).sigmoid().double().clamp(1e-4, 1 - 1e-4).tolist()
-            for k, (i, j) in enumerate(pairs):
-                q = 0.5 * (p_front[k] + 1 - p_front[k + len(pairs)])
-                in_front[i, j], in_front[j, i] = q, 1 - q
+        for i, j in touching_pairs(a.masks):
+            q = p_in_front(a.masks[i], a.centres[i], a.masks[j], a.centres[j])
+            in_front[i, j], in_front[j, i] = q, 1 - q
         depths = np.zeros(len(masks), np.float32)
         depths[back_to_front(len(masks), in_front)] = object_depths(len(masks))
         depth = np.where(a.labels > 0, np.concatenate([[0.0], depths])[a.labels], a.depth).astype(np.float32)

@@ -1,5 +1,5 @@
-"""Training the shapes-world analyser (evaluation/analyser.py) on exact ground truth: the segmenter, the
-instance classifier and the occlusion classifier.
+"""Training the shapes-world analyser (evaluation/analyser.py) on exact ground truth: the segmenter and the
+instance classifier.
 
 Batch ``index`` renders world seeds index·B … index·B + B − 1 (training seeds; held-out attribute
 combinations allowed, since the judge must read them) with, per pixel: the object's shape, colour and
@@ -11,11 +11,8 @@ noise of σ ∈ [0, 0.04]) so that the judge reads a slightly soft render as it 
 The instance classifier trains on every visible object of a batch of scenes: its 32 × 32 crop around the
 true centre moved by up to ±3 px (the segmenter's voted centres are that close), its visible mask, and
     L = CE(shape) + CE(colour) + CE(style)      (the same degradation applied to the scenes first)
-The occlusion classifier trains on every touching pair of visible objects where one hides part of the
-other (``occlusions``; objects that merely touch show no order), in a random order (A, B): the crop around
-where they meet (±2 px), both visible masks, and L = BCE(logit, [A is in front of B]).
-Both classifiers see their masks misread (``misread``: grown, shrunk or frayed by a pixel), as the
-segmenter's read-out gives them, so that neither learns to read exact silhouettes.
+The classifier sees the masks misread (``misread``: grown, shrunk or frayed by a pixel), as the
+segmenter's read-out gives them, so that it does not learn to read shapes off exact silhouettes.
 """
 
 import numpy as np
@@ -26,8 +23,7 @@ from torch.nn import functional as F
 from .. import validation as v
 from ..decompose.metrics import match_masks
 from ..evaluation.analyser import (COLOUR_NAMES, OFFSET_SCALE, SHAPE_NAMES, SIZE, STYLE_NAMES, Analyser,
-                                   InstanceClassifier, OcclusionClassifier, WorldAnalyser, crops, meeting_point,
-                                   touching_pairs)
+                                   InstanceClassifier, WorldAnalyser, crops)
 from ..evaluation.judges import reads_nearer
 from ..world.dataset import eval_seeds
 from ..world.render import occlusions, pixel_centres, render
@@ -92,10 +88,10 @@ def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def misread(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Visible masks (N, ..., S, S) as a segmenter reads them, each one (and each mask of a pair) drawn at random:
+    """Visible masks (N, ..., S, S) as a segmenter reads them, each one drawn at random:
     exact, grown or shrunk by a pixel (3 × 3), or with the pixels of its one-pixel border band (either side)
-    flipped at a rate in [0, 0.4]. A mask that shrinks to nothing stays exact. Without this the classifiers
-    learn to read shapes off exact silhouettes and fail on read-out masks (shape accuracy 0.97 -> 0.70 for a
+    flipped at a rate in [0, 0.4]. A mask that shrinks to nothing stays exact. Without this the classifier
+    learns to read shapes off exact silhouettes and fails on read-out masks (shape accuracy 0.97 -> 0.70 for a
     mask grown by one pixel)."""
     m = masks.float().reshape(-1, 1, *masks.shape[-2:])  # (K, 1, S, S)
     k, device = len(m), m.device
@@ -160,45 +156,6 @@ class ClassifierTraining(nn.Module):
         images = degrade(batch["image"], generator)
         logits = self.classifier(crops(images, batch["owner"], misread(batch["mask"], generator), batch["centre"]))
         return sum(F.cross_entropy(x, batch["classes"][:, i]) for i, x in enumerate(logits))
-
-
-def occlusion_batches(scenes_per_batch: int):
-    """``batches(index)``: the scenes' images and per touching pair of visible objects where one hides part
-    of the other (A, B), in a random order: its scene (N,), masks (N, 2, S, S), jittered meeting point
-    (N, 2) and whether A is in front (N,)."""
-    v.integer("scenes_per_batch", scenes_per_batch, 1)
-
-    def batches(index: int) -> dict:
-        scenes = rendered_scenes(index, scenes_per_batch)
-        rng = np.random.default_rng([index, 4])
-        owner, masks, points, front = [], [], [], []
-        for b, (scene, r) in enumerate(scenes):
-            touching = set(touching_pairs(r.masks))  # the pairs the analyser will ask about
-            for i, j in (pair for pair in occlusions(scene, r) if pair in touching):  # i hides part of j
-                swap = bool(rng.random() < 0.5)
-                a, c = (j, i) if swap else (i, j)
-                owner.append(b)
-                masks.append(torch.from_numpy(np.stack([r.masks[a], r.masks[c]])))
-                points.append(np.array(meeting_point(r.masks[a], r.masks[c])) + rng.uniform(-2, 2, 2))
-                front.append(float(not swap))
-        if not owner:  # no scene of the batch has occluding objects: one blank pair keeps shapes valid
-            owner, masks, points, front = [0], [torch.zeros(2, SIZE, SIZE, dtype=torch.bool)], [[32.0, 32.0]], [0.5]
-        return {"image": torch.stack([pixels(r.image) for _, r in scenes]), "owner": torch.tensor(owner),
-                "mask": torch.stack(masks), "centre": torch.tensor(np.array(points), dtype=torch.float32),
-                "front": torch.tensor(front)}
-
-    return batches
-
-
-class OcclusionTraining(nn.Module):
-    def __init__(self, occlusion: OcclusionClassifier):
-        super().__init__()
-        self.occlusion = occlusion.train()
-
-    def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        images = degrade(batch["image"], generator)
-        logits = self.occlusion(crops(images, batch["owner"], misread(batch["mask"], generator), batch["centre"]))
-        return F.binary_cross_entropy_with_logits(logits, batch["front"])
 
 
 def accuracy(analyser: Analyser, count: int = 500) -> dict:
