@@ -193,7 +193,8 @@ def test_misread_grows_shrinks_or_frays_each_mask_by_at_most_a_pixel():
 def test_occlusions_are_pairs_where_one_object_hides_part_of_another():
     def scene(*objects):  # (shape, style, x, y, size), back to front
         return Scene(tuple(WorldObject(shape, "red" if k % 2 else "blue", style, x, y, size, 0.0)
-                           for k, (shape, style, x, y, size) in enumerate(objects)), Background("solid", "cream", "cream"))
+                           for k, (shape, style, x, y, size) in enumerate(objects)),
+                     Background("solid", "cream", "cream"))
 
     def found(s):
         return occlusions(s, render(s, 64))

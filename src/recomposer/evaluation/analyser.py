@@ -15,14 +15,13 @@ another stays apart (same centre, different colour: the world never nests one co
 Each instance's shape, colour and style are then read by ``InstanceClassifier`` from a 32 × 32 crop
 around its centre with its visible mask as a fourth channel (a whole object fits: radii are at most
 13 px); it learns far faster than the per-pixel class heads (those only find the objects) and is trained
-on misread masks, as read-outs give them. Depth
-comes from occlusion: of two touching instances, the one whose visible pixels, turned about its voted
-(amodal) centre, land on the other continues under it (``p_in_front``); the instances are ordered back to
-front by these verdicts and given the world's object depths (the per-pixel depth head, which cannot tell
-ranks apart, keeps the background). This is the judge's weak part: right for 0.85 of occluding pairs on
-true masks and centres but 0.57 on read-out ones (a pixel of mask error moves the few pixels it counts);
-a small network trained for the verdict on the crop where two objects meet did no better (0.69 on true
-masks) and was dropped.
+on misread masks, as read-outs give them. Depth comes from occlusion: of two touching instances, the one
+whose visible pixels, turned about its voted (amodal) centre, land on the other continues under it
+(``p_in_front``); the instances are ordered back to front by these verdicts and given the world's object
+depths (the per-pixel depth head, which cannot tell ranks apart, keeps the background). This is the
+judge's weak part: right for 0.85 of occluding pairs on true masks and centres but 0.56 on read-out
+ones (a pixel of mask error moves the few pixels it counts); a small network trained for the verdict on
+the crop where two objects meet did no better (0.69 on true masks) and was dropped.
 ``features`` (the mean of the 8 px features, 128-d) is what the Fréchet distance is measured on.
 """
 
@@ -186,7 +185,8 @@ def back_to_front(n: int, in_front: dict[tuple[int, int], float]) -> list[int]:
 
 
 class AnalyserWeights(nn.Module):
-    """The two trained networks (segmenter, instance classifier), stored together as the bundled part ``analyser``."""
+    """The two trained networks (segmenter, instance classifier), stored together as the bundled part
+    ``analyser``."""
 
     def __init__(self, segmenter: WorldAnalyser | None = None, classifier: InstanceClassifier | None = None):
         super().__init__()

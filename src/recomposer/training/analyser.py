@@ -88,11 +88,11 @@ def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def misread(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Visible masks (N, ..., S, S) as a segmenter reads them, each one drawn at random:
-    exact, grown or shrunk by a pixel (3 × 3), or with the pixels of its one-pixel border band (either side)
-    flipped at a rate in [0, 0.4]. A mask that shrinks to nothing stays exact. Without this the classifier
-    learns to read shapes off exact silhouettes and fails on read-out masks (shape accuracy 0.97 -> 0.70 for a
-    mask grown by one pixel)."""
+    """Visible masks (N, ..., S, S) as a segmenter reads them, each one drawn at random: exact, grown or
+    shrunk by a pixel (3 × 3), or with the pixels of its one-pixel border band (either side) flipped at a
+    rate in [0, 0.4]. A mask that shrinks to nothing stays exact. Without this the classifier learns to read
+    shapes off exact silhouettes and fails on read-out masks (shape accuracy 0.97 -> 0.70 for a mask grown
+    by one pixel)."""
     m = masks.float().reshape(-1, 1, *masks.shape[-2:])  # (K, 1, S, S)
     k, device = len(m), m.device
     grown = F.max_pool2d(m, 3, stride=1, padding=1)
@@ -101,7 +101,8 @@ def misread(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = (torch.rand(m.shape, generator=generator, device=device) < rate) * (grown - shrunk)
     shrunk = torch.where(shrunk.amax(dim=(2, 3), keepdim=True) > 0, shrunk, m)
     choice = torch.randint(0, 4, (k, 1, 1, 1), generator=generator, device=device)
-    out = torch.where(choice == 1, grown, torch.where(choice == 2, shrunk, torch.where(choice == 3, (m - flip).abs(), m)))
+    frayed = (m - flip).abs()
+    out = torch.where(choice == 1, grown, torch.where(choice == 2, shrunk, torch.where(choice == 3, frayed, m)))
     return out.reshape(masks.shape)
 
 
