@@ -155,32 +155,28 @@ def _landing(mask: np.ndarray, centre, target: np.ndarray) -> float:
     return float(target[ty[inside], tx[inside]].sum() / len(TURNS))
 
 
-def grown(masks: np.ndarray) -> np.ndarray:
-    """Masks (..., H, W) dilated by one pixel in the 4-neighbourhood."""
-    out = masks.copy()
-    out[..., 1:, :] |= masks[..., :-1, :]
-    out[..., :-1, :] |= masks[..., 1:, :]
-    out[..., :, 1:] |= masks[..., :, :-1]
-    out[..., :, :-1] |= masks[..., :, 1:]
-    return out
-
-
 def touching_pairs(masks: np.ndarray) -> list[tuple[int, int]]:
-    """(i, j) index pairs, i > j, of masks (N, H, W) that share an edge (4-neighbourhood)."""
-    near = grown(masks)
-    return [(i, j) for i in range(len(masks)) for j in range(i) if (near[i] & masks[j]).any()]
+    """(i, j) index pairs, i > j, of disjoint masks (N, H, W) that share an edge (4-neighbourhood)."""
+    labels = (masks * np.arange(1, len(masks) + 1)[:, None, None]).max(0, initial=0)  # (H, W), 0 = none
+    pairs = set()
+    for a, b in ((labels[1:], labels[:-1]), (labels[:, 1:], labels[:, :-1])):  # vertical, horizontal neighbours
+        edge = (a != b) & (a > 0) & (b > 0)
+        pairs.update(zip((np.maximum(a, b)[edge] - 1).tolist(), (np.minimum(a, b)[edge] - 1).tolist()))
+    return sorted(pairs)
 
 
 def back_to_front(n: int, in_front: dict[tuple[int, int], float]) -> list[int]:
     """Order n objects back to front from P(i in front of j) of touching pairs: repeatedly take the object
     with the least total log-odds of being in front of the others left (a cycle costs the weakest link)."""
-    left, order = list(range(n)), []
+    odds = [[] for _ in range(n)]  # odds[i]: (j, log-odds of i in front of j), each object's pairs only
+    for (i, j), p in in_front.items():
+        odds[i].append((j, math.log(p / (1 - p))))
+    left, taken, order = list(range(n)), set(), []
     while left:
-        def frontness(i: int) -> float:
-            return sum(math.log(p / (1 - p)) for (a, b), p in in_front.items() if a == i and b in left)
-        back = min(left, key=frontness)
+        back = min(left, key=lambda i: sum(o for j, o in odds[i] if j not in taken))
         order.append(back)
         left.remove(back)
+        taken.add(back)
     return order
 
 
