@@ -4,7 +4,7 @@ held-out scenes, plus 40 scenes with held-out attribute combinations, judged by 
     python benchmarks/controllability.py [-o benchmarks/results/controllability] [--threads 2] [any option of
         `recomposer bench controllability`, e.g. --model PARTS --scenes 80 --steps 20]
 
-About 15 minutes on two CPU threads for the bundled model. Writes report.json, report.md, bars.png and
+About 30 minutes on two CPU threads for the bundled model. Writes report.json, report.md, bars.png and
 examples.png into a new folder (the CLI refuses an existing one).
 """
 
