@@ -250,4 +250,10 @@ def test_train_analyser_command_trains_both_networks_resumes_and_writes_the_part
     assert settings["steps"] == 2 and settings["classifier_steps"] == 2 and 0 <= settings["shape_accuracy"] <= 1
     assert (run / "checkpoints").is_dir() and (run / "classifier" / "checkpoints").is_dir()
     assert load_bundled_analyser(folder=parts).analyse(np.zeros((64, 64, 3), np.uint8)) is not None
+    more = list(args)
+    more[args.index("--classifier-steps") + 1] = "3"  # resumes: the segmenter is complete, the classifier is not
+    assert main(more) == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002"]
+    assert (run / "classifier" / "checkpoints" / "step-000003").is_dir()
+    assert json.loads((parts / "analyser.json").read_text())["classifier_steps"] == 3
     assert main([*args[:-1], "--classifier-steps", "0"]) == 2 and "classifier_steps" in capsys.readouterr().err
