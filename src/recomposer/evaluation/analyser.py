@@ -138,8 +138,8 @@ def p_in_front(a: np.ndarray, a_centre, b: np.ndarray, b_centre) -> float:
     pixels, turned, land where it continues under the front one, and not the other way round. With
     u(X, Y) the mean number of X's pixels that land on Y, the log-odds are
         s = (u(B, A) − u(A, B)) / √min(|A|, |B|),      P = σ(s).
-    Voted centres are amodal (an occluded object's pixels vote for its whole shape's centre), which is what
-    makes the test work."""
+    The centres must be amodal (an occluded object's pixels vote for its whole shape's centre), as voted
+    centres are. Few pixels decide it, so a pixel of mask error can flip it (module docstring)."""
     s = (_landing(b, b_centre, a) - _landing(a, a_centre, b)) / math.sqrt(max(1, min(a.sum(), b.sum())))
     return float(np.clip(1 / (1 + math.exp(-s)), 1e-4, 1 - 1e-4))
 
