@@ -40,7 +40,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(_cell(d.get(f"{a}_accuracy")) for a in ("shape", "colour", "count",
                                                                                           "relation")) + " |")
     depth = report["conditions"]["depth"]["details"]
-    lines += ["", "## Depth occlusion order (pairs where one object hides part of the other, front read as nearer)", "",
+    lines += ["", "## Depth occlusion order (pairs where one object hides part of the other, front read as nearer)",
+              "",
               "| " + " | ".join(name for name in SETTINGS if name in depth) + " |",
               "|" + "---|" * sum(name in depth for name in SETTINGS),
               "| " + " | ".join(_cell(depth[name].get("order_accuracy")) for name in SETTINGS if name in depth) + " |"]

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from .. import validation as v
 from ..decompose.metrics import match_masks
 from ..evaluation.analyser import (COLOUR_NAMES, OFFSET_SCALE, SHAPE_NAMES, SIZE, STYLE_NAMES, Analyser,
-                                   InstanceClassifier, WorldAnalyser, crops)
+                                   InstanceClassifier, WorldAnalyser, crops, to_input)
 from ..evaluation.judges import reads_nearer
 from ..world.dataset import eval_seeds
 from ..world.render import occlusions, pixel_centres, render
@@ -44,14 +44,9 @@ def targets(scene: Scene) -> dict[str, torch.Tensor]:
     inside = labels > 0
     offset = np.stack([np.where(inside, centre_x[labels] - grid[None, :], 0.0),
                        np.where(inside, centre_y[labels] - grid[:, None], 0.0)]) / OFFSET_SCALE
-    return {"image": pixels(r.image),
+    return {"image": to_input(r.image)[0],
             **{name: torch.from_numpy(table[labels]) for name, table in lookup.items()},
             "offset": torch.from_numpy(offset.astype(np.float32)), "depth": torch.from_numpy(r.depth)[None]}
-
-
-def pixels(image: np.ndarray) -> torch.Tensor:
-    """uint8 (S, S, 3) -> (3, S, S) in [-1, 1]."""
-    return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def rendered_scenes(index: int, scenes_per_batch: int) -> list:
@@ -141,7 +136,7 @@ def classifier_batches(scenes_per_batch: int):
                     centres.append([o.x * SIZE, o.y * SIZE] + rng.uniform(-3, 3, 2))
                     classes.append([SHAPE_NAMES.index(o.shape) - 1, COLOUR_NAMES.index(o.colour) - 1,
                                     STYLE_NAMES.index(o.style) - 1])
-        return {"image": torch.stack([pixels(r.image) for _, r in scenes]), "owner": torch.tensor(owner),
+        return {"image": to_input(np.stack([r.image for _, r in scenes])), "owner": torch.tensor(owner),
                 "mask": torch.stack(masks), "centre": torch.tensor(np.array(centres), dtype=torch.float32),
                 "classes": torch.tensor(classes)}
 

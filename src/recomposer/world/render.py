@@ -187,12 +187,10 @@ def occlusions(scene: Scene, rendered: Rendered) -> list[tuple[int, int]]:
     """(front, back) pairs of visible objects where the front one hides part of the back one: the back one's
     silhouette (coverage >= 1/2) reaches under the front one's visible pixels. Objects that merely touch are
     not pairs: nothing in the image tells their order."""
-    size = len(rendered.labels)
-    masks = rendered.masks
-    visible = [k for k in range(len(masks)) if masks[k].any()]
+    centres = pixel_centres(len(rendered.labels))
     found = []
-    for j in visible:
-        patch = object_patch(scene.objects[j], pixel_centres(size))
+    for j in (int(k) - 1 for k in np.unique(rendered.labels) if k > 0):  # the visible objects
+        patch = object_patch(scene.objects[j], centres)
         if patch is None:
             continue
         ((y0, y1), (x0, x1)), *_, cover = patch
