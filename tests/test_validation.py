@@ -43,8 +43,10 @@ def test_unknown_schedulers_list_the_allowed_names(name):
         GenerateRequest("x", scheduler=name).check()
 
 
-PROVENANCE = {"format": 1, "params": {"prompt": "p", "negative": "", "steps": 2, "guidance": 1.0, "width": 8,
-                                      "height": 8}, "sampler_label": "DDIM", "seed": 1, "model": {"sha256": "0" * 64}}
+PROVENANCE = {"format": 1, "task": "generate", "batch_index": 0, "inputs": {}, "sampler_label": "DDIM", "seed": 1,
+              "params": {"prompt": "p", "negative": "", "steps": 2, "guidance": 1.0, "width": 8, "height": 8},
+              "model": {"kind": "memory", "path": None, "config": None, "sha256": "0" * 64, "dtype": "fp32",
+                        "device": "cpu"}}
 
 
 def test_png_writes_are_all_or_nothing(tmp_path, monkeypatch):

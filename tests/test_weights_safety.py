@@ -359,7 +359,7 @@ def test_model_dir_with_only_pickle_unet_weights_is_refused(model_dir, tmp_path,
     (model_dir / "unet" / f"diffusion_pytorch_model{ext}").write_bytes(hostile_pickle(canary))
     with pytest.raises(UnsafeFile) as e:
         load_diffusers_dir(model_dir, CPU, torch.float32)
-    assert str(e.value).startswith(f"{model_dir / 'unet'}: ")
+    assert str(e.value).startswith(f"model: {model_dir / 'unet'} ")
     assert "pickle" in str(e.value) and f"diffusion_pytorch_model{ext}" in str(e.value)
     assert ".safetensors" in str(e.value)
     assert not canary.exists()

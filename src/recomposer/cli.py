@@ -7,6 +7,7 @@ with no traceback and no output file. Results are PNGs carrying their provenance
 
 import secrets
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -57,6 +58,8 @@ def generate(
     mask: Annotated[Optional[Path], typer.Option(help="Inpainting mask, white = repaint; as big as --image.")] = None,
     device: Device = "auto",
     dtype: Dtype = "fp32",
+    allow_flat: Annotated[bool, typer.Option("--allow-flat", help="Keep images of one flat colour (otherwise an "
+                                                                  "error: the model drew nothing).")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="A .png file, or a folder for numbered files.")]
     = Path("outputs"),
 ) -> None:
@@ -65,7 +68,7 @@ def generate(
 
     request = GenerateRequest(prompt=prompt, negative=negative, scheduler=scheduler, steps=steps, guidance=guidance,
                               seed=secrets.randbelow(2**32) if seed is None else seed, batch=batch, width=width,
-                              height=height, strength=strength)
+                              height=height, strength=strength, allow_flat=allow_flat)
     request.check()  # before loading anything
     results = _run_generate(request, model, config, device, dtype, image, mask)
     for path in _save(results, output):
@@ -80,6 +83,8 @@ def recall(
     device: Annotated[Optional[str], typer.Option(help="Override the recorded device.")] = None,
 ) -> None:
     """Re-run a PNG's recorded provenance and check the pixels come out the same."""
+    import dataclasses
+
     import numpy as np
     from PIL import Image
 
@@ -89,8 +94,17 @@ def recall(
     record = read_provenance(png)
     if record.get("task") != "generate":
         raise RecomposerError("image", f"records task {record.get('task')!r}; this recomposer recalls: generate")
+    known = {f.name for f in dataclasses.fields(GenerateRequest)}
+    if unknown := sorted(set(record["params"]) - known):
+        raise RecomposerError("image", f"{png} records parameters that generate does not take: {unknown}")
+    if "prompt" not in record["params"]:  # the one field without a default (the PNG's pixels check the rest)
+        raise RecomposerError("image", f"{png} records no prompt")
     request = GenerateRequest(**record["params"])
-    inputs = record.get("inputs", {})
+    request.check()
+    inputs = record["inputs"]
+    for name in inputs:
+        if name not in ("image", "mask"):
+            raise RecomposerError("image", f"{png} records an input {name!r} that generate does not take")
     m = record["model"]
     if m["kind"] == "memory":
         raise RecomposerError("image", "was made with a model built in memory; it cannot be reloaded")
@@ -169,6 +183,8 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
 def _recorded_input(inputs: dict, name: str) -> Optional[Path]:
     if name not in inputs:
         return None
+    if "path" not in inputs[name]:
+        raise RecomposerError(name, f"the provenance records no path for the {name}; recall needs it")
     path = Path(inputs[name]["path"])
     if not path.is_file():
         raise RecomposerError(name, f"the recorded {name} {path} is gone; recall needs it")
@@ -218,26 +234,78 @@ def _quiet_libraries() -> None:
         dlog.disable_progress_bar()
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where Python runs next so that every ``finally`` and temp-file cleanup runs (R6)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns (and, as a script, exits with) the exit code."""
     _quiet_libraries()
+    with _process_scope():
+        try:
+            code = app(args=argv, prog_name="recomposer", standalone_mode=False)
+            if code == 130:  # click turns Ctrl-C into Abort, and in non-standalone mode returns 130 for it
+                typer.echo("cancelled", err=True)
+            return code if isinstance(code, int) else 0
+        except RecomposerError as e:
+            typer.echo(f"error: {e}", err=True)
+            return 2
+        except Cancelled as e:
+            typer.echo(f"cancelled: {e}", err=True)
+            return 130
+        except Terminated:
+            typer.echo("terminated", err=True)
+            return 143
+        except typer.Exit as e:
+            return e.exit_code
+        except (typer.Abort, KeyboardInterrupt):
+            typer.echo("cancelled", err=True)
+            return 130
+        except typer.TyperException as e:  # usage errors: unknown option, a value that does not parse
+            typer.echo(f"error: {e.format_message() if hasattr(e, 'format_message') else e}", err=True)
+            return getattr(e, "exit_code", 2)
+        except (MemoryError, RuntimeError) as e:
+            from .models.memory import is_out_of_memory
+
+            if not is_out_of_memory(e):
+                raise
+            typer.echo("error: memory: the run ran out of memory; nothing was saved (try a smaller size or batch)",
+                       err=True)
+            return 1
+
+
+@contextmanager
+def _process_scope():
+    """For one command: SIGTERM becomes ``Terminated``; torch's compile cache (which importing torch creates)
+    goes into a temp folder of ours that is removed afterwards, so nothing is left in the system temp folder;
+    training-folder locks the command took are released at its end."""
+    import os
+    import shutil
+    import signal
+    import tempfile
+    import threading
+
+    from .io.files import temp_folder
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    cache = None
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ and "torch" not in sys.modules:
+        cache = temp_folder(Path(tempfile.gettempdir()) / "recomposer")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
     try:
-        app(args=argv, prog_name="recomposer", standalone_mode=False)
-        return 0
-    except RecomposerError as e:
-        typer.echo(f"error: {e}", err=True)
-        return 2
-    except Cancelled as e:
-        typer.echo(f"cancelled: {e}", err=True)
-        return 130
-    except typer.Exit as e:
-        return e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("cancelled", err=True)
-        return 130
-    except typer.TyperException as e:  # usage errors: unknown option, a value that does not parse
-        typer.echo(f"error: {e.format_message() if hasattr(e, 'format_message') else e}", err=True)
-        return getattr(e, "exit_code", 2)
+        yield
+    finally:
+        if "recomposer.training.lock" in sys.modules:  # training folders this command held
+            sys.modules["recomposer.training.lock"].release_all()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
 
 
 def script() -> None:

@@ -39,5 +39,9 @@ class NonFiniteResult(RecomposerError):
     """NaN or inf appeared in latents or pixels; nothing is saved (usually fp16 overflow)."""
 
 
+class FlatResult(RecomposerError):
+    """An image came out as one flat colour (a broken VAE or UNet, an fp16 overflow); nothing is saved."""
+
+
 class Cancelled(Exception):
     """Sampling was cancelled between two steps; not an error in the user's input."""

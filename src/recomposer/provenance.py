@@ -51,18 +51,63 @@ def write_png(path: str | Path, image: Image.Image, provenance: dict) -> Path:
 
 
 def read_provenance(path: str | Path) -> dict:
-    """The recomposer provenance of a PNG written by ``write_png``."""
+    """The recomposer provenance of a PNG written by ``write_png``, checked by ``check_record``.
+
+    Provenance is untrusted input like any other (a PNG can be edited): whatever it holds is one
+    clear error, and the model it names goes through the same checks as ``--model``."""
     try:
         with Image.open(path, formats=("PNG",)) as im:
             text = im.text.get(CHUNK) if hasattr(im, "text") else None
-    except (OSError, SyntaxError) as e:
+    except (OSError, SyntaxError, ValueError) as e:
         raise BadImage("image", f"{path} is not a readable PNG ({e})") from None
     if text is None:
         raise BadImage("image", f"{path} carries no recomposer provenance")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
-        raise BadImage("image", f"{path} has a damaged provenance chunk") from None
+    except (ValueError, RecursionError):
+        raise BadImage("image", f"{path} has a damaged provenance chunk (not JSON, or nested too deep)") from None
+    return check_record(data, str(path))
+
+
+MODEL_KINDS = ("diffusers-dir", "single-file", "bundled", "memory")
+_RECORD = {"format": int, "task": str, "params": dict, "model": dict, "seed": int, "batch_index": int}
+_MODEL = {"kind": str, "path": (str, type(None)), "config": (str, type(None)), "sha256": str, "dtype": str,
+          "device": str}
+
+
+def check_record(data: object, source: str) -> dict:
+    """The shape every provenance record has, or a BadImage naming the first thing that is wrong."""
+    def bad(what: str) -> BadImage:
+        return BadImage("image", f"{source} has provenance that {what}")
+
+    if not isinstance(data, dict):
+        raise bad(f"is a JSON {_json_type(data)}, not an object")
     if data.get("format") != FORMAT:
-        raise BadImage("image", f"{path} has provenance format {data.get('format')!r}; this recomposer reads {FORMAT}")
+        raise bad(f"is in format {data.get('format')!r}; this recomposer reads {FORMAT}")
+    for key, kind in _RECORD.items():
+        if key not in data:
+            raise bad(f"lacks {key!r}")
+        if not isinstance(data[key], kind) or isinstance(data[key], bool):
+            raise bad(f"has a JSON {_json_type(data[key])} for {key!r}")
+    model = data["model"]
+    for key, kind in _MODEL.items():
+        if key not in model or not isinstance(model[key], kind):
+            raise bad(f"records no valid model.{key}")
+    if model["kind"] not in MODEL_KINDS:
+        raise bad(f"names an unknown model kind {model['kind']!r} (known: {', '.join(MODEL_KINDS)})")
+    batch = data["params"].get("batch", 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 0 <= data["batch_index"] < batch:
+        raise bad(f"has batch_index {data['batch_index']!r} outside a batch of {batch!r}")
+    if not isinstance(data.setdefault("inputs", {}), dict):
+        raise bad(f"has a JSON {_json_type(data['inputs'])} for 'inputs'")
+    for name, entry in data["inputs"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise bad(f"records input {name!r} without a sha256")
+        if "path" in entry and not isinstance(entry["path"], str):
+            raise bad(f"records input {name!r} with a path that is not a string")
     return data
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .errors import Cancelled, NonFiniteResult
+from .errors import Cancelled, FlatResult, NonFiniteResult
 from .guidance import GuidedDenoiser
 
 
@@ -96,3 +96,18 @@ def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise NonFiniteResult(what, "became NaN or inf (try fp32, or a lower guidance scale); nothing was saved")
     return x
+
+
+def decode_checked(backbone, x: torch.Tensor, allow_flat: bool = False) -> torch.Tensor:
+    """Latents (B, C, h, w) -> pixels (B, 3, H, W) in about [-1, 1]. NaN or inf anywhere is an error, and so
+    is an image of one flat colour in 8 bits unless ``allow_flat`` (RELIABILITY R5: never a black picture)."""
+    pixels = check_finite(backbone.decode(check_finite(x, "latents")), "decoded image")
+    if not allow_flat:
+        levels = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round()  # (B, 3, H, W) as to_pil stores them
+        flat = (levels.amax(dim=(2, 3)) == levels.amin(dim=(2, 3))).all(dim=1)  # (B,)
+        if bool(flat.any()):
+            k = int(flat.nonzero()[0])
+            colour = tuple(int(c) for c in levels[k, :, 0, 0])
+            raise FlatResult("output", f"image {k} of the batch is one flat colour (RGB {colour}): the model drew nothing; "
+                                      "nothing was saved (--allow-flat keeps such images)")
+    return pixels

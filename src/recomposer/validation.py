@@ -39,6 +39,13 @@ def fraction_window(field: str, start: object, end: object) -> tuple[float, floa
     return start, end
 
 
+def boolean(field: str, value: object) -> bool:
+    """True or False (not 0/1, not a string)."""
+    if not isinstance(value, bool):
+        raise InvalidParameter(field, "true or false", value)
+    return value
+
+
 def choice(field: str, value: object, allowed: tuple[str, ...]) -> str:
     """One of a fixed set of names."""
     if value not in allowed:

@@ -35,9 +35,12 @@ Caption = Annotated[Optional[str], typer.Option(help="The caption condition.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="A folder for the images.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 Kinds = Annotated[str, typer.Option(help="Comma-separated condition kinds.")]
+AllowFlat = Annotated[bool, typer.Option("--allow-flat", help="Keep images of one flat colour (otherwise an "
+                                                               "error: the model drew nothing).")]
 
 
-def _request(scheduler, steps, guidance, seed, batch, base: str | None = None, weights: list[str] | None = None):
+def _request(scheduler, steps, guidance, seed, batch, base: str | None = None, weights: list[str] | None = None,
+             allow_flat: bool = False):
     from ..tasks.composer import ComposeRequest, Weight
 
     parsed = []
@@ -51,7 +54,8 @@ def _request(scheduler, steps, guidance, seed, batch, base: str | None = None, w
             raise InvalidParameter("weight", "KIND:SCALE or KIND:SCALE:START:END", text)
         parsed.append(Weight(kind, *numbers))
     return ComposeRequest(scheduler=scheduler, steps=steps, guidance=guidance, seed=seed, batch=batch,
-                          base=_split("base", base) if base else (), weights=tuple(parsed)).check()
+                          base=_split("base", base) if base else (), weights=tuple(parsed),
+                          allow_flat=allow_flat).check()
 
 
 def _split(field: str, text: str) -> tuple[str, ...]:
@@ -131,7 +135,7 @@ def compose_command(
                                                              "repeatable.")] = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
-    batch: Batch = 1, device: Device = "auto", output: Output = Path("composed"),
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("composed"), allow_flat: AllowFlat = False,
 ) -> None:
     """Generate from any mix of conditions, each from its own image or file."""
     from ..conditions import Caption as CaptionCondition
@@ -139,7 +143,7 @@ def compose_command(
     from ..io.images import open_image, open_mask
     from ..tasks.composer import compose, edit_region
 
-    request = _request(scheduler, steps, guidance, seed, batch, base, weight)
+    request = _request(scheduler, steps, guidance, seed, batch, base, weight, allow_flat)
     given = dict(zip(FROM_KINDS, (image_embedding_from, palette_from, sketch_from, instances_from, depth_from,
                                   intensity_from)))
     sources = {kind: _source(f"{kind.replace('_', '-')}-from", kind, path)
@@ -175,14 +179,14 @@ def variations_command(
     keep: Kinds = "image_embedding,palette", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
-    batch: Batch = 4, device: Device = "auto", output: Output = Path("variations"),
+    batch: Batch = 4, device: Device = "auto", output: Output = Path("variations"), allow_flat: AllowFlat = False,
 ) -> None:
     """New images that keep some of an image's conditions (default: semantics/style and palette)."""
     from ..io.images import open_image
     from ..tasks.composer import variations
 
-    request, kinds, picture = _request(scheduler, steps, guidance, seed, batch), _split("keep", keep), \
-        open_image(image, "image")
+    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    kinds, picture = _split("keep", keep), open_image(image, "image")
     results = variations(_model(model, adapter, image_encoder, device), picture, kinds, request, caption)
     _echo(_write(results, output))
 
@@ -192,14 +196,14 @@ def reconstruct_command(
     kinds: Kinds = "palette,sketch,instances,intensity", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
-    batch: Batch = 1, device: Device = "auto", output: Output = Path("reconstructed"),
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("reconstructed"), allow_flat: AllowFlat = False,
 ) -> None:
     """An image generated again from a subset of its own conditions."""
     from ..io.images import open_image
     from ..tasks.composer import reconstruct
 
-    request, chosen, picture = _request(scheduler, steps, guidance, seed, batch), _split("kinds", kinds), \
-        open_image(image, "image")
+    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    chosen, picture = _split("kinds", kinds), open_image(image, "image")
     results = reconstruct(_model(model, adapter, image_encoder, device), picture, chosen, request, caption)
     _echo(_write(results, output))
 
@@ -214,7 +218,7 @@ def interpolate_command(
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
     device: Device = "auto", output: Output = Path("interpolation"),
-    fps: Annotated[int, typer.Option(help="Frames per second of the GIF.")] = 8,
+    fps: Annotated[int, typer.Option(help="Frames per second of the GIF.")] = 8, allow_flat: AllowFlat = False,
 ) -> None:
     """Frames between two images' embeddings and/or palettes: PNGs, a strip and an animated GIF."""
     from .. import validation as v
@@ -223,7 +227,7 @@ def interpolate_command(
     from ..io.images import open_image
     from ..tasks.composer import interpolate
 
-    request, chosen = _request(scheduler, steps, guidance, seed, 1), _split("kinds", kinds)
+    request, chosen = _request(scheduler, steps, guidance, seed, 1, allow_flat=allow_flat), _split("kinds", kinds)
     v.integer("frames", frames, 2, 256)
     v.integer("fps", fps, 1, 60)
     a, b = open_image(first, "first"), open_image(last, "last")
@@ -248,7 +252,7 @@ def edit_command(
     = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
-    batch: Batch = 1, device: Device = "auto", output: Output = Path("edited"),
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("edited"), allow_flat: AllowFlat = False,
 ) -> None:
     """Change only the masked region (inpainting with conditions); pixels outside stay exactly as they were."""
     compose_command(caption=caption, image_embedding_from=image_embedding_from, palette_from=palette_from,
@@ -256,7 +260,7 @@ def edit_command(
                     image=image,
                     mask=mask, base=None, weight=None, model=model, adapter=adapter, image_encoder=image_encoder,
                     scheduler=scheduler, steps=steps, guidance=guidance, seed=seed, batch=batch, device=device,
-                    output=output)
+                    output=output, allow_flat=allow_flat)
 
 
 def colourise_command(
@@ -265,13 +269,13 @@ def colourise_command(
     caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
-    batch: Batch = 1, device: Device = "auto", output: Output = Path("colourised"),
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("colourised"), allow_flat: AllowFlat = False,
 ) -> None:
     """Colourisation: the image's intensity, plus a palette and/or a caption."""
     from ..io.images import open_image
     from ..tasks.composer import colourise
 
-    request = _request(scheduler, steps, guidance, seed, batch)
+    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     grey = open_image(image, "image")
     reference = open_image(palette_from, "palette-from") if palette_from is not None else None
     results = colourise(_model(model, adapter, image_encoder, device), grey, reference, caption, request)
@@ -284,13 +288,14 @@ def recolour_command(
     keep: Kinds = "sketch,instances", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
-    batch: Batch = 1, device: Device = "auto", output: Output = Path("recoloured"),
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("recoloured"), allow_flat: AllowFlat = False,
 ) -> None:
     """Palette recolouring: the image's layout in another image's colours."""
     from ..io.images import open_image
     from ..tasks.composer import recolour
 
-    request, kinds = _request(scheduler, steps, guidance, seed, batch), _split("keep", keep)
+    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    kinds = _split("keep", keep)
     picture, reference = open_image(image, "image"), open_image(palette_from, "palette-from")
     results = recolour(_model(model, adapter, image_encoder, device), picture, reference, kinds, request, caption)
     _echo(_write(results, output))
@@ -302,13 +307,14 @@ def style_command(
     structure: Kinds = "sketch", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
-    batch: Batch = 1, device: Device = "auto", output: Output = Path("styled"),
+    batch: Batch = 1, device: Device = "auto", output: Output = Path("styled"), allow_flat: AllowFlat = False,
 ) -> None:
     """Style transfer through the image embedding: content's structure, style's embedding and palette."""
     from ..io.images import open_image
     from ..tasks.composer import style_transfer
 
-    request, kinds = _request(scheduler, steps, guidance, seed, batch), _split("structure", structure)
+    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    kinds = _split("structure", structure)
     a, b = open_image(content, "content"), open_image(style, "style")
     results = style_transfer(_model(model, adapter, image_encoder, device), a, b, kinds, request, caption)
     _echo(_write(results, output))

@@ -78,6 +78,7 @@ def train_composer(
                                         "or choose a new folder")
 
     # 2. Load, then train.
+    hold_run_lock(output)
     import torch
 
     from ..decompose.embedding import ClipImageEncoder
@@ -150,6 +151,7 @@ def train_base(
                          checkpoint_every=checkpoint_every, ema_decay=ema_decay, seed=seed,
                          mixed_precision=mixed_precision, cpu=cpu).check()
     _check_output(output)
+    hold_run_lock(output)
 
     import torch
 
@@ -196,6 +198,7 @@ def train_vae(
     _check_output(output)
     if decoder_only and init is None:
         raise InvalidParameter("decoder-only", "used with --init PARTS (a trained VAE to keep the encoder of)", True)
+    hold_run_lock(output)
 
     from ..models.bundled import SIZE, load_part, new_vae, write_part
     from ..training import train
@@ -236,6 +239,7 @@ def train_encoder(
                          weight_decay=0.01, checkpoint_every=checkpoint_every, seed=seed, cpu=cpu).check()
     v.integer("pool", pool, batch_size)
     _check_output(output)
+    hold_run_lock(output)
 
     import torch
 
@@ -284,6 +288,7 @@ def train_analyser(
     v.integer("evaluate", evaluate, 1)
     configs = analyser_configs(output, steps, classifier_steps, batch_size, lr, seed, cpu)
     _check_output(output)
+    hold_run_lock(output)
 
     from ..evaluation.analyser import Analyser, AnalyserWeights
     from ..models.bundled import write_part
@@ -377,12 +382,20 @@ def _check_output(output: Path) -> None:
         raise InvalidParameter("output", "a folder (new, or one this command wrote)", str(output))
 
 
+def hold_run_lock(output: Path) -> None:
+    """This command is the one run training into ``output`` until it exits (training/lock.py)."""
+    from ..training.lock import acquire
+
+    acquire(output)
+
+
 def _save_pretrained(module, folder: Path) -> Path:
     """A diffusers model as a folder (safetensors), written beside and renamed into place."""
     import shutil
-    import tempfile
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    from ..io.files import temp_folder
+
+    tmp = temp_folder(folder)
     try:
         module.save_pretrained(tmp, safe_serialization=True)
         if folder.exists():

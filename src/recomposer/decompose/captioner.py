@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..conditions.caption import Caption
 from ..errors import InvalidParameter, ModelError
-from ..models.local import check_model_dir, first_line, load_image_processor, load_pretrained, read_model_type
+from ..models.local import check_model_dir, load_image_processor, load_pretrained, load_tokenizer, read_model_type
 from .depth import check_rgb
 
 # Captioning models that need no prompt: the image alone starts generation.
@@ -42,7 +42,7 @@ class TransformersCaptioner:
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  max_new_tokens: int = 40):
-        from transformers import AutoModelForImageTextToText, AutoTokenizer
+        from transformers import AutoModelForImageTextToText
 
         field = "captioner"
         if type(max_new_tokens) is not int or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
@@ -54,10 +54,7 @@ class TransformersCaptioner:
             raise ModelError(field, f"{self.root} is a {self.model_type!r} model; supported captioners: "
                                     + ", ".join(SUPPORTED.values()))
         self.processor = load_image_processor(self.root, field)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.root, local_files_only=True, trust_remote_code=False)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ModelError(field, f"{self.root} has no usable tokenizer: {first_line(e)}") from None
+        self.tokenizer = load_tokenizer(self.root, field)
         self.model = load_pretrained(AutoModelForImageTextToText, self.root, field, device, dtype)
 
     def describe(self) -> dict:

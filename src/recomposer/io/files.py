@@ -1,34 +1,40 @@
-"""All-or-nothing file writes (RELIABILITY.md R6): temp file in the same folder, fsync, rename."""
+"""All-or-nothing file writes (RELIABILITY.md R6): temp file or folder beside the target, fsync, rename.
+
+Temp names carry the writer's process id, ``.NAME.PID.RANDOM.tmp``: a write cut short by a signal
+removes its own temp (the CLI turns SIGTERM into an exception for that), and one cut short by SIGKILL
+leaves a temp whose process is gone, which the next write into that folder removes
+(``remove_stale_temps``). A temp of a live process, another run writing there now, is left alone.
+"""
 
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+_TEMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a temp file beside ``path``, then rename it over ``path``.
     A reader sees the old file or the whole new one; a failure leaves no temp file behind."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result gets the usual permissions
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a result gets the usual permissions
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_png(image, path: str | Path) -> Path:
@@ -39,17 +45,16 @@ def save_png(image, path: str | Path) -> Path:
 
 
 def write_folder(output: str | Path, files: dict) -> Path:
-    """A new folder of files, all or none: written into a hidden temp folder beside ``output``, then renamed.
-    ``files`` maps names to str (text), a PIL image (PNG), or a callable that writes into the temp folder."""
-    import shutil
-
+    """A new folder of files, all or none: written into a hidden temp folder beside ``output``, every file
+    fsynced, then renamed. ``files`` maps names to str (text), a PIL image (PNG), or a callable that writes
+    into the temp folder."""
     from ..errors import RecomposerError
 
     output = Path(output)
     if output.exists():
         raise RecomposerError("output", f"{output} exists; choose a new folder")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    tmp = temp_folder(output)
     try:
         for name, content in files.items():
             if isinstance(content, str):
@@ -58,9 +63,72 @@ def write_folder(output: str | Path, files: dict) -> Path:
                 content(tmp)
             else:
                 content.save(tmp / name, format="PNG")
-        os.chmod(tmp, 0o777 & ~_umask())
+        for path in sorted(tmp.rglob("*"), reverse=True):  # files first, then their folders
+            _fsync_dir(path) if path.is_dir() else _fsync_file(path)
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
+        os.chmod(tmp, 0o777 & ~umask())
+        _fsync_dir(tmp)
         tmp.rename(output)
+        _fsync_dir(output.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output
+
+
+def temp_folder(target: Path) -> Path:
+    """A new hidden temp folder beside ``target``, of our naming (stale ones there are removed first)."""
+    remove_stale_temps(target.parent)
+    return Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Remove temp files and folders of our naming whose writer process is gone (killed mid-write)."""
+    folder = Path(folder)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or no pid at all
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -115,13 +115,13 @@ def load_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.T
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
     """Refuse a state dict holding NaN or inf in any floating tensor."""
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not _finite(tensor):
             raise UnsafeFile(source, f"tensor {name!r} holds NaN or inf")
 
 
-def refuse_pickles_in(folder: Path) -> None:
-    """Fail with a helpful message when a model folder holds only pickle-format weights."""
-    pickles = sorted(p.name for ext in ("*.bin", "*.ckpt", "*.pt", "*.pth", "*.pkl") for p in folder.glob(ext))
-    if pickles and not any(folder.glob("*.safetensors")):
-        raise UnsafeFile(str(folder), f"holds only pickle-format weights ({', '.join(pickles)}); "
-                                      "recomposer loads .safetensors only")
+def _finite(tensor: torch.Tensor) -> bool:
+    """isfinite for every floating dtype; float8 kinds (no isfinite kernel) are widened a slice at a time."""
+    if tensor.element_size() > 1:
+        return bool(torch.isfinite(tensor).all())
+    flat = tensor.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + 2**24].to(torch.float16)).all()) for i in range(0, flat.numel(), 2**24))

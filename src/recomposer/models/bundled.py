@@ -12,6 +12,7 @@ Captions are encoded on their real tokens only and the UNet masks the padding ou
 (``Backbone.mask_padding``): the same numbers as encoding all 128 positions, at a third of the cost.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -75,21 +76,23 @@ def read_part(name: str, folder: Path = WEIGHTS) -> tuple[dict[str, torch.Tensor
     check_finite(tensors, str(path))
     try:
         settings = json.loads(config.read_text(encoding="utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ModelError("model", f"{config} is not valid JSON (reinstall recomposer)") from None
+    if not isinstance(settings, dict):
+        raise ModelError("model", f"{config} is not a JSON object (reinstall recomposer)")
+    expected = settings.get("weights_sha256")
+    if expected is not None and expected != _file_sha256(path):
+        raise ModelError("model", f"{path.name} is not the file {config.name} was written with (a write cut short?); "
+                                  "train the part again or reinstall recomposer")
     return tensors, settings
 
 
 def load_part(module: torch.nn.Module, name: str, folder: Path = WEIGHTS) -> torch.nn.Module:
     """Fill ``module`` with a bundled part's weights: every key present, every shape right."""
+    from .composer import check_fits
+
     tensors, _ = read_part(name, folder)
-    own = module.state_dict()
-    missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-    wrong = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
-    if missing or extra or wrong:
-        raise ModelError("model", f"{folder / name}.safetensors does not fit its architecture (missing "
-                                  f"{missing[:1]}, unexpected {extra[:1]}, wrong shape {wrong[:1]})")
-    module.load_state_dict({k: t.to(own[k].dtype) for k, t in tensors.items()})
+    check_fits(module, tensors, f"{folder / name}.safetensors")
     return module
 
 
@@ -98,7 +101,10 @@ def load_bundled_backbone(device: torch.device, dtype: torch.dtype, folder: Path
     """The bundled VAE + UNet + MiniLM (the Composer adapter: ``load_bundled_composer``). ``fresh_unet``:
     a newly initialised UNet where the folder has none yet (training the UNet from scratch)."""
     _, vae_settings = read_part("vae", folder)
-    vae = load_part(AutoencoderKL(**VAE_CONFIG, scaling_factor=vae_settings["scaling_factor"]), "vae", folder)
+    scale = vae_settings.get("scaling_factor")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < 1e3:
+        raise ModelError("model", f"{folder / 'vae.json'} holds no valid scaling_factor (a number > 0), got {scale!r}")
+    vae = load_part(AutoencoderKL(**VAE_CONFIG, scaling_factor=float(scale)), "vae", folder)
     unet = new_unet() if fresh_unet and not has_part("unet", folder) else \
         load_part(UNet2DConditionModel(**UNET_CONFIG), "unet", folder)
     source = ModelSource("bundled", None if folder == WEIGHTS else str(folder))
@@ -110,16 +116,15 @@ def load_bundled_composer(folder: Path = WEIGHTS):
     from .composer import ComposerAdapter, ComposerConfig
 
     _, settings = read_part("composer", folder)
-    try:
-        config = ComposerConfig(**settings["config"])
-    except (KeyError, TypeError):
-        raise ModelError("model", f"{folder / 'composer.json'} holds no adapter config (reinstall recomposer)") from None
+    config = ComposerConfig.read(settings.get("config"), str(folder / "composer.json"))
     return load_part(ComposerAdapter(config), "composer", folder)
 
 
 def write_part(module: torch.nn.Module, name: str, folder: Path, settings: dict) -> Path:
     """A part as ``folder/name.safetensors`` (fp16, the bundled precision) + ``name.json``, each written
-    all or nothing. Training reads parts back from here, so what trains on them is what ships."""
+    all or nothing, the JSON last with the weights' sha256 in it: a run cut off between the two leaves a
+    pair that ``read_part`` refuses, never new weights under old settings. Training reads parts back from
+    here, so what trains on them is what ships."""
     from safetensors.torch import save
 
     from ..io.files import atomic_write
@@ -127,7 +132,9 @@ def write_part(module: torch.nn.Module, name: str, folder: Path, settings: dict)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: (t.half() if t.is_floating_point() else t).detach().cpu().contiguous()
                for k, t in module.state_dict().items()}
-    path = atomic_write(folder / f"{name}.safetensors", lambda f: f.write(save(tensors)))
+    data = save(tensors)
+    settings = {**settings, "weights_sha256": hashlib.sha256(data).hexdigest()}  # the JSON vouches for the weights
+    path = atomic_write(folder / f"{name}.safetensors", lambda f: f.write(data))
     atomic_write(folder / f"{name}.json", lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode()))
     return path
 
@@ -141,6 +148,11 @@ def load_bundled_image_encoder(device: torch.device | str = "cpu", dtype: torch.
     model = load_part(WorldImageEncoder(), "image_encoder", folder)
     identity = f"bundled:world-encoder@{weights_sha256(model.half())[:12]}"
     return BundledImageEncoder(model.to(torch.device(device), dtype), identity)
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def has_part(name: str, folder: Path = WEIGHTS) -> bool:

@@ -60,6 +60,10 @@ TIME, TOKENS, CHANNELS = "timestep embedding", "context tokens", "input channels
 FORMAT = "recomposer.composer/1"  # safetensors metadata: what the file holds
 
 
+MAX_PARAMETERS = 500_000_000  # a Composer adapter for SD 1.5 has about 12M
+_MAX_SIZE = {"vae_factor": 64, "tokens_per_global": 64, "local_channels": 1024, "local_width": 1024}  # others 8192
+
+
 @dataclass(frozen=True)
 class ComposerConfig:
     """Sizes of a Composer adapter; ``for_backbone`` reads the backbone's from the model."""
@@ -77,12 +81,40 @@ class ComposerConfig:
     image_encoder: str | None = None  # identity of the image encoder it was trained with; None: any of the right dim
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name != "image_encoder" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise InvalidParameter(f"composer.{f.name}", "an integer >= 1", value)
+        for f in fields(self):  # bounded, so a forged config is refused before anything is allocated
+            value, high = getattr(self, f.name), _MAX_SIZE.get(f.name, 8192)
+            if f.name != "image_encoder" and (isinstance(value, bool) or not isinstance(value, int)
+                                              or not 1 <= value <= high):
+                raise InvalidParameter(f"composer.{f.name}", f"an integer in [1, {high}]", value)
+        if self.image_encoder is not None and not isinstance(self.image_encoder, str):
+            raise InvalidParameter("composer.image_encoder", "a string or null", self.image_encoder)
         if self.vae_factor & (self.vae_factor - 1):
             raise InvalidParameter("composer.vae_factor", "a power of two", self.vae_factor)
+        if self.parameter_count() > MAX_PARAMETERS:
+            raise InvalidParameter("composer", f"sizes of at most {MAX_PARAMETERS:.0e} parameters",
+                                   f"{self.parameter_count():.3g}")
+
+    def parameter_count(self) -> int:
+        """Weights of the adapter these sizes make (biases included), counted before anything is built."""
+        c, w = self, self.local_width
+        globals_ = c.sentence_dim + c.image_embedding_dim + c.palette_dim
+        time = globals_ * c.time_embed_dim + 3 * c.time_embed_dim
+        tokens = (c.image_embedding_dim + c.palette_dim + 2) * c.tokens_per_global * c.cross_attention_dim
+        halvings = int(math.log2(c.vae_factor))
+        local = sum(9 * (n * w + halvings * w * w + w * c.local_channels) + (1 + halvings) * w + c.local_channels
+                    for n in ComposerAdapter.LOCAL_INPUTS.values())
+        return time + tokens + local + 9 * c.local_channels * c.unet_in_width
+
+    @classmethod
+    def read(cls, settings: object, source: str) -> "ComposerConfig":
+        """A config from a file's JSON (a string or an object); anything else is a ModelError naming ``source``."""
+        try:
+            settings = json.loads(settings) if isinstance(settings, str) else settings
+            if not isinstance(settings, dict):
+                raise TypeError("not a JSON object")
+            return cls(**settings)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ModelError(source, f"has an unreadable adapter config ({e})") from None
 
     @classmethod
     def for_backbone(cls, backbone: Backbone, image_embedding_dim: int, **settings) -> "ComposerConfig":
@@ -227,13 +259,14 @@ class ComposerAdapter(nn.Module):
 
     # --- files --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Weights as safetensors, the config as JSON in the file's metadata."""
-        from safetensors.torch import save_file
+        """Weights as safetensors, the config as JSON in the file's metadata; written all or nothing."""
+        from safetensors.torch import save
 
-        path = Path(path)
+        from ..io.files import atomic_write
+
         state = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
-        save_file(state, str(path), metadata={"format": FORMAT, "config": json.dumps(asdict(self.config))})
-        return path
+        data = save(state, metadata={"format": FORMAT, "config": json.dumps(asdict(self.config))})
+        return atomic_write(path, lambda f: f.write(data))
 
     @classmethod
     def load(cls, path: str | Path) -> "ComposerAdapter":
@@ -244,15 +277,8 @@ class ComposerAdapter(nn.Module):
         if meta.get("format") != FORMAT:
             raise ModelError(str(path), f"is not a Composer adapter (format {meta.get('format')!r}, "
                                         f"expected {FORMAT!r})")
-        try:
-            config = ComposerConfig(**json.loads(meta["config"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(str(path), f"has an unreadable adapter config ({e})") from None
-        adapter = cls(config)
-        missing, unexpected = adapter.load_state_dict(load_safetensors(path), strict=False)
-        if missing or unexpected:
-            raise ModelError(str(path), f"does not fit its config (missing {sorted(missing)}, "
-                                        f"unexpected {sorted(unexpected)})")
+        adapter = cls(ComposerConfig.read(meta.get("config"), str(path)))
+        check_fits(adapter, load_safetensors(path), str(path))
         return adapter.eval()
 
 
@@ -322,6 +348,20 @@ def generation_size(*sets: ConditionSet) -> tuple[int, int] | None:
                     raise InvalidParameter(kind, f"{found[1][0]}x{found[1][1]} pixels like the {found[0]}",
                                            f"{size[0]}x{size[1]}")
     return None if found is None else found[1]
+
+
+def check_fits(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Fill ``module`` with ``tensors``: every key present, none extra, every shape right, else a ModelError."""
+    own = module.state_dict()
+    missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    wrong = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    if missing or extra or wrong:
+        detail = [f"{len(missing)} missing, e.g. {missing[0]!r}" if missing else "",
+                  f"{len(extra)} unexpected, e.g. {extra[0]!r}" if extra else "",
+                  f"{len(wrong)} of the wrong shape, e.g. {wrong[0]!r}: {list(tensors[wrong[0]].shape)} where "
+                  f"{list(own[wrong[0]].shape)} fits" if wrong else ""]
+        raise ModelError(source, "does not fit its architecture (" + "; ".join(d for d in detail if d) + ")")
+    module.load_state_dict({k: t.to(own[k].dtype) for k, t in tensors.items()})
 
 
 def _zero(layer: nn.Module) -> nn.Module:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import AutoModel, AutoTokenizer
+from diffusers.loaders.single_file_utils import SingleFileComponentError
 
-from ..errors import ModelError
-from ..io.weights import check_finite, check_safetensors, refuse_pickles_in
+from ..errors import ModelError, RecomposerError
+from ..io.weights import check_finite
+from . import library
 from .backbone import Backbone, ModelSource
 from .local import first_line
 
@@ -56,38 +57,44 @@ def is_parts_dir(path: Path) -> bool:
         and (path / "unet.json").is_file()
 
 
-def check_diffusers_dir(path: str | Path) -> Path:
-    """Refuse a model directory that is missing pieces or holds only pickle weights; check each weights file."""
+def check_diffusers_dir(path: str | Path, field: str = "model") -> Path:
+    """Refuse a model directory that names code or unknown components, misses pieces, or whose weights
+    are not all safetensors by their bytes (models/library.py); nothing is loaded yet."""
     root = Path(path)
     if not (root / "model_index.json").is_file():
-        raise ModelError("model", f"{root} is not a diffusers model directory (no model_index.json)")
+        raise ModelError(field, f"{root} is not a diffusers model directory (no model_index.json)")
+    classes = library.check_model_index(root, field)
+    library.refuse_custom_code(root, field)
     for name in COMPONENTS:
         if not (root / name).is_dir():
-            raise ModelError("model", f"{root} is incomplete: the {name}/ folder is missing")
-    for name in ("unet", "vae", "text_encoder"):
-        folder = root / name
-        refuse_pickles_in(folder)
-        files = sorted(folder.glob("*.safetensors"))
-        if not files:
-            raise ModelError("model", f"{folder} holds no .safetensors weights")
-        for f in files:
-            check_safetensors(f)
+            raise ModelError(field, f"{root} is incomplete: the {name}/ folder is missing")
+        if name in ("text_encoder", "tokenizer") and name not in classes:
+            raise ModelError(field, f"{root / 'model_index.json'} does not name the {name}'s class")
+    for name, stem in (("unet", library.DIFFUSERS_WEIGHTS), ("vae", library.DIFFUSERS_WEIGHTS),
+                       ("text_encoder", library.TRANSFORMERS_WEIGHTS)):
+        library.checked_weights(root / name, stem, field)
     return root
 
 
 def load_diffusers_dir(path: str | Path, device: torch.device, dtype: torch.dtype) -> Backbone:
-    root = check_diffusers_dir(path)
-    common = dict(local_files_only=True, use_safetensors=True, output_loading_info=True)
+    root = check_diffusers_dir(path).resolve()
+    classes = library.check_model_index(root, "model")
+    encoder_class = library.transformers_class(classes["text_encoder"])
+    _check_model_type(root / "text_encoder", encoder_class)
     try:
-        unet, unet_info = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=dtype, **common)
-        vae, vae_info = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype, **common)
+        unet, unet_info = library.diffusers_model(UNet2DConditionModel, root / "unet", "model", dtype)
+        vae, vae_info = library.diffusers_model(AutoencoderKL, root / "vae", "model", dtype)
         # ignore_mismatched_sizes: report wrong shapes through the loading info (checked below), not a raw error
-        text_encoder, text_info = AutoModel.from_pretrained(root / "text_encoder", dtype=dtype,
-                                                            ignore_mismatched_sizes=True, **common)
-        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
-        scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as e:
+        text_encoder, text_info = library.transformers_model(encoder_class, root / "text_encoder", "model", dtype,
+                                                             ignore_mismatched_sizes=True)
+        tokenizer = library.tokenizer(library.transformers_class(classes["tokenizer"]), root / "tokenizer", "model")
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as e:
+        if isinstance(e, RecomposerError):
+            raise
         raise ModelError("model", f"{root} could not be loaded: {first_line(e)}") from None
+    scheduler_config = library.read_json(root / "scheduler" / "scheduler_config.json", "model")
+    if not isinstance(scheduler_config, dict):
+        raise ModelError("model", f"{root / 'scheduler' / 'scheduler_config.json'} is not a JSON object")
     for name, info in (("unet", unet_info), ("vae", vae_info), ("text_encoder", text_info)):
         _check_loading_info(root / name, info)
     if any(k.startswith("pooler.") for k in text_info.get("missing_keys", [])):
@@ -97,31 +104,49 @@ def load_diffusers_dir(path: str | Path, device: torch.device, dtype: torch.dtyp
 
 
 def load_single_file(path: str | Path, config: str | Path, device: torch.device, dtype: torch.dtype) -> Backbone:
-    """An original-layout SD checkpoint in one .safetensors file, with configs from a local directory."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.loaders.single_file_utils import SingleFileComponentError
+    """An original-layout SD checkpoint in one .safetensors file, with configs from a local directory.
 
-    path, config = Path(path), Path(config)
-    check_safetensors(path)  # by content: a pickle named .safetensors stops here
+    The file is read by safetensors alone (whatever its name) and handed to diffusers' converters as
+    tensors; the ``config`` folder gives configs only, checked like a model directory's, never weights.
+    """
+    path, config = Path(path).resolve(), Path(config).resolve()
+    state = library.single_file_state(path)  # by content: a pickle named .safetensors stops here
     if not (config / "model_index.json").is_file():
         raise ModelError("config", f"{config} is not a diffusers model directory (no model_index.json)")
+    classes = library.check_model_index(config, "config")
+    library.refuse_custom_code(config, "config")
+    for name in COMPONENTS:
+        if not (config / name).is_dir():
+            raise ModelError("config", f"{config} is incomplete: the {name}/ folder is missing")
+        if name in ("text_encoder", "tokenizer") and name not in classes:
+            raise ModelError("config", f"{config / 'model_index.json'} does not name the {name}'s class")
+    encoder_class = library.transformers_class(classes["text_encoder"])
+    if not any(k.startswith(("cond_stage_model.", "conditioner.", "text_encoders.")) for k in state):
+        raise ModelError("model", f"{path} holds no text encoder weights (cond_stage_model.*)")
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
-            safety_checker=None, requires_safety_checker=False)
-    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as e:
+        unet = library.single_file_model(UNet2DConditionModel, state, config, "unet", dtype)
+        vae = library.single_file_model(AutoencoderKL, state, config, "vae", dtype)
+        text_encoder = library.single_file_text_encoder(encoder_class, state, config, dtype)
+        tokenizer = library.tokenizer(library.transformers_class(classes["tokenizer"]), config / "tokenizer",
+                                      "config")
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, SingleFileComponentError) as e:
+        if isinstance(e, RecomposerError):
+            raise
         reason = first_line(e)
         if "meta tensor" in reason:  # diffusers could not place a weight it never got: the checkpoint lacks it
             reason = "weights the configs call for are missing from the checkpoint"
         raise ModelError("model", f"{path} could not be loaded with the configs in {config}: {reason}") from None
-    for name in ("unet", "vae", "text_encoder"):  # diffusers leaves weights the file lacks on the meta device
-        module = getattr(pipe, name)
+    for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        # diffusers leaves weights the file lacks on the meta device
         missing = [k for k, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
         if missing:
             raise ModelError("model", f"{path} lacks {len(missing)} {name} weights that the configs in {config} "
                                       f"call for, e.g. {missing[0]!r}")
+    scheduler_config = library.read_json(config / "scheduler" / "scheduler_config.json", "config")
+    if not isinstance(scheduler_config, dict):
+        raise ModelError("config", f"{config / 'scheduler' / 'scheduler_config.json'} is not a JSON object")
     source = ModelSource("single-file", str(path), str(config))
-    backbone = _assemble(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config), source)
+    backbone = _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, source)
     return backbone.to(device, dtype)
 
 
@@ -152,3 +177,13 @@ def _check_loading_info(folder: Path, info: dict) -> None:
         raise ModelError("model", f"{folder} lacks {len(missing)} weights, e.g. {missing[0]!r}")
     if mismatched:
         raise ModelError("model", f"{folder} has weights of the wrong shape, e.g. {mismatched[0]!r}")
+
+
+def _check_model_type(folder: Path, cls) -> None:
+    """The text encoder's config.json is of the kind model_index.json names (a BERT config is no CLIP model)."""
+    config = library.read_json(folder / "config.json", "model") if (folder / "config.json").is_file() else None
+    expected = cls.config_class.model_type
+    if not isinstance(config, dict) or config.get("model_type") != expected:
+        got = config.get("model_type") if isinstance(config, dict) else None
+        raise ModelError("model", f"{folder / 'config.json'} has model_type {got!r}; model_index.json names "
+                                  f"{cls.__name__}, whose model_type is {expected!r}")

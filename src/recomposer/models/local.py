@@ -10,24 +10,21 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError
-from ..io.weights import check_finite, check_safetensors, refuse_pickles_in
+from ..errors import ModelError, RecomposerError
+from ..io.weights import check_finite
+from . import library
 
 
 def check_model_dir(path: str | Path, field: str) -> Path:
-    """A local transformers directory: config.json present, weights in safetensors (each checked by
-    its bytes), pickle-only folders refused (RELIABILITY R1)."""
+    """A local transformers directory: config.json present, no config naming code, weights in safetensors
+    (each checked by its bytes, shards included), pickle-only folders refused (RELIABILITY R1)."""
     root = Path(path)
     if not root.is_dir():
         raise ModelError(field, f"no such model directory: {path}")
     if not (root / "config.json").is_file():
         raise ModelError(field, f"{root} is not a transformers model directory (no config.json)")
-    refuse_pickles_in(root)
-    files = sorted(root.glob("*.safetensors"))
-    if not files:
-        raise ModelError(field, f"{root} holds no .safetensors weights")
-    for f in files:
-        check_safetensors(f)
+    library.refuse_custom_code(root, field)
+    library.checked_weights(root, library.TRANSFORMERS_WEIGHTS, field)
     return root
 
 
@@ -41,20 +38,20 @@ def read_model_type(root: Path, field: str) -> str:
     return config["model_type"]
 
 
-def load_pretrained(auto_class, root: Path, field: str, device: str | torch.device, dtype: torch.dtype):
-    """``auto_class.from_pretrained`` offline, safetensors only, no remote code; missing or mis-shaped
-    weights and NaN/inf weights are errors, never silently random. Unexpected weights (a full CLIP
-    checkpoint read as its vision half) are fine."""
+def load_pretrained(model_class, root: Path, field: str, device: str | torch.device, dtype: torch.dtype):
+    """``model_class.from_pretrained`` through the library door (offline, safetensors only, no remote code);
+    missing or mis-shaped weights and NaN/inf weights are errors, never silently random. Unexpected
+    weights (a full CLIP checkpoint read as its vision half) are fine."""
     from transformers.utils import logging
 
-    common = dict(local_files_only=True, use_safetensors=True, trust_remote_code=False,
-                  output_loading_info=True, ignore_mismatched_sizes=True)
     verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()  # the load report lists expected unexpected keys; we check what matters
     logging.disable_progress_bar()
     try:
-        model, info = auto_class.from_pretrained(root, dtype=dtype, **common)
+        model, info = library.transformers_model(model_class, root, field, dtype, ignore_mismatched_sizes=True)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as e:
+        if isinstance(e, RecomposerError):
+            raise
         raise ModelError(field, f"{root} could not be loaded: {first_line(e)}") from None
     finally:
         logging.set_verbosity(verbosity)
@@ -72,12 +69,24 @@ def load_pretrained(auto_class, root: Path, field: str, device: str | torch.devi
 
 def load_image_processor(root: Path, field: str):
     """The directory's image processor, PIL backend (no torchvision; the same pixels on every machine)."""
-    from transformers import AutoImageProcessor
+    try:
+        return library.image_processor(root, field)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        if isinstance(e, RecomposerError):
+            raise
+        raise ModelError(field, f"{root} has no usable image processor config: {first_line(e)}") from None
+
+
+def load_tokenizer(root: Path, field: str, tokenizer_class=None):
+    """The directory's tokenizer: ``tokenizer_class``, or transformers' AutoTokenizer over built-in classes."""
+    from transformers import AutoTokenizer
 
     try:
-        return AutoImageProcessor.from_pretrained(root, local_files_only=True, trust_remote_code=False, backend="pil")
+        return library.tokenizer(tokenizer_class or AutoTokenizer, root, field)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelError(field, f"{root} has no usable image processor config: {first_line(e)}") from None
+        if isinstance(e, RecomposerError):
+            raise
+        raise ModelError(field, f"{root} has no usable tokenizer: {first_line(e)}") from None
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

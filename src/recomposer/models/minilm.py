@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidParameter, ModelError
-from .local import check_model_dir, first_line, load_pretrained
+from .local import check_model_dir, load_pretrained, load_tokenizer
 
 FIELD = "text-encoder"
 HIDDEN = 384  # width of the token states (BERT hidden size)
@@ -67,15 +67,12 @@ def check_pinned_files(root: Path) -> None:
 
 def load_minilm(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """(BertModel in eval mode, its tokenizer padding/truncating to MAX_TOKENS), offline, safetensors only."""
-    from transformers import AutoTokenizer, BertModel
+    from transformers import BertModel
 
     root = check_model_dir(minilm_path(), FIELD)  # config.json present, safetensors checked by bytes, no pickles
     check_pinned_files(root)
     model = load_pretrained(BertModel, root, FIELD, device, dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelError(FIELD, f"{root} has no usable tokenizer: {first_line(e)}") from None
+    tokenizer = load_tokenizer(root, FIELD)
     tokenizer.model_max_length = MAX_TOKENS  # padding="max_length" and truncation use it
     return model, tokenizer
 

@@ -29,8 +29,9 @@ from ..guidance import GUIDANCE_MAX, GuidancePlan, Term, guided
 from ..io.images import to_pil
 from ..models.backbone import Backbone
 from ..models.composer import ComposerAdapter, generation_size
+from ..models.memory import check_fits
 from ..provenance import FORMAT, library_versions
-from ..sampling import StepCallback, check_finite, inpaint_blend, noise, sample
+from ..sampling import StepCallback, decode_checked, inpaint_blend, noise, sample
 from ..schedulers import NAMES, display_name, make_scheduler
 from .generate import MAX_BATCH, MAX_STEPS, Generated
 
@@ -89,6 +90,7 @@ class ComposeRequest:
     batch: int = 1
     base: tuple[str, ...] = ()  # kinds of the conditions that form c₂ (default ∅)
     weights: tuple[Weight, ...] = ()  # extra per-condition terms
+    allow_flat: bool = False  # keep an image of one flat colour (otherwise an error: R5)
 
     def check(self) -> "ComposeRequest":
         v.choice("scheduler", self.scheduler, NAMES)
@@ -96,6 +98,7 @@ class ComposeRequest:
         v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
         v.seed("seed", self.seed)
         v.integer("batch", self.batch, 1, MAX_BATCH)
+        v.boolean("allow_flat", self.allow_flat)
         for weight in self.weights:
             Term(ConditionSet(), weight.scale, weight.start, weight.end)  # checks scale and window
         return self
@@ -126,7 +129,9 @@ def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest =
     b = model.backbone
     width, height = size or generation_size(conds) or (model.size, model.size)
     denoiser = ComposerDenoiser(b, model.adapter, size=(width, height))
-    denoise = guided(denoiser, plan(conds, request), request.batch)
+    guidance = plan(conds, request)
+    check_fits(b, width, height, request.batch, rows=1 + len(guidance.terms))  # before any compute (R10)
+    denoise = guided(denoiser, guidance, request.batch)
 
     scheduler = make_scheduler(request.scheduler, b.scheduler_config)
     scheduler.set_timesteps(request.steps, device=b.device)
@@ -141,7 +146,7 @@ def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest =
         hooks.append(inpaint_blend(scheduler, known.repeat(request.batch, 1, 1, 1), eps, latent_mask))
 
     x = sample(denoise, scheduler, x, generators, hooks=hooks, callback=callback, cancel=cancel)
-    pixels = check_finite(b.decode(check_finite(x, "latents")), "decoded image").float()
+    pixels = decode_checked(b, x, request.allow_flat).float()
     if masked is not None:  # paste the source back outside the mask: those pixels stay exactly as they were
         m = masked.mask.to(pixels)
         pixels = m * pixels + (1 - m) * masked.image.to(pixels)

@@ -21,8 +21,9 @@ from ..errors import BadImage, InvalidParameter
 from ..guidance import GUIDANCE_MAX, cfg, guided
 from ..io.images import to_pil, to_tensor
 from ..models.backbone import Backbone
+from ..models.memory import check_fits
 from ..provenance import FORMAT, library_versions
-from ..sampling import StepCallback, check_finite, inpaint_blend, noise, sample, strength_start
+from ..sampling import StepCallback, decode_checked, inpaint_blend, noise, sample, strength_start
 from ..schedulers import NAMES, display_name, make_scheduler
 from .. import validation as v
 
@@ -43,6 +44,7 @@ class GenerateRequest:
     width: int | None = None  # None: the image's width, else the model's native size
     height: int | None = None
     strength: float | None = None  # with an image: the share of the schedule re-run (None: 0.8, inpainting 1.0)
+    allow_flat: bool = False  # keep an image of one flat colour (otherwise an error: R5)
 
     def check(self) -> None:
         """Validate everything that needs no model (before any loading or compute)."""
@@ -60,6 +62,7 @@ class GenerateRequest:
         for name in ("width", "height"):
             if getattr(self, name) is not None:
                 v.integer(name, getattr(self, name), 8, MAX_SIDE)
+        v.boolean("allow_flat", self.allow_flat)
         if self.strength is not None:
             v.real("strength", self.strength, 0.0, 1.0)
             if self.steps * self.strength < 1:
@@ -87,6 +90,7 @@ def generate(backbone: Backbone, request: GenerateRequest, image: Image.Image | 
     masked = None if mask is None else MaskedImage(to_tensor(image), mask)
     plan = cfg(ConditionSet.of(Caption(request.prompt), masked), request.guidance,
                negative=ConditionSet.of(Caption(request.negative), masked))
+    check_fits(b, width, height, batch, rows=1 + len(plan.terms))  # before any compute (R10)
     denoise = guided(BackboneDenoiser(b), plan, batch)
 
     # 2. Schedule, per-sample generators (CPU: the same noise on every device).
@@ -117,7 +121,7 @@ def generate(backbone: Backbone, request: GenerateRequest, image: Image.Image | 
 
     # 4. The loop, then decode; NaN/inf anywhere is an error, never a saved picture.
     x = sample(denoise, scheduler, x, generators, first=first, hooks=hooks, callback=callback, cancel=cancel)
-    pixels = check_finite(b.decode(check_finite(x, "latents")), "decoded image")
+    pixels = decode_checked(b, x, request.allow_flat)
     images = to_pil(pixels)
     base = provenance_base(b, request, image, mask)
     floats = (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()

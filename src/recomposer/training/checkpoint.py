@@ -39,6 +39,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import ModelError, RecomposerError
+from ..io.files import umask
 from ..io.weights import check_safetensors, load_safetensors, sniff
 
 FOLDER = "checkpoints"
@@ -85,7 +86,7 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model: dict[str, torch
         digests["state.json"] = _write_file(tmp, "state.json", _text(json.dumps(state, indent=2)))
         marker = {"format": FORMAT, "step": step, "files": digests}
         _write_file(tmp, MARKER, _text(json.dumps(marker, indent=2)))  # last: its presence means all is written
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o777 & ~umask())
         _fsync_folder(tmp)
         if final.exists():  # an unusable folder of the same step (skipped on resume): set it aside, then replace
             aside = root / f".{final.name}.{uuid.uuid4().hex}.tmp"
@@ -105,7 +106,7 @@ def _write_file(folder: Path, name: str, write: Callable[[Path], None]) -> dict:
     """Write one file of a checkpoint, fsync it, and return its size and SHA-256."""
     path = folder / name
     write(path)
-    os.chmod(path, 0o644)  # safetensors writes 0600; a checkpoint is as readable as any result
+    os.chmod(path, 0o666 & ~umask())  # safetensors writes 0600; a checkpoint is as readable as any result
     with path.open("rb") as f:
         os.fsync(f.fileno())
         digest = hashlib.file_digest(f, "sha256").hexdigest()

@@ -19,8 +19,6 @@ batch through ``composer_batch``. Conditions are encoded exactly as ``ComposerAd
 sampling time, so training and sampling see the same numbers.
 """
 
-import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,20 +226,10 @@ def new_adapter(backbone: Backbone, image_embedding_dim: int = 768, image_encode
 
 
 def save_adapter(adapter: ComposerAdapter, path: str | Path) -> Path:
-    """``ComposerAdapter.save`` into a temp file beside ``path``, fsynced, then renamed over it (all or nothing)."""
+    """``ComposerAdapter.save``, creating the folder (the file is written all or nothing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        adapter.save(tmp)
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return adapter.save(path)
 
 
 # ---------------------------------------------------------------- sample grids

@@ -39,6 +39,7 @@ from .. import validation
 from ..errors import InvalidParameter, ModelError, NonFiniteResult, RecomposerError
 from ..io.files import atomic_write, save_png
 from .checkpoint import copy_into, latest_complete, load_checkpoint, save_checkpoint
+from .lock import run_lock
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # config fields that change the path of a run: resuming with a different value is an error
@@ -134,6 +135,13 @@ def train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Calla
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise InvalidParameter("model", "a module with at least one parameter that requires grad", type(model).__name__)
+    with run_lock(config.output_dir):  # one run per folder (training/lock.py)
+        return _train(config, model, step_fn, batches, sample_fn, resume, keep_ema, trainable)
+
+
+def _train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Callable[[int], Any],
+           sample_fn: Callable[[nn.Module, int], Any] | None, resume: bool, keep_ema: bool,
+           trainable: list) -> TrainSummary:
 
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
                               gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=config.grad_accum))
