@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 from safetensors.torch import load_file, save_file
+from test_weights_safety import hostile_pickle, hostile_zip
 
 from recomposer.cli import main
-from test_weights_safety import hostile_pickle, hostile_zip
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "recomposer"
 UNET = "unet/diffusion_pytorch_model.safetensors"
@@ -49,6 +49,7 @@ def model(tiny_dir, tmp_path) -> Path:
 @pytest.fixture
 def checkpoint(tmp_path) -> Path:
     from ldm_checkpoint import write_ldm_checkpoint
+
     from recomposer.models.tiny import tiny_sd
 
     return write_ldm_checkpoint(tiny_sd(), tmp_path / "model.safetensors")

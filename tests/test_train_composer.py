@@ -108,17 +108,22 @@ def trainee(prediction_type="epsilon", rates=DropoutRates(), randomise=False, **
 
 @pytest.fixture(scope="module")
 def batch():
-    adapter = new_adapter(tiny_sd(seed=0), image_embedding_dim=16)
-    return world_batches(adapter, 2, 32)(0)
+    return world_batches(tiny_sd(seed=0), 2, 32)(0)
 
 
 def test_batches_are_world_seeds_with_their_exact_conditions():
-    adapter = new_adapter(tiny_sd(seed=0), image_embedding_dim=16)
-    batches = world_batches(adapter, 2, 32)
+    backbone = tiny_sd(seed=0)
+    batches = world_batches(backbone, 2, 32)
     b3 = batches(3)
-    assert b3["caption"] == [make_sample(6, size=32).caption, make_sample(7, size=32).caption]
-    assert torch.equal(b3["image"][1], make_sample(7, size=32).tensors()["image"])
-    assert torch.equal(b3["features"]["depth"][0, 0], torch.from_numpy(make_sample(6, size=32).rendered.depth))
+    samples = [make_sample(s, size=32) for s in (6, 7)]
+    images = torch.stack([s.tensors()["image"] for s in samples])
+    with torch.no_grad():
+        posterior = backbone.vae.encode(images).latent_dist
+        prompts = backbone.encode_prompts([s.caption for s in samples])
+    assert torch.allclose(b3["latent_mean"], posterior.mean, atol=2e-3, rtol=2e-3)  # kept in fp16, as a cache does
+    assert torch.allclose(b3["tokens"], prompts.tokens, atol=2e-3, rtol=2e-3)
+    assert torch.allclose(b3["features"]["depth"][0, 0], torch.from_numpy(samples[0].rendered.depth), atol=5e-4)
+    assert torch.equal(b3["features"]["sketch"][1, 0], torch.from_numpy(samples[1].rendered.sketch).float())
     assert set(b3["features"]) == set(WORLD_KINDS) - {"caption"} and all(p.all() for p in b3["present"].values())
     again = batches(3)
     assert all(torch.equal(again["features"][k], b3["features"][k]) for k in b3["features"])
@@ -134,7 +139,8 @@ def test_the_step_predicts_exactly_what_sampling_predicts(batch):
     model = trainee(randomise=True)
     samples = [make_sample(s, size=32) for s in (0, 1)]
     sets = [world_conditions(samples[0]), world_conditions(samples[1]).without("sketch", "caption")]
-    mixed = composer_batch(batch["image"], sets, model.adapter)
+    images = torch.stack([s.tensors()["image"] for s in samples])
+    mixed = composer_batch(model.backbone, images, sets, model.adapter)
     denoiser = ComposerDenoiser(model.backbone, model.adapter, size=(32, 32))
     seen = set()
     for seed in range(4):

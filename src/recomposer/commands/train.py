@@ -19,6 +19,17 @@ from ..errors import InvalidParameter, RecomposerError
 
 train_app = typer.Typer(no_args_is_help=True, help="Train adapters on the shapes world (resumable).")
 
+Cache = Annotated[Optional[Path], typer.Option(help="A world cache (`recomposer world cache`) built for this "
+                                                     "backbone: batches come from it instead of being encoded "
+                                                     "every step.")]
+MaxMinutes = Annotated[Optional[float], typer.Option(help="Stop (with a checkpoint) once this much wall time has "
+                                                          "passed; a later run resumes.")]
+MinSnr = Annotated[Optional[float], typer.Option(help="min-SNR-γ loss weighting (Hang et al. 2023), e.g. 5; "
+                                                      "default: none.")]
+UnetShape = Annotated[str, typer.Option(help="Shape of a fresh bundled UNet: default or attention-16.")]
+Parameterisation = Annotated[str, typer.Option(help="Parameterisation of a fresh bundled UNet: epsilon, or "
+                                                    "v-zero-snr (v-prediction, zero terminal SNR).")]
+
 ADAPTER_FILE = "composer.safetensors"
 RUN_FILE = "composer-run.json"  # the settings that must not change when a run is resumed
 
@@ -40,6 +51,7 @@ def train_composer(
     = None,
     checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps (and at the end).")]
     = 500,
+    keep_checkpoints: Annotated[int, typer.Option(help="Complete checkpoints kept (older ones are pruned).")] = 2,
     sample_every: Annotated[int, typer.Option(help="A sample grid every this many steps (0: never).")] = 0,
     seed: Annotated[int, typer.Option(help="Seeds the adapter's initial weights and every step's draws.")] = 0,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint "
@@ -55,6 +67,8 @@ def train_composer(
                                                                   "unet part yet, from a fresh UNet.")] = False,
     mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    cache: Cache = None, max_minutes: MaxMinutes = None, min_snr_gamma: MinSnr = None,
+    unet_shape: UnetShape = "default", parameterisation: Parameterisation = "epsilon",
 ) -> None:
     """Train a Composer adapter on a frozen backbone with the shapes world's exact conditions."""
     from .. import validation as v
@@ -62,10 +76,12 @@ def train_composer(
 
     # 1. Every parameter, before anything loads.
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                         checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed,
-                         ema_decay=ema_decay, mixed_precision=mixed_precision, cpu=cpu).check()
+                         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+                         sample_every=sample_every, seed=seed, ema_decay=ema_decay, mixed_precision=mixed_precision,
+                         cpu=cpu, max_minutes=max_minutes).check()
     if size is not None:
         v.integer("size", size, 16, 4096)
+    fresh = _fresh_unet(unet_shape, parameterisation, min_snr_gamma, cache)
     _check_output(output)
     if image_encoder is not None and not Path(image_encoder).is_dir():
         raise RecomposerError("image-encoder", f"no such directory: {image_encoder}")
@@ -82,16 +98,29 @@ def train_composer(
     import torch
 
     from ..decompose.embedding import ClipImageEncoder
-    from ..models.bundled import WEIGHTS, has_part, load_bundled_backbone, load_bundled_image_encoder, write_part
+    from ..models.bundled import (
+        WEIGHTS,
+        has_part,
+        load_bundled_backbone,
+        load_bundled_image_encoder,
+        unet_settings,
+        write_part,
+    )
     from ..models.loading import load_model
     from ..training import train
-    from ..training.composer import (WORLD_KINDS, ComposerTraining, composer_step, new_adapter, save_adapter,
-                                     world_batches, world_sampler)
+    from ..training.composer import (
+        WORLD_KINDS,
+        ComposerTraining,
+        composer_step,
+        new_adapter,
+        save_adapter,
+        world_sampler,
+    )
 
     cpu_device = torch.device("cpu")  # the trainer moves everything to its device
     folder = parts if parts is not None else WEIGHTS
     if model is None:
-        backbone = load_bundled_backbone(cpu_device, torch.float32, folder, fresh_unet=train_unet)
+        backbone = load_bundled_backbone(cpu_device, torch.float32, folder, fresh_unet=fresh if train_unet else None)
     else:
         backbone = load_model(model, cpu_device, torch.float32)
     size = size if size is not None else backbone.native_size
@@ -104,11 +133,12 @@ def train_composer(
         encoder = None
     kinds = WORLD_KINDS + (("image_embedding",) if encoder is not None else ())
     run = {"model": str(Path(model).resolve()) if model else str(folder), "size": size, "kinds": list(kinds),
-           "image_encoder": encoder.identity if encoder else None, "train_unet": train_unet}
+           "image_encoder": encoder.identity if encoder else None, "train_unet": train_unet,
+           "min_snr_gamma": min_snr_gamma}
     _check_run(output, run)
     adapter = new_adapter(backbone, encoder.dim if encoder else 768, encoder.identity if encoder else None, seed=seed)
-    trainee = ComposerTraining(backbone, adapter, kinds, train_unet=train_unet)
-    batches = world_batches(adapter, batch_size, size, image_encoder=encoder)
+    trainee = ComposerTraining(backbone, adapter, kinds, train_unet=train_unet, min_snr_gamma=min_snr_gamma)
+    batches = _batches(cache, backbone, encoder, batch_size, size, seed)
     sampler = world_sampler(size, image_encoder=encoder) if sample_every else None
     summary = train(config, trainee, composer_step, batches, sampler, resume=resume, keep_ema=True)
 
@@ -117,7 +147,8 @@ def train_composer(
         typer.echo(str(write_part(adapter, "composer", parts, {"config": adapter.config.__dict__,
                                                                "steps": summary.step})))
         if train_unet:
-            typer.echo(str(write_part(backbone.unet, "unet", parts, {"steps": summary.step, "joint": True})))
+            settings = unet_settings(backbone, steps=summary.step, joint=True)
+            typer.echo(str(write_part(backbone.unet, "unet", parts, settings)))
     else:
         typer.echo(str(save_adapter(adapter, output / ADAPTER_FILE)))
         if train_unet:
@@ -142,6 +173,8 @@ def train_base(
     seed: Annotated[int, typer.Option(help="Seeds the initial weights and every step's draws.")] = 0,
     mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    cache: Cache = None, max_minutes: MaxMinutes = None, min_snr_gamma: MinSnr = None,
+    unet_shape: UnetShape = "default", parameterisation: Parameterisation = "epsilon",
 ) -> None:
     """Train the bundled text-to-image UNet (MiniLM tokens) from scratch on captioned world scenes; writes
     PARTS/unet.*"""
@@ -149,21 +182,32 @@ def train_base(
 
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=200,
                          checkpoint_every=checkpoint_every, ema_decay=ema_decay, seed=seed,
-                         mixed_precision=mixed_precision, cpu=cpu).check()
+                         mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes).check()
     _check_output(output)
+    fresh = _fresh_unet(unet_shape, parameterisation, min_snr_gamma, cache)
     hold_run_lock(output)
 
     import torch
 
-    from ..models.bundled import SIZE, load_bundled_backbone, new_unet, write_part
+    from ..models.bundled import (
+        PARAMETERISATIONS,
+        SIZE,
+        UNET_SHAPES,
+        load_bundled_backbone,
+        new_unet,
+        unet_settings,
+        write_part,
+    )
     from ..training import train
     from ..training.base import BaseTraining, base_step
-    from ..training.vae import world_images
 
-    backbone = load_bundled_backbone(torch.device("cpu"), torch.float32, parts, fresh_unet=True)
-    backbone.unet = new_unet(seed)  # from scratch, whatever PARTS holds
-    summary = train(config, BaseTraining(backbone), base_step, world_images(batch_size, SIZE), keep_ema=True)
-    typer.echo(str(write_part(backbone.unet, "unet", parts, {"steps": summary.step, "joint": False})))
+    backbone = load_bundled_backbone(torch.device("cpu"), torch.float32, parts, fresh_unet=fresh)
+    backbone.unet = new_unet(seed, UNET_SHAPES[fresh[0]])  # from scratch, whatever PARTS holds
+    backbone.scheduler_config = dict(PARAMETERISATIONS[fresh[1]])
+    batches = _batches(cache, backbone, None, batch_size, SIZE, seed)
+    trainee = BaseTraining(backbone, min_snr_gamma=min_snr_gamma)
+    summary = train(config, trainee, base_step, batches, keep_ema=True)
+    typer.echo(str(write_part(backbone.unet, "unet", parts, unet_settings(backbone, steps=summary.step, joint=False))))
     loss = "n/a" if summary.loss is None else f"{summary.loss:.4g}"
     typer.echo(f"step {summary.step}, loss {loss}", err=True)
 
@@ -188,19 +232,20 @@ def train_vae(
                                                                       "valid.")] = False,
     mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    max_minutes: MaxMinutes = None,
 ) -> None:
     """Train the bundled model's VAE (64 px, latent factor 4) on shapes-world renders; writes PARTS/vae.*"""
     from ..training import TrainConfig
 
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=100,
                          checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed,
-                         mixed_precision=mixed_precision, cpu=cpu).check()
+                         mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes).check()
     _check_output(output)
     if decoder_only and init is None:
         raise InvalidParameter("decoder-only", "used with --init PARTS (a trained VAE to keep the encoder of)", True)
     hold_run_lock(output)
 
-    from ..models.bundled import SIZE, load_part, new_vae, write_part
+    from ..models.bundled import SIZE, load_part, new_vae, read_part, write_part
     from ..training import train
     from ..training.vae import VAETraining, summary, vae_sampler, vae_step, world_images
 
@@ -209,6 +254,8 @@ def train_vae(
           vae_sampler(SIZE) if sample_every else None)
     vae = vae.eval().half().float()  # the bundled precision: the figures are those of what ships
     figures = summary(vae)
+    if decoder_only:  # the encoder, its latents and their scale are the init's: models (and caches) stay valid
+        figures["scaling_factor"] = read_part("vae", init)[1]["scaling_factor"]
     typer.echo(str(write_part(vae, "vae", parts or output, figures)))
     typer.echo(f"held-out PSNR {figures['psnr_mean']:.2f} dB (worst {figures['psnr_min']:.2f}), "
                f"latent scale {figures['scaling_factor']:.4f}", err=True)
@@ -229,6 +276,7 @@ def train_encoder(
     parts: Annotated[Optional[Path], typer.Option(help="Folder of bundled-format parts the result is written "
                                                        "into (default: --output).")] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    max_minutes: MaxMinutes = None,
 ) -> None:
     """Train the bundled image encoder (semantics and style) against caption embeddings; writes
     PARTS/image_encoder.*"""
@@ -236,7 +284,8 @@ def train_encoder(
     from ..training import TrainConfig
 
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=100,
-                         weight_decay=0.01, checkpoint_every=checkpoint_every, seed=seed, cpu=cpu).check()
+                         weight_decay=0.01, checkpoint_every=checkpoint_every, seed=seed, cpu=cpu,
+                         max_minutes=max_minutes).check()
     v.integer("pool", pool, batch_size)
     _check_output(output)
     hold_run_lock(output)
@@ -322,8 +371,8 @@ def train_analyser_part(name: str, config, seed: int):
     import torch
 
     from ..evaluation.analyser import InstanceClassifier, WorldAnalyser
-    from ..training import train
     from ..training import analyser as a
+    from ..training import train
 
     network, trainee, batches = {
         "segmenter": (WorldAnalyser, a.AnalyserTraining, a.analyser_batches),
@@ -375,6 +424,33 @@ def _check_run(output: Path, run: dict) -> None:
         return
     output.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write((json.dumps(run, indent=2) + "\n").encode()))
+
+
+def _fresh_unet(shape: str, parameterisation: str, min_snr_gamma: float | None,
+                cache: Path | None) -> tuple[str, str]:
+    """Check the recipe options (before anything loads); the (shape, parameterisation) of a fresh UNet."""
+    from .. import validation as v
+    from ..models.bundled import PARAMETERISATIONS, UNET_SHAPES
+
+    v.choice("unet-shape", shape, tuple(UNET_SHAPES))
+    v.choice("parameterisation", parameterisation, tuple(PARAMETERISATIONS))
+    if min_snr_gamma is not None:
+        v.real("min-snr-gamma", min_snr_gamma, 1e-3, 1e3)
+    if cache is not None and not (cache / "manifest.json").is_file():
+        raise RecomposerError("cache", f"{cache} is not a world cache (no manifest.json); build one with "
+                                       "`recomposer world cache`")
+    return shape, parameterisation
+
+
+def _batches(cache: Path | None, backbone, encoder, batch_size: int, size: int, seed: int):
+    """The trainer's batches: read from ``cache`` (checked against this backbone first), or encoded on the fly."""
+    from ..training.composer import cached_batches, world_batches
+    from ..training.world_cache import WorldCache, spec_for
+
+    if cache is None:
+        return world_batches(backbone, batch_size, size, image_encoder=encoder)
+    expected = spec_for(backbone, encoder, size, 1, 1)
+    return cached_batches(WorldCache(cache, expected), backbone, batch_size, seed, image_embedding=encoder is not None)
 
 
 def _check_output(output: Path) -> None:

@@ -1,7 +1,7 @@
 """`recomposer world ...`: sheets, samples and renders of the shapes world."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -91,3 +91,56 @@ def world_render(
         raise RecomposerError("scene", f"no such file: {scene}")
     save_png(Image.fromarray(render(Scene.from_json(scene.read_text()), size).image), output)
     typer.echo(str(output))
+
+
+@world_app.command("cache")
+def world_cache(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The cache folder (a build into it resumes).")],
+    parts: Annotated[Optional[Path], typer.Option(help="A folder of bundled-format parts whose VAE (and image "
+                                                       "encoder) the cache is for; default: the bundled model.")]
+    = None,
+    scenes: Annotated[int, typer.Option(help="Training scenes to cache (world seeds 0 .. N - 1).")] = 100_000,
+    size: Annotated[int, typer.Option(help="Render side in pixels.")] = 64,
+    shard_size: Annotated[int, typer.Option(help="Scenes per shard file.")] = 4096,
+    workers: Annotated[int, typer.Option(help="Processes building shards at once.")] = 1,
+    device: Annotated[str, typer.Option(help="Where the encoders run: cpu, cuda or cuda:N (rendering stays on "
+                                             "the CPU).")] = "cpu",
+) -> None:
+    """Encode shapes-world scenes once for training (VAE moments, caption tokens, conditions) into a sharded,
+    memory-mapped cache that `recomposer train base|composer --cache` read."""
+    import time
+    from functools import partial
+
+    from .. import validation as v
+    from ..training import world_cache as wc
+
+    v.integer("scenes", scenes, 1, 10_000_000)
+    v.integer("shard-size", shard_size, 1, 1 << 20)
+    v.integer("workers", workers, 1, 64)
+    v.multiple_of("size", size, 4, 16, 1024)
+    if output.exists() and not output.is_dir():
+        raise RecomposerError("output", f"{output} is a file; give a folder")
+    from ..models.device import resolve_device
+
+    make = partial(bundled_encoders, parts, str(resolve_device(device)))
+    backbone, encoder = make()
+    spec = wc.spec_for(backbone, encoder, size, scenes, shard_size)
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        typer.echo(f"shards {done}/{total} ({time.monotonic() - started:.0f} s)", err=True)
+
+    wc.build(output, spec, make, workers=workers, progress=progress)
+    typer.echo(str(output))
+
+
+def bundled_encoders(parts: Optional[Path], device: str = "cpu"):
+    """(backbone, image encoder) of a bundled-format parts folder (or the bundled model): what a cache encodes with."""
+    import torch
+
+    from ..models.bundled import WEIGHTS, has_part, load_bundled_backbone, load_bundled_image_encoder
+
+    folder = parts or WEIGHTS
+    backbone = load_bundled_backbone(torch.device(device), torch.float32, folder, fresh_unet=("default", "epsilon"))
+    encoder = load_bundled_image_encoder(device, folder=folder) if has_part("image_encoder", folder) else None
+    return backbone, encoder

@@ -340,12 +340,13 @@ def world_figure(config: SpeedConfig) -> dict:
 def training_figure(b: Backbone, config: SpeedConfig, size: int) -> dict:
     """Figure 5 on backbone ``b`` (fp32 weights). On CUDA both sides use fp16 autocast with loss scaling."""
     from ..training import TrainConfig, read_loss_log, train
-    from ..training.base import BaseTraining, base_step
+    from ..training.base import BaseTraining, base_step, encode_batch
     from ..training.vae import world_images
 
     device = b.device
     fp16 = device.type == "cuda"
-    batch = world_images(config.train_batch, size)(0)
+    raw = world_images(config.train_batch, size)(0)
+    batch = encode_batch(b, raw["image"], raw["caption"])  # both sides take encoded batches (as a cache holds)
     steps = math.ceil(config.repeats / 2) + 1  # per run; the first is not timed
     model = BaseTraining(b)
 
@@ -367,33 +368,36 @@ def training_figure(b: Backbone, config: SpeedConfig, size: int) -> dict:
     return {"train_step": figure(
         f"one training step (batch {config.train_batch}, {size} px): recomposer train + BaseTraining",
         statistics.median(ours_t), "s", len(ours_t),
+        "both sides on the same encoded batch (VAE moments, caption tokens: what a world cache holds); "
         "ours: intervals between consecutive loss.jsonl lines (all train() does per step; logged to the ms); "
         "theirs: each step timed; the first step of each run not counted; runs ours, theirs, theirs, ours",
         statistics.median(theirs_t), "a diffusers training step written out by hand")}
 
 
-def diffusers_training(b: Backbone, batch: dict, steps: int, fp16: bool) -> list[float]:
+def diffusers_training(b: Backbone, batch: dict, steps: int, fp16: bool, unet: torch.nn.Module | None = None,
+                       extra: dict | None = None) -> list[float]:
     """Seconds of each of ``steps`` plain text-to-image steps on b's UNet, as diffusers' train_text_to_image.py
-    does them: tokenize, encode text, VAE encode, add noise (DDPM), UNet, MSE on ε, backward, clip to 1, AdamW."""
+    does them, on an encoded batch (the VAE posterior's moments, the caption's token states and padding mask):
+    sample the posterior, add noise (DDPM), UNet, MSE on ε, backward, clip to 1, AdamW. ``extra``: more UNet
+    keyword arguments (a Composer-attached UNet's class_labels)."""
     from diffusers import DDPMScheduler
 
     device = b.device
     noise_scheduler = DDPMScheduler.from_config(b.scheduler_config)
-    unet = b.unet.requires_grad_(True).train()
+    unet = (unet or b.unet).requires_grad_(True).train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=LR, weight_decay=0.0)
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
-    images = batch["image"].to(device)
+    mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
+    context = batch["tokens"].to(device)
+    mask = batch["token_mask"].to(device) if "token_mask" in batch else None
 
     def step():
-        ids = b.tokenizer(batch["caption"], padding="max_length", max_length=b.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids.to(device)
         with torch.autocast(device.type, torch.float16, enabled=fp16):
-            with torch.no_grad():
-                context = b.text_encoder(ids)[0]
-                latents = b.vae.encode(images).latent_dist.sample() * b.vae.config.scaling_factor
+            latents = (mean + std * torch.randn_like(mean)) * b.vae.config.scaling_factor
             noise = torch.randn_like(latents)
             t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), device=device)
-            prediction = unet(noise_scheduler.add_noise(latents, noise, t), t, context).sample
+            prediction = unet(noise_scheduler.add_noise(latents, noise, t), t, context, encoder_attention_mask=mask,
+                              **(extra or {})).sample
             loss = F.mse_loss(prediction.float(), noise.float())
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

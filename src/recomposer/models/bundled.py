@@ -38,10 +38,25 @@ UNET_CONFIG = dict(
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     cross_attention_dim=HIDDEN, attention_head_dim=8, norm_num_groups=32)
 
+# Other UNet shapes the recipe comparison tried (docs/recipes.md); a part records the shape it has.
+UNET_SHAPES = {
+    "default": UNET_CONFIG,
+    # cross-attention at every resolution, the 16 x 16 one included (where positions are still resolved)
+    "attention-16": {**UNET_CONFIG, "down_block_types": ("CrossAttnDownBlock2D",) * 3,
+                     "up_block_types": ("CrossAttnUpBlock2D",) * 3},
+}
+MAX_UNET_PARAMETERS = 2_000_000_000  # a part's recorded shape is refused beyond this, before it is built
+
 # Stable Diffusion's training betas (scaled linear, 1000 steps); Euler a samples the bundled model by default.
 SCHEDULER_CONFIG = dict(
     _class_name="EulerAncestralDiscreteScheduler", num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
     beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1, timestep_spacing="trailing")
+# The parameterisations a bundled UNet may be trained in: ε on SD's betas, or v on the same betas rescaled to a
+# zero terminal SNR (Lin et al. 2024: the last step is pure noise, so sampling starts where training did).
+PARAMETERISATIONS = {
+    "epsilon": SCHEDULER_CONFIG,
+    "v-zero-snr": {**SCHEDULER_CONFIG, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True},
+}
 
 
 def new_vae(seed: int = 0) -> AutoencoderKL:
@@ -50,18 +65,34 @@ def new_vae(seed: int = 0) -> AutoencoderKL:
         return AutoencoderKL(**VAE_CONFIG)
 
 
-def new_unet(seed: int = 0) -> UNet2DConditionModel:
+def new_unet(seed: int = 0, config: dict = UNET_CONFIG) -> UNet2DConditionModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return UNet2DConditionModel(**UNET_CONFIG)
+        return UNet2DConditionModel(**config)
+
+
+def unet_of(settings: dict, source: Path) -> UNet2DConditionModel:
+    """An empty UNet of the shape a unet part records (``config``; parts written before shapes were recorded:
+    UNET_CONFIG), its size checked before anything is allocated."""
+    config = settings.get("config", UNET_CONFIG)
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in UNet2DConditionModel(**config).parameters())
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as e:
+        raise ModelError("model", f"{source} records a UNet shape diffusers cannot build ({e})") from None
+    if count > MAX_UNET_PARAMETERS:
+        raise ModelError("model", f"{source} records a UNet of {count:.3g} parameters (at most "
+                                  f"{MAX_UNET_PARAMETERS:.0e})")
+    return UNet2DConditionModel(**config)
 
 
 def assemble(vae: AutoencoderKL, unet: UNet2DConditionModel, source: ModelSource = ModelSource("memory"),
-             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Backbone:
+             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+             scheduler: dict = SCHEDULER_CONFIG) -> Backbone:
     """A Backbone of the bundled architecture around MiniLM (trained parts, or fresh ones for training)."""
     text_encoder, tokenizer = load_minilm()
     backbone = Backbone(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
-                        scheduler_config=dict(SCHEDULER_CONFIG), source=source, text_attention_mask=True,
+                        scheduler_config=dict(scheduler), source=source, text_attention_mask=True,
                         max_text_tokens=MAX_TOKENS, mask_padding=True)
     return backbone.to(torch.device(device), dtype)
 
@@ -97,18 +128,33 @@ def load_part(module: torch.nn.Module, name: str, folder: Path = WEIGHTS) -> tor
 
 
 def load_bundled_backbone(device: torch.device, dtype: torch.dtype, folder: Path = WEIGHTS,
-                          fresh_unet: bool = False) -> Backbone:
+                          fresh_unet: tuple[str, str] | None = None) -> Backbone:
     """The bundled VAE + UNet + MiniLM (the Composer adapter: ``load_bundled_composer``). ``fresh_unet``:
-    a newly initialised UNet where the folder has none yet (training the UNet from scratch)."""
+    (shape, parameterisation) from UNET_SHAPES and PARAMETERISATIONS of a newly initialised UNet, where the
+    folder has no unet part yet (training the UNet from scratch)."""
     _, vae_settings = read_part("vae", folder)
     scale = vae_settings.get("scaling_factor")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < 1e3:
         raise ModelError("model", f"{folder / 'vae.json'} holds no valid scaling_factor (a number > 0), got {scale!r}")
     vae = load_part(AutoencoderKL(**VAE_CONFIG, scaling_factor=float(scale)), "vae", folder)
-    unet = new_unet() if fresh_unet and not has_part("unet", folder) else \
-        load_part(UNet2DConditionModel(**UNET_CONFIG), "unet", folder)
-    source = ModelSource("bundled", None if folder == WEIGHTS else str(folder))
-    return assemble(vae, unet, source, device, dtype)
+    if fresh_unet is not None and not has_part("unet", folder):
+        shape, parameterisation = fresh_unet
+        unet, scheduler = new_unet(config=UNET_SHAPES[shape]), PARAMETERISATIONS[parameterisation]
+    else:
+        _, settings = read_part("unet", folder)
+        unet = load_part(unet_of(settings, folder / "unet.json"), "unet", folder)
+        scheduler = settings.get("scheduler", SCHEDULER_CONFIG)
+        if not isinstance(scheduler, dict) or scheduler.get("prediction_type") not in ("epsilon", "v_prediction"):
+            raise ModelError("model", f"{folder / 'unet.json'} records no valid scheduler config")
+    source = ModelSource("bundled", None if folder == WEIGHTS else str(folder.resolve()))
+    return assemble(vae, unet, source, device, dtype, scheduler)
+
+
+def unet_settings(backbone: Backbone, **settings) -> dict:
+    """What a unet part records beside its weights: its shape and its scheduler config (its parameterisation)."""
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in backbone.unet.config.items()
+              if k in UNET_CONFIG}
+    return {**settings, "config": config, "scheduler": dict(backbone.scheduler_config)}
 
 
 def load_bundled_composer(folder: Path = WEIGHTS):

@@ -13,9 +13,11 @@ Which kind enters where (``ComposerAdapter.DOORS``, declared, never inferred fro
   [image_embedding × 4, palette × 4]. The slots are always there, so condition sets with
   different kinds batch into one forward; an absent kind's slots hold zeros and are masked out
   of cross-attention (weight exactly 0 after the softmax).
-- Local: each present kind goes through its own stack of convolutions (one stride-2 conv per
-  halving, log2(vae_factor) of them) to ``local_channels`` at latent size; the embeddings are
-  summed and, as in the paper, concatenated with x_t before the UNet's first conv. That conv is
+- Local: each present kind is folded to latent size without losing a pixel (pixel unshuffle: each
+  f × f block of pixels becomes f² channels, as T2I-Adapter does) and goes through its own three
+  3×3 convolutions to ``local_channels``; the embeddings are summed and, as in the paper,
+  concatenated with x_t before the UNet's first conv. Every conv runs at latent size, so the
+  encoders cost a few percent of a UNet step instead of rivalling it at pixel size. That conv is
   widened by ``local_channels`` inputs: conv_in([x_t; e]) = W·x_t + b + W_e·e. The adapter owns
   the new columns W_e (``channels_in``) and computes W_e·e itself, once per run (e does not
   change across steps); the UNet adds it to its conv_in output (``attach``). Same sum as a
@@ -40,7 +42,6 @@ backbone still runs unchanged on an attached UNet; ``detach`` removes the doors.
 """
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -60,6 +61,7 @@ TIME, TOKENS, CHANNELS = "timestep embedding", "context tokens", "input channels
 FORMAT = "recomposer.composer/1"  # safetensors metadata: what the file holds
 
 
+LOCAL_ENCODERS = ("unshuffle", "strided")
 MAX_PARAMETERS = 500_000_000  # a Composer adapter for SD 1.5 has about 12M
 _MAX_SIZE = {"vae_factor": 64, "tokens_per_global": 64, "local_channels": 1024, "local_width": 1024}  # others 8192
 
@@ -79,17 +81,21 @@ class ComposerConfig:
     local_channels: int = 8  # channels of the summed local embedding (VideoComposer's 8 concat channels)
     local_width: int = 32  # channels inside each local encoder
     image_encoder: str | None = None  # identity of the image encoder it was trained with; None: any of the right dim
+    local_encoder: str = "unshuffle"  # "unshuffle": pixel unshuffle, then convs at latent size; "strided": the
+    #                                   first adapters' convs at pixel size, one stride-2 conv per halving
 
     def __post_init__(self) -> None:
         for f in fields(self):  # bounded, so a forged config is refused before anything is allocated
             value, high = getattr(self, f.name), _MAX_SIZE.get(f.name, 8192)
-            if f.name != "image_encoder" and (isinstance(value, bool) or not isinstance(value, int)
-                                              or not 1 <= value <= high):
+            if f.name not in ("image_encoder", "local_encoder") and (
+                    isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high):
                 raise InvalidParameter(f"composer.{f.name}", f"an integer in [1, {high}]", value)
         if self.image_encoder is not None and not isinstance(self.image_encoder, str):
             raise InvalidParameter("composer.image_encoder", "a string or null", self.image_encoder)
         if self.vae_factor & (self.vae_factor - 1):
             raise InvalidParameter("composer.vae_factor", "a power of two", self.vae_factor)
+        if self.local_encoder not in LOCAL_ENCODERS:
+            raise InvalidParameter("composer.local_encoder", "one of " + ", ".join(LOCAL_ENCODERS), self.local_encoder)
         if self.parameter_count() > MAX_PARAMETERS:
             raise InvalidParameter("composer", f"sizes of at most {MAX_PARAMETERS:.0e} parameters",
                                    f"{self.parameter_count():.3g}")
@@ -100,9 +106,14 @@ class ComposerConfig:
         globals_ = c.sentence_dim + c.image_embedding_dim + c.palette_dim
         time = globals_ * c.time_embed_dim + 3 * c.time_embed_dim
         tokens = (c.image_embedding_dim + c.palette_dim + 2) * c.tokens_per_global * c.cross_attention_dim
-        halvings = int(math.log2(c.vae_factor))
-        local = sum(9 * (n * w + halvings * w * w + w * c.local_channels) + (1 + halvings) * w + c.local_channels
-                    for n in ComposerAdapter.LOCAL_INPUTS.values())
+        if c.local_encoder == "unshuffle":
+            folded = c.vae_factor ** 2
+            local = sum(9 * (n * folded * w + w * w + w * c.local_channels) + 2 * w + c.local_channels
+                        for n in ComposerAdapter.LOCAL_INPUTS.values())
+        else:
+            halvings = c.vae_factor.bit_length() - 1
+            local = sum(9 * (n * w + halvings * w * w + w * c.local_channels) + (1 + halvings) * w
+                        + c.local_channels for n in ComposerAdapter.LOCAL_INPUTS.values())
         return time + tokens + local + 9 * c.local_channels * c.unet_in_width
 
     @classmethod
@@ -112,7 +123,7 @@ class ComposerConfig:
             settings = json.loads(settings) if isinstance(settings, str) else settings
             if not isinstance(settings, dict):
                 raise TypeError("not a JSON object")
-            return cls(**settings)
+            return cls(**{"local_encoder": "strided", **settings})  # adapters saved before the choice existed
         except (TypeError, ValueError, RecursionError) as e:
             raise ModelError(source, f"has an unreadable adapter config ({e})") from None
 
@@ -371,12 +382,17 @@ def _zero(layer: nn.Module) -> nn.Module:
 
 
 def _local_encoder(channels: int, c: ComposerConfig) -> nn.Sequential:
-    """Pixels (B, channels, H, W) -> (B, local_channels, H / f, W / f): stacked 3×3 convs, one stride 2 per halving."""
-    layers: list[nn.Module] = [nn.Conv2d(channels, c.local_width, 3, padding=1), nn.SiLU()]
-    for _ in range(int(math.log2(c.vae_factor))):
-        layers += [nn.Conv2d(c.local_width, c.local_width, 3, stride=2, padding=1), nn.SiLU()]
-    layers.append(nn.Conv2d(c.local_width, c.local_channels, 3, padding=1))
-    return nn.Sequential(*layers)
+    """Pixels (B, channels, H, W) -> (B, local_channels, H / f, W / f): pixel unshuffle by f to
+    (B, channels·f², H / f, W / f), then three 3×3 convs at latent size ("strided": 3×3 convs at pixel
+    size, one of stride 2 per halving)."""
+    f, w = c.vae_factor, c.local_width
+    if c.local_encoder == "strided":
+        layers: list[nn.Module] = [nn.Conv2d(channels, w, 3, padding=1), nn.SiLU()]
+        for _ in range(f.bit_length() - 1):
+            layers += [nn.Conv2d(w, w, 3, stride=2, padding=1), nn.SiLU()]
+        return nn.Sequential(*layers, nn.Conv2d(w, c.local_channels, 3, padding=1))
+    return nn.Sequential(nn.PixelUnshuffle(f), nn.Conv2d(channels * f * f, w, 3, padding=1), nn.SiLU(),
+                         nn.Conv2d(w, w, 3, padding=1), nn.SiLU(), nn.Conv2d(w, c.local_channels, 3, padding=1))
 
 
 def _swap_conv(conv: nn.Conv2d, cls: type[nn.Conv2d]) -> nn.Conv2d:

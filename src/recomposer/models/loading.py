@@ -9,7 +9,6 @@ Every weights file is checked by its bytes (io.weights) before a library touches
 missing or mis-shaped weights are errors, never silently random.
 """
 
-import json
 from pathlib import Path
 
 import torch

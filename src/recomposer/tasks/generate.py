@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import validation as v
 from ..conditions import Caption, ConditionSet, MaskedImage
 from ..denoiser import BackboneDenoiser
 from ..errors import BadImage, InvalidParameter
@@ -25,7 +26,6 @@ from ..models.memory import check_fits
 from ..provenance import FORMAT, library_versions
 from ..sampling import StepCallback, decode_checked, inpaint_blend, noise, sample, strength_start
 from ..schedulers import NAMES, display_name, make_scheduler
-from .. import validation as v
 
 MAX_SIDE = 4096
 MAX_BATCH = 64

@@ -6,78 +6,52 @@ mode; the paper trains its whole UNet instead, which ``ComposerTraining(train_un
 
 One step (``ComposerTraining.step``), every random draw from the step's generator, in this order:
     1. keep masks: ``dropout.condition_keep`` over the kinds present in the batch (a kind that a
-       sample lacks counts as dropped for it); a dropped caption is the empty string, as at sampling.
-    2. x_0 = a sample of the VAE posterior × the VAE's scaling factor          (B, 4, h, w)
-    3. ε ~ N(0, I), then t ~ U{0, …, T − 1}; x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε   (the training scheduler, DDPM)
-    4. the prediction D(x_t, t; conditions) through the adapter's doors, as ``ComposerDenoiser`` runs it
-    5. loss = mean((D − target)²), target = ε (epsilon), v = √ᾱ_t·ε − √(1 − ᾱ_t)·x_0 (v_prediction,
-       the scheduler's ``get_velocity``), or x_0 (sample), as the backbone's prediction_type says.
+       sample lacks counts as dropped for it); a dropped caption is the empty caption, as at sampling.
+    2.-4. training/base.py's ``Diffusion.step``: x_0 from the VAE posterior, ε and t, x_t, the
+       (optionally min-SNR-weighted) loss in the backbone's parameterisation, with the prediction
+       D(x_t, t; conditions) taken through the adapter's doors as ``ComposerDenoiser`` runs it.
 
-Data (``world_batches``): batch ``index`` holds shapes-world seeds index·B … index·B + B − 1 with their
-exact ground truth as conditions (``world_conditions``); any other images and condition sets become a
-batch through ``composer_batch``. Conditions are encoded exactly as ``ComposerAdapter.features`` does at
-sampling time, so training and sampling see the same numbers.
+Data: a batch is encoded once (training/base.py's ``encode_batch``: VAE moments and caption token
+states) with the adapter's features of every condition. ``cached_batches`` reads it from a world cache
+(training/world_cache.py: built once, shared by every trainer); ``world_batches`` computes the very same
+rows on the fly (``world_cache.encode_scenes``); any other images and condition sets become a batch
+through ``composer_batch``. Conditions are encoded exactly as ``ComposerAdapter.features`` does at
+sampling time (the cache stores depth and intensity in fp16), so training and sampling see the same numbers.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import validation as v
-from ..conditions import Caption, ConditionSet, Depth, Instances, MaskedImage, Palette, Sketch
-from ..decompose.intensity import intensity
-from ..denoiser import ComposerDenoiser, composer_inputs, forward_unet
+from ..conditions import ConditionSet
+from ..conditions.instances import label_colours
+from ..denoiser import ComposerDenoiser, composer_inputs
 from ..errors import InvalidParameter
 from ..models.backbone import Backbone
 from ..models.composer import ComposerAdapter, ComposerConfig, generation_size
 from ..schedulers import make_scheduler
-from ..world.dataset import EVAL_SEED_BASE, WorldSample, eval_seeds, make_sample
+from ..world.dataset import EVAL_SEED_BASE, eval_seeds, make_sample
 from ..world.scene import WorldConfig
-from .base import PREDICTION_TYPES, clean_latents, noised, training_target
+from .base import Diffusion, NullCaption, StepResult, caption_inputs, encode_batch
 from .dropout import DropoutRates, condition_keep
+from .world_cache import WorldCache, batch_rows, encode_scenes, world_conditions  # noqa: F401 (re-exported)
 
 # The kinds the shapes world gives exactly (image_embedding too when an image encoder is given).
 WORLD_KINDS = ("caption", "palette", "sketch", "instances", "depth", "intensity", "masked_image")
+_COLOURS = label_colours(255).astype(np.float32) / 255  # (256, 3): instance k's colour code (ComposerAdapter.features)
 
 
 # ---------------------------------------------------------------- data
 
-def world_conditions(sample: WorldSample, image_encoder=None) -> ConditionSet:
-    """Every Composer condition of a shapes-world sample, from its exact ground truth.
+def composer_batch(backbone: Backbone, images: torch.Tensor, sets: Sequence[ConditionSet],
+                   adapter: ComposerAdapter) -> dict:
+    """Images (B, 3, H, W) in [-1, 1] and one condition set each -> a training batch: ``encode_batch``'s
+    tensors (VAE moments, caption tokens and sentence; "" where a set has no caption) and
 
-    Caption, palette, sketch, instances (from the label map) and depth as rendered; intensity with RGB
-    weights drawn from ``decompose.intensity.WEIGHT_SET``, and a masked image whose mask is a random
-    box with sides in [S/4, 3S/4] (ours: the paper does not describe its masks), both from a generator
-    seeded by the sample's seed alone. The image embedding only with an ``image_encoder``.
-    """
-    from PIL import Image
-
-    rng = np.random.default_rng([sample.seed, 2])  # independent of the scene's and the caption's draws
-    r = sample.rendered
-    size = r.image.shape[0]
-    grey = intensity(r.image, rng=rng)
-    h, w = (int(rng.integers(size // 4, 3 * size // 4 + 1)) for _ in range(2))
-    y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-    mask = torch.zeros(1, 1, size, size)
-    mask[..., y:y + h, x:x + w] = 1
-    image = torch.from_numpy(r.image).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # (1, 3, S, S)
-    conds = [Caption(sample.caption), Palette(sample.palette), Sketch(r.sketch), Instances(r.masks),
-             Depth(r.depth), grey, MaskedImage(image, mask)]
-    if image_encoder is not None:
-        conds.append(image_encoder(Image.fromarray(r.image)))
-    return ConditionSet(tuple(conds))
-
-
-def composer_batch(images: torch.Tensor, sets: Sequence[ConditionSet], adapter: ComposerAdapter) -> dict:
-    """Images (B, 3, H, W) in [-1, 1] and one condition set each -> a training batch:
-
-        image     (B, 3, H, W)
-        caption   B strings ("" where a set has none)
         features  kind -> (B, ...) the adapter's inputs (``ComposerAdapter.features``); zeros where absent
         present   kind -> (B,) bool, which samples have the kind (caption: a non-empty text)
     """
@@ -97,12 +71,44 @@ def composer_batch(images: torch.Tensor, sets: Sequence[ConditionSet], adapter: 
         like = next(row for row in rows if row is not None)
         features[kind] = torch.cat([row if row is not None else torch.zeros_like(like) for row in rows])
         present[kind] = torch.tensor([row is not None for row in rows])
-    return {"image": images.float(), "caption": captions, "features": features, "present": present}
+    return {**encode_batch(backbone, images.float(), captions), "features": features, "present": present}
 
 
-def world_batches(adapter: ComposerAdapter, batch_size: int, size: int, world: WorldConfig = WorldConfig(),
+def rows_batch(rows: dict, mask_padding: bool, image_embedding: bool = True) -> dict:
+    """World-cache rows (``world_cache.encode_scenes`` or ``WorldCache.rows``) -> a training batch, the
+    features made exactly as ``ComposerAdapter.features`` makes them from ``world_conditions`` (the image
+    embedding where the rows have one and ``image_embedding``)."""
+    n, lengths = len(rows["seed"]), rows["token_lengths"].tolist()
+    width, states = max(lengths), torch.from_numpy(rows["tokens"].astype(np.float32))  # (sum L_i, D)
+    tokens = torch.zeros(n, width, states.shape[-1])  # (B, T, D) padded to the longest caption
+    for i, part in enumerate(states.split(lengths)):
+        tokens[i, :len(part)] = part
+    batch = {"latent_mean": torch.from_numpy(rows["latent_mean"].astype(np.float32)),
+             "latent_std": torch.from_numpy(rows["latent_std"].astype(np.float32)),
+             "tokens": tokens, "sentence": torch.from_numpy(rows["sentence"].astype(np.float32))}
+    if mask_padding:
+        batch["token_mask"] = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).float()  # (B, T)
+    image = torch.from_numpy(rows["image"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, S, S)
+    mask = torch.zeros(n, 1, *image.shape[-2:])
+    for i, (y, x, h, w) in enumerate(rows["box"].tolist()):
+        mask[i, :, y:y + h, x:x + w] = 1
+    palette = torch.from_numpy(rows["palette"].astype(np.float32))
+    features = {"palette": palette / palette.sum(1, keepdim=True),
+                "sketch": torch.from_numpy(rows["sketch"].astype(np.float32))[:, None],
+                "instances": torch.from_numpy(_COLOURS[rows["labels"]]).permute(0, 3, 1, 2),
+                "depth": torch.from_numpy(rows["depth"].astype(np.float32))[:, None],
+                "intensity": torch.from_numpy(rows["intensity"].astype(np.float32))[:, None],
+                "masked_image": torch.cat([image * (1 - mask), mask], dim=1)}
+    if "image_embedding" in rows and image_embedding:
+        features["image_embedding"] = torch.from_numpy(rows["image_embedding"].astype(np.float32))
+    present = {kind: torch.ones(n, dtype=torch.bool) for kind in ("caption", *features)}
+    return {**batch, "features": features, "present": present}
+
+
+def world_batches(backbone: Backbone, batch_size: int, size: int, world: WorldConfig = WorldConfig(),
                   image_encoder=None) -> Callable[[int], dict]:
-    """``batches(index)`` for the trainer: batch ``index`` is world seeds index·B … index·B + B − 1."""
+    """``batches(index)`` for the trainer, computed on the fly: batch ``index`` is world seeds index·B …
+    index·B + B − 1, encoded as a world cache would hold them (``cached_batches`` reads them from one)."""
     v.integer("batch_size", batch_size, 1)
     v.integer("size", size, 16, 4096)
     world = world.check()
@@ -113,28 +119,26 @@ def world_batches(adapter: ComposerAdapter, batch_size: int, size: int, world: W
         if first + batch_size > EVAL_SEED_BASE:
             raise InvalidParameter("index", f"below {EVAL_SEED_BASE // batch_size} (seeds from "
                                             f"{EVAL_SEED_BASE} on are the evaluation split)", index)
-        samples = [make_sample(seed, world, size) for seed in range(first, first + batch_size)]
-        images = torch.stack([s.tensors()["image"] for s in samples])  # (B, 3, S, S)
-        return composer_batch(images, [world_conditions(s, image_encoder) for s in samples], adapter)
+        rows = encode_scenes(backbone, image_encoder, range(first, first + batch_size), size, world)
+        return rows_batch(rows, backbone.mask_padding)
+
+    return batches
+
+
+def cached_batches(cache: WorldCache, backbone: Backbone, batch_size: int, seed: int = 0,
+                   image_embedding: bool = True) -> Callable[[int], dict]:
+    """``batches(index)`` read from a world cache: micro-batch ``index`` takes positions index·B … of a fresh
+    permutation of the cached scenes per epoch (``world_cache.batch_rows``), a pure function of the index."""
+    v.integer("batch_size", batch_size, 1, len(cache))
+
+    def batches(index: int) -> dict:
+        rows = cache.rows(batch_rows(v.integer("index", index, 0), batch_size, len(cache), seed))
+        return rows_batch(rows, backbone.mask_padding, image_embedding)
 
     return batches
 
 
 # ---------------------------------------------------------------- the step
-
-@dataclass(frozen=True)
-class StepResult:
-    """One step's loss and what made it (for tests and diagnostics)."""
-
-    loss: torch.Tensor  # () mean squared error
-    prediction: torch.Tensor  # (B, C, h, w) the UNet's output
-    target: torch.Tensor  # (B, C, h, w)
-    clean: torch.Tensor  # (B, C, h, w) x_0, the scaled VAE latents
-    noise: torch.Tensor  # (B, C, h, w) ε
-    noisy: torch.Tensor  # (B, C, h, w) x_t
-    timesteps: torch.Tensor  # (B,)
-    keep: dict[str, torch.Tensor]  # kind -> (B,) bool: the kind reached the model for that sample
-
 
 class ComposerTraining(nn.Module):
     """The backbone and its Composer adapter as one module for ``training.train``: ``model(batch, generator)``
@@ -144,10 +148,11 @@ class ComposerTraining(nn.Module):
     kinds: the condition kinds the data provides; adapter parameters that serve only other kinds are
         frozen (never used, they would get no gradient, which multi-GPU DDP refuses).
     rates: condition dropout (training/dropout.py). train_unet: the UNet trains too (the paper's setting).
+    min_snr_gamma: min-SNR-γ loss weighting (training/base.py; None: every timestep weighs 1).
     """
 
     def __init__(self, backbone: Backbone, adapter: ComposerAdapter, kinds: Sequence[str] = WORLD_KINDS,
-                 rates: DropoutRates = DropoutRates(), train_unet: bool = False):
+                 rates: DropoutRates = DropoutRates(), train_unet: bool = False, min_snr_gamma: float | None = None):
         super().__init__()
         unknown = set(kinds) - set(ComposerAdapter.DOORS)
         if unknown or not kinds:
@@ -155,12 +160,12 @@ class ComposerTraining(nn.Module):
                                    sorted(unknown) or kinds)
         if not isinstance(train_unet, bool):
             raise InvalidParameter("train_unet", "True or False", train_unet)
-        prediction = v.choice("prediction_type", backbone.prediction_type, PREDICTION_TYPES)
+        self.diffusion = Diffusion(backbone, min_snr_gamma)
         adapter.attach(backbone.unet)
-        self.backbone, self.kinds, self.rates, self.prediction_type = backbone, frozenset(kinds), rates, prediction
+        self.backbone, self.kinds, self.rates = backbone, frozenset(kinds), rates
         self.adapter, self.unet = adapter, backbone.unet
         self.vae, self.text_encoder = backbone.vae, backbone.text_encoder
-        self.noise_scheduler = make_scheduler("ddpm", backbone.scheduler_config)  # q(x_t | x_0): the training betas
+        self.null = NullCaption.of(backbone)
         for module in (self.vae, self.text_encoder, self.unet):
             module.requires_grad_(False).eval()
         self.unet.requires_grad_(train_unet).train(train_unet)
@@ -175,29 +180,24 @@ class ComposerTraining(nn.Module):
         return self.step(batch, generator).loss
 
     def step(self, batch: dict, generator: torch.Generator) -> StepResult:
-        b, image = self.backbone, batch["image"]  # (B, 3, H, W)
-        n, f = image.shape[0], b.vae_factor
+        b, n = self.backbone, len(batch["latent_mean"])
         present = batch["present"]
         if extra := sorted(set(present) - self.kinds - {"caption"}):
             raise InvalidParameter("batch", "kinds this training was set up for: " + ", ".join(sorted(self.kinds)),
                                    extra)
-        # 1. condition dropout (a kind absent from a sample stays absent)
+        # 1. condition dropout (a kind absent from a sample stays absent; a dropped caption is the empty one)
         drawn = condition_keep(sorted(present), n, self.rates, generator)
         keep = {kind: drawn[kind] & present[kind].to(drawn[kind].device) for kind in present}  # kind -> (B,)
-        captions = [text if kept else "" for text, kept in zip(batch["caption"], keep["caption"].tolist())]
-        prompts = b.encode_prompts(captions)  # tokens (B, T, D), mask, sentence (B, D_s)
-        features = {"caption": prompts.sentence, **batch["features"]}
-        # 2. x_0 from the VAE posterior; 3. noise and timesteps
-        latents = clean_latents(b, image, generator)  # (B, 4, h, w)
-        noise, t, noisy = noised(self.noise_scheduler, latents, generator)
-        # 4. the prediction through the adapter's doors
-        outputs = self.adapter(features, n, (image.shape[2] // f, image.shape[3] // f), keep=keep)
-        inputs = composer_inputs(prompts.tokens, outputs, text_mask=prompts.mask)
-        prediction = forward_unet(self.unet, noisy.to(b.dtype), t, inputs)  # (B, 4, h, w)
-        # 5. the loss in the backbone's parameterisation
-        target = training_target(self.noise_scheduler, self.prediction_type, latents, noise, t)
-        loss = F.mse_loss(prediction.float(), target.float())
-        return StepResult(loss, prediction, target, latents, noise, noisy, t, keep)
+        tokens, mask = caption_inputs(batch, keep["caption"], self.null)  # (B, T, D), (B, T) or None
+        features = {"caption": batch["sentence"], **batch["features"]}
+        # 2.-4. the prediction through the adapter's doors, and the loss
+        outputs = self.adapter(features, n, tuple(batch["latent_mean"].shape[-2:]), keep=keep)
+        inputs = composer_inputs(tokens.to(b.dtype), outputs, text_mask=mask)
+        return self.diffusion.step(self.unet, batch, generator, inputs, keep)
+
+    @property
+    def noise_scheduler(self):
+        return self.diffusion.scheduler
 
 
 def composer_step(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:

@@ -65,6 +65,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # complete checkpoints kept; older ones are pruned after a new one is complete
     seed: int = 0  # seeds the per-step generators (and nothing else: data comes from batches(index))
     cpu: bool = False  # train on the CPU even where a GPU is present
+    max_minutes: float | None = None  # stop (with a checkpoint) after the first update past this much wall time
 
     def check(self) -> "TrainConfig":
         """Validate every field (R4): a wrong one is an InvalidParameter naming it, before any compute."""
@@ -88,6 +89,8 @@ class TrainConfig:
         validation.seed("seed", self.seed)
         if not isinstance(self.cpu, bool):
             raise InvalidParameter("cpu", "True or False", self.cpu)
+        if self.max_minutes is not None and not validation.real("max_minutes", self.max_minutes, 0.0) > 0:
+            raise InvalidParameter("max_minutes", "a number of minutes > 0, or None", self.max_minutes)
         return self
 
     def as_json(self) -> dict:
@@ -177,7 +180,8 @@ def _train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Call
 
     # 2. the loop
     bar = _progress(config.steps, start, accelerator.is_main_process)
-    samples, last_loss = [], log.last_loss() if log else None
+    samples, last_loss, done = [], log.last_loss() if log else None, start
+    started, cpu_before = time.monotonic(), (log.last("cpu_seconds") or 0.0) if log else 0.0
     try:
         for step in range(start, config.steps):
             lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
@@ -215,14 +219,16 @@ def _train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Call
             if done % config.log_every == 0:
                 last_loss = sum(window) / len(window)
                 if log:
-                    log.append({"step": done, "loss": last_loss, "lr": lr, "time": round(time.time(), 3)})
+                    log.append({"step": done, "loss": last_loss, "lr": lr, "time": round(time.time(), 3),
+                                "cpu_seconds": round(cpu_before + time.process_time(), 2)})
                 window = []
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
                 bar.update(1)
             if config.sample_every and done % config.sample_every == 0 and accelerator.is_main_process:
                 samples.append(_sample(sample_fn, inner, params, ema, done, output))
-            if done % config.checkpoint_every == 0 or done == config.steps:
+            out_of_time = _past(config.max_minutes, started, accelerator)
+            if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     log.sync()  # the log through this step is durable before the checkpoint that vouches for it
@@ -231,6 +237,8 @@ def _train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Call
                         optimizer=optimizer.state_dict(), keep=config.keep_checkpoints,
                         state=_state(config, accelerator, params, frozen, ema, window))
                 accelerator.wait_for_everyone()
+            if out_of_time:
+                break
     finally:
         if bar is not None:
             bar.close()
@@ -240,9 +248,16 @@ def _train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Call
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(ema.shadow[name])
-    final = max(start, config.steps)
-    return TrainSummary(final, last_loss, resumed_from, latest if accelerator.is_main_process else None,
+    return TrainSummary(done, last_loss, resumed_from, latest if accelerator.is_main_process else None,
                         output / "loss.jsonl", tuple(samples))
+
+
+def _past(minutes: float | None, started: float, accelerator: Accelerator) -> bool:
+    """Whether the wall-time budget is spent (every process decides alike: the main process's clock)."""
+    if minutes is None:
+        return False
+    over = torch.tensor(float(time.monotonic() - started > 60 * minutes), device=accelerator.device)
+    return bool(accelerator.reduce(over, reduction="sum") > 0) if accelerator.num_processes > 1 else bool(over)
 
 
 def step_seeds(seed: int, step: int, micro: int, rank: int) -> tuple[int, int]:
@@ -431,6 +446,7 @@ class LossLog:
     def __init__(self, path: Path, through_step: int):
         self.path = path
         kept = [r for r in read_loss_log(path) if r["step"] <= through_step]
+        self._records = kept[-1:]
         atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
         self._last = kept[-1]["loss"] if kept else None
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
@@ -439,10 +455,14 @@ class LossLog:
         data = (json.dumps(record) + "\n").encode()
         while data:
             data = data[os.write(self._fd, data):]
-        self._last = record["loss"]
+        self._last, self._records = record["loss"], [record]
 
     def last_loss(self) -> float | None:
         return self._last
+
+    def last(self, key: str):
+        """``key`` of the newest record that has it (e.g. the CPU seconds spent so far), or None."""
+        return self._records[-1].get(key) if self._records else None
 
     def sync(self) -> None:
         os.fsync(self._fd)
