@@ -15,11 +15,12 @@ from diffusers import StableDiffusionPipeline
 
 from recomposer.conditions import (Blobs, Caption, ConditionSet, Depth, ImageEmbedding, Instances, Intensity,
                                    MaskedImage, Palette, Sketch)
-from recomposer.denoiser import BackboneDenoiser, ComposerDenoiser, ModelInputs
+from recomposer.denoiser import BackboneDenoiser, ModelInputs, Step
 from recomposer.errors import InvalidParameter, ModelError
 from recomposer.guidance import GuidancePlan, Term, cfg, guided
-from recomposer.models.composer import (CHANNELS, TIME, TOKENS, ComposerAdapter, ComposerConfig, detach,
-                                        generation_size, is_attached)
+from recomposer.models.composer import CHANNELS, TIME, TOKENS, ComposerAdapter, ComposerConfig, generation_size
+from recomposer.models.doors import installed as is_attached
+from recomposer.models.doors import remove as detach
 from recomposer.models.tiny import tiny_sd
 from recomposer.sampling import noise, sample
 from recomposer.schedulers import make_scheduler
@@ -48,6 +49,11 @@ def conds(world, *kinds):
     return ConditionSet(tuple(world[k] for k in kinds))
 
 
+def composer_denoiser(backbone, adapter, size=None):
+    """The backbone with ``adapter`` on its stack, as a denoiser."""
+    return BackboneDenoiser(backbone.with_adapters(adapter), size)
+
+
 def trained_copy(adapter, seed=1, scale=0.5):
     """The adapter with every zero-initialised parameter drawn at random."""
     new = copy.deepcopy(adapter)
@@ -64,12 +70,16 @@ def composer():
     """tiny_sd(0) with the doors attached (the `tiny` fixture is the same weights, unattached)."""
     backbone = tiny_sd(seed=0)
     zero = ComposerAdapter(ComposerConfig.for_backbone(backbone, EMBEDDING_DIM)).eval()
-    zero.attach(backbone.unet)
-    return backbone, ComposerDenoiser(backbone, zero), ComposerDenoiser(backbone, trained_copy(zero))
+    return backbone, composer_denoiser(backbone, zero), composer_denoiser(backbone, trained_copy(zero))
 
 
 def x_and_t(batch=2, seed=0):
-    return torch.randn(batch, 4, 16, 16, generator=torch.Generator().manual_seed(seed)), torch.tensor(500)
+    t = Step(0, 10, 0, 10, torch.tensor(500))
+    return torch.randn(batch, 4, 16, 16, generator=torch.Generator().manual_seed(seed)), t
+
+
+def adapter_of(denoiser):
+    return denoiser.backbone.adapter(ComposerAdapter)
 
 
 def forward(denoiser, conditions, x, t):
@@ -104,7 +114,8 @@ def test_zero_init_adapter_without_composer_conditions_matches_diffusers(tiny, c
     steps.set_timesteps(6)
     generators = [torch.Generator().manual_seed(7 + k) for k in range(2)]
     x = noise((2, 4, 16, 16), generators, backbone.device, backbone.dtype) * steps.init_noise_sigma
-    x = sample(guided(zero, plan, 2), steps, x, generators)
+    g, inputs = guided(zero, plan, 2)
+    x = sample(g, inputs, steps, x, generators)
     ours = (backbone.decode(x) / 2 + 0.5).clamp(0, 1)
     assert ours.shape == reference.shape == (2, 3, 32, 32)
     assert (ours - reference).abs().max().item() <= 1e-4
@@ -137,11 +148,11 @@ def test_zero_init_tokens_only_take_softmax_weight(world, composer):
 
 def test_each_kind_enters_through_its_declared_doors(world, composer):
     backbone, _, trained = composer
-    adapter = trained.adapter
+    adapter = adapter_of(trained)
     for kind in KINDS:
         feature = backbone.encode_sentence([world[kind].text]) if kind == "caption" else adapter.features(world[kind])
         out = adapter({kind: feature}, 1, (16, 16))
-        doors = ComposerAdapter.DOORS[kind]
+        doors = ComposerAdapter.ROUTES[kind]
         assert bool(out.time_addition.any()) == (TIME in doors), kind
         assert bool(out.token_mask.any()) == bool(out.tokens.any()) == (TOKENS in doors), kind
         assert bool(out.input_addition.any()) == (CHANNELS in doors), kind
@@ -161,19 +172,19 @@ def test_trained_adapter_hears_each_kind_and_nothing_absent(tiny, world, compose
         change = (forward(trained, conds(world, kind), x, t) - empty).abs().max().item()
         assert change > 1e-3, (kind, change)
     # An absent kind's weights play no part: re-drawing the depth and palette weights changes nothing here.
-    other = copy.deepcopy(trained.adapter)
+    other = copy.deepcopy(adapter_of(trained))
     with torch.no_grad():
         for name, p in other.named_parameters():
             if "depth" in name or "palette" in name:
                 p.normal_()
-    rerun = ComposerDenoiser(backbone, other)
+    rerun = composer_denoiser(backbone, other)
     present = conds(world, "caption", "sketch", "image_embedding")
     assert torch.equal(forward(rerun, present, x, t), forward(trained, present, x, t))
 
 
-class CountingComposer(ComposerDenoiser):
+class CountingComposer(BackboneDenoiser):
     def __init__(self, backbone, adapter):
-        super().__init__(backbone, adapter)
+        super().__init__(backbone.with_adapters(adapter))
         self.batches = []
 
     def __call__(self, x, t, inputs):
@@ -183,12 +194,13 @@ class CountingComposer(ComposerDenoiser):
 
 def test_terms_with_different_condition_subsets_run_in_one_forward(world, composer):
     backbone, _, trained = composer
-    d = CountingComposer(backbone, trained.adapter)
+    d = CountingComposer(backbone, adapter_of(trained))
     base = conds(world, "caption")
     terms = [conds(world, "caption", "sketch", "depth"), conds(world, "caption", "palette"),
              conds(world, "image_embedding", "instances", "masked_image", "intensity")]
     x, t = x_and_t(batch=2)
-    out = guided(d, GuidancePlan(base, tuple(Term(c, s) for c, s in zip(terms, (3.0, 2.0, 1.5)))), 2)(x, t, 0, 10)
+    g, inputs = guided(d, GuidancePlan(base, tuple(Term(c, s) for c, s in zip(terms, (3.0, 2.0, 1.5)))), 2)
+    out = g(x, t, inputs)
     assert d.batches == [8]  # (base + 3 terms) x batch 2, one forward
     e0, e1, e2, e3 = (forward(trained, c, x, t) for c in (base, *terms))
     assert torch.allclose(out, e0 + 3.0 * (e1 - e0) + 2.0 * (e2 - e0) + 1.5 * (e3 - e0), atol=1e-5)
@@ -206,7 +218,7 @@ def test_batch_equals_singles(world, composer):
 def test_per_row_keep_equals_absence(world, composer):
     """Training's per-sample dropout: a row where a kind is not kept gets what absence gives."""
     _, _, trained = composer
-    adapter = trained.adapter
+    adapter = adapter_of(trained)
     kinds = ("palette", "sketch", "depth")
     features = {k: adapter.features(world[k]).repeat(2, *[1] * (adapter.features(world[k]).ndim - 1)) for k in kinds}
     keep = {"palette": torch.tensor([1.0, 0.0]), "depth": torch.tensor([0.0, 1.0])}
@@ -220,10 +232,10 @@ def test_per_row_keep_equals_absence(world, composer):
 
 def test_adapter_weights_round_trip_through_safetensors(tmp_path, composer):
     _, _, trained = composer
-    path = trained.adapter.save(tmp_path / "composer.safetensors")
+    path = adapter_of(trained).save(tmp_path / "composer.safetensors")
     loaded = ComposerAdapter.load(path)
-    assert loaded.config == trained.adapter.config
-    original = trained.adapter.state_dict()
+    assert loaded.config == adapter_of(trained).config
+    original = adapter_of(trained).state_dict()
     assert loaded.state_dict().keys() == original.keys()
     assert all(torch.equal(loaded.state_dict()[k], original[k]) for k in original)
 
@@ -231,8 +243,8 @@ def test_adapter_weights_round_trip_through_safetensors(tmp_path, composer):
 def test_detach_gives_back_the_plain_backbone(tiny, world):
     backbone = tiny_sd(seed=0)
     adapter = ComposerAdapter(ComposerConfig.for_backbone(backbone, EMBEDDING_DIM))
-    adapter.attach(backbone.unet)
-    adapter.attach(backbone.unet)  # idempotent
+    adapter.attach(backbone)
+    adapter.attach(backbone)  # idempotent
     detach(backbone.unet)
     x, t = x_and_t()
     assert not is_attached(backbone.unet)
@@ -248,23 +260,33 @@ def test_bad_inputs_name_the_field(world, composer):
         zero.encode(ConditionSet.of(Caption("x"), Blobs((Ellipse(8.0, 8.0, 4.0, 2.0, 0.0),), ("a dot",), (32, 32))))
     with pytest.raises(InvalidParameter, match="^image_embedding.vector"):
         zero.encode(ConditionSet.of(ImageEmbedding(np.ones(5, np.float32), "test-encoder")))
-    picky = ComposerAdapter(replace(zero.adapter.config, image_encoder="clip:some-model@0123"))
+    picky = ComposerAdapter(replace(adapter_of(zero).config, image_encoder="clip:some-model@0123"))
     with pytest.raises(InvalidParameter, match="^image_embedding.encoder"):
         picky.features(world["image_embedding"])
     with pytest.raises(InvalidParameter, match="^depth"):  # sizes must agree across the sets of a plan
         generation_size(conds(world, "sketch"), ConditionSet.of(Depth(np.zeros((16, 16), np.float32))))
     assert generation_size(conds(world, "sketch", "caption"), conds(world, "depth")) == (32, 32)
     with pytest.raises(InvalidParameter, match="^width"):
-        ComposerDenoiser(backbone, zero.adapter, size=(33, 32))
+        composer_denoiser(backbone, adapter_of(zero), size=(33, 32))
     with pytest.raises(InvalidParameter, match="^size"):  # latents of another size than the conditions
-        zero(torch.zeros(1, 4, 8, 8), torch.tensor(10), zero.encode(conds(world, "sketch")))
-    with pytest.raises(ModelError, match="^adapter: is not attached"):
-        ComposerDenoiser(tiny_sd(seed=0), zero.adapter)
-    wide = ComposerAdapter(replace(zero.adapter.config, cross_attention_dim=64))
+        zero(torch.zeros(1, 4, 8, 8), x_and_t()[1], zero.encode(conds(world, "sketch")))
+    wide = ComposerAdapter(replace(adapter_of(zero).config, cross_attention_dim=64))
     with pytest.raises(ModelError, match="cross_attention_dim"):
-        wide.attach(tiny_sd(seed=0).unet)
-    with pytest.raises(ValueError, match="context_mask"):
-        ModelInputs.cat([ModelInputs(context=torch.zeros(1, 85, 32)), zero.encode(ConditionSet())])
+        tiny_sd(seed=0).with_adapters(wide)
+
+
+def test_rows_without_a_door_batch_with_rows_that_have_it(world, composer):
+    """Per-row presence: a row without extra tokens or additions batches with one that has them, and computes
+    what it computes alone."""
+    _, zero, trained = composer
+    x, t = x_and_t(batch=1)
+    plain = ModelInputs(context=trained.encode(ConditionSet()).context[:, :77])  # tokens only, no doors
+    full = trained.encode(conds(world, "caption", "palette", "sketch"))
+    both = ModelInputs.cat([plain, full])
+    assert both.context_mask[0, 77:].eq(0).all() and both.time_addition[0].eq(0).all()
+    out = trained(x.repeat(2, 1, 1, 1), t, both)
+    assert torch.allclose(out[:1], trained(x, t, plain), atol=1e-5) and torch.allclose(out[1:], trained(x, t, full),
+                                                                                        atol=1e-5)
 
 
 def test_sentence_embedding_clip_pooled_and_bert_masked_mean(tiny):

@@ -35,8 +35,8 @@ def model():
     from recomposer.models.tiny import tiny_sd
 
     torch.manual_seed(0)
-    return ComposerModel(tiny_sd(seed=0), randomised_adapter(tiny_sd(seed=0)),
-                         BundledImageEncoder(WorldImageEncoder(), ENCODER))
+    return ComposerModel.of(tiny_sd(seed=0), randomised_adapter(tiny_sd(seed=0)),
+                            BundledImageEncoder(WorldImageEncoder(), ENCODER))
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_an_adapter_for_another_backbone_is_refused():
     wide = new_adapter(backbone, 256, ENCODER, local_channels=8)
     object.__setattr__(wide.config, "cross_attention_dim", 64)
     with pytest.raises(RecomposerError, match="adapter"):
-        ComposerModel(backbone, wide)
+        ComposerModel.of(backbone, wide)
 
 
 # ---------------------------------------------------------------- the commands

@@ -1,14 +1,15 @@
-"""Guidance rules over condition sets and the one loop: batching, windows, hooks, callbacks, cancellation."""
+"""Guidance rules over condition sets and the one loop: batching, windows, signed terms, rows with their own
+plans, hooks, resampling, callbacks, cancellation."""
 
 import pytest
 import torch
 
 from recomposer.conditions import Caption, ConditionSet
-from recomposer.denoiser import BackboneDenoiser
+from recomposer.denoiser import BackboneDenoiser, Step
 from recomposer.errors import Cancelled, InvalidParameter, NonFiniteResult
-from recomposer.guidance import GuidancePlan, Term, cfg, composer, guided
+from recomposer.guidance import Guided, GuidancePlan, Term, cfg, composer, dual, guided
 from recomposer.models.tiny import tiny_sd
-from recomposer.sampling import sample
+from recomposer.sampling import resampling_positions, sample
 from recomposer.schedulers import make_scheduler
 from recomposer.tasks.generate import GenerateRequest, generate
 
@@ -24,25 +25,34 @@ class CountingDenoiser(BackboneDenoiser):
         super().__init__(backbone)
         self.batches = []
 
-    def __call__(self, x, t, inputs):
+    def __call__(self, x, step, inputs):
         self.batches.append(x.shape[0])
-        return super().__call__(x, t, inputs)
+        return super().__call__(x, step, inputs)
+
+
+def step_at(index=0, count=10):
+    return Step(index, count, index, count, torch.tensor(500))
 
 
 def x_and_t(backbone, batch=2, seed=0):
     x = torch.randn(batch, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
-    return x, torch.tensor(500)
+    return x, step_at()
 
 
 def separate(denoiser, conds, x, t, batch):
     return denoiser(x, t, denoiser.encode(conds).repeat(batch))
 
 
+def run_guided(d, plan, x, step, batch=None):
+    g, inputs = guided(d, plan, batch if batch is not None else len(x))
+    return g(x, step, inputs)
+
+
 def test_cfg_equals_its_formula_from_separate_forwards(tiny):
     d = BackboneDenoiser(tiny)
     x, t = x_and_t(tiny)
     expected = separate(d, EMPTY, x, t, 2) + 7.0 * (separate(d, P, x, t, 2) - separate(d, EMPTY, x, t, 2))
-    assert torch.allclose(guided(d, cfg(P, 7.0), 2)(x, t, 0, 10), expected, atol=1e-5)
+    assert torch.allclose(run_guided(d, cfg(P, 7.0), x, t), expected, atol=1e-5)
 
 
 def test_null_conditions_equal_the_empty_caption(tiny):
@@ -50,14 +60,14 @@ def test_null_conditions_equal_the_empty_caption(tiny):
     d = BackboneDenoiser(tiny)
     x, t = x_and_t(tiny)
     assert torch.equal(separate(d, EMPTY, x, t, 2), separate(d, ConditionSet.of(Caption("")), x, t, 2))
-    assert torch.equal(guided(d, cfg(P, 3.0), 2)(x, t, 0, 5), guided(d, cfg(P, 3.0, ConditionSet.of(Caption(""))), 2)(x, t, 0, 5))
+    assert torch.equal(run_guided(d, cfg(P, 3.0), x, t), run_guided(d, cfg(P, 3.0, ConditionSet.of(Caption(""))), x, t))
 
 
 def test_composer_rule_strengthens_c1_against_c2(tiny):
     d = BackboneDenoiser(tiny)
     x, t = x_and_t(tiny)
     e1, e2 = separate(d, P, x, t, 2), separate(d, Q, x, t, 2)
-    assert torch.allclose(guided(d, composer(P, Q, 3.0), 2)(x, t, 0, 10), e2 + 3.0 * (e1 - e2), atol=1e-5)
+    assert torch.allclose(run_guided(d, composer(P, Q, 3.0), x, t), e2 + 3.0 * (e1 - e2), atol=1e-5)
 
 
 def test_three_terms_run_in_one_batched_forward(tiny):
@@ -65,7 +75,7 @@ def test_three_terms_run_in_one_batched_forward(tiny):
     x, t = x_and_t(tiny, batch=2)
     r = ConditionSet.of(Caption("a star"))
     plan = GuidancePlan(EMPTY, (Term(P, 2.0), Term(Q, 1.5), Term(r, 0.5)))
-    out = guided(d, plan, 2)(x, t, 0, 10)
+    out = run_guided(d, plan, x, t)
     assert d.batches == [8]  # (base + 3 terms) x batch 2, one forward
     e0, e1, e2, e3 = (separate(d, c, x, t, 2) for c in (EMPTY, P, Q, r))
     assert torch.allclose(out, e0 + 2.0 * (e1 - e0) + 1.5 * (e2 - e0) + 0.5 * (e3 - e0), atol=1e-5)
@@ -75,11 +85,11 @@ def test_term_windows_switch_terms_on_and_off(tiny):
     d = CountingDenoiser(tiny)
     x, t = x_and_t(tiny, batch=1)
     plan = GuidancePlan(EMPTY, (Term(P, 2.0, 0.0, 0.5), Term(Q, 3.0, 0.5, 1.0)))
-    denoise = guided(d, plan, 1)
+    denoise, inputs = guided(d, plan, 1)
     e0, e1, e2 = (separate(d, c, x, t, 1) for c in (EMPTY, P, Q))
-    assert torch.allclose(denoise(x, t, 0, 10), e0 + 2.0 * (e1 - e0), atol=1e-5)  # step 0: only P
-    assert torch.allclose(denoise(x, t, 4, 10), e0 + 2.0 * (e1 - e0), atol=1e-5)  # (4+1)/10 <= 0.5
-    assert torch.allclose(denoise(x, t, 5, 10), e0 + 3.0 * (e2 - e0), atol=1e-5)  # step 5: only Q
+    assert torch.allclose(denoise(x, step_at(0), inputs), e0 + 2.0 * (e1 - e0), atol=1e-5)  # step 0: only P
+    assert torch.allclose(denoise(x, step_at(4), inputs), e0 + 2.0 * (e1 - e0), atol=1e-5)  # (4+1)/10 <= 0.5
+    assert torch.allclose(denoise(x, step_at(5), inputs), e0 + 3.0 * (e2 - e0), atol=1e-5)  # step 5: only Q
     assert [Term(P, 1.0, 0.2, 0.6).active(i, 10) for i in range(10)] == [False, False, True, True, True, True,
                                                                            False, False, False, False]
 
@@ -87,12 +97,59 @@ def test_term_windows_switch_terms_on_and_off(tiny):
 def test_scale_one_alone_skips_the_base_forward(tiny):
     d = CountingDenoiser(tiny)
     x, t = x_and_t(tiny, batch=3)
-    out = guided(d, cfg(P, 1.0), 3)(x, t, 0, 10)
+    out = run_guided(d, cfg(P, 1.0), x, t)
     assert d.batches == [3]
     assert torch.allclose(out, separate(d, P, x, t, 3), atol=1e-6)
 
 
-@pytest.mark.parametrize("scale,start,end", [(-1.0, 0.0, 1.0), (float("nan"), 0.0, 1.0), (float("inf"), 0, 1),
+def test_signed_terms_and_explicit_references_give_dual_guidance(tiny):
+    """InstructPix2Pix's rule, s_I below 1 included: ε(∅) + s_I (ε(I) − ε(∅)) + s_T (ε(IT) − ε(I)), one forward."""
+    d = CountingDenoiser(tiny)
+    x, t = x_and_t(tiny, batch=2)
+    both = ConditionSet.of(Caption("a red circle, bigger"))
+    e0, e1, e2 = (separate(d, c, x, t, 2) for c in (EMPTY, P, both))
+    d.batches.clear()
+    for s_i, s_t in ((1.5, 7.5), (0.5, 3.0), (-0.5, 2.0)):
+        out = run_guided(d, dual(P, both, s_i, s_t), x, t)
+        assert torch.allclose(out, e0 + s_i * (e1 - e0) + s_t * (e2 - e1), atol=1e-4), (s_i, s_t)
+    assert d.batches == [6, 6, 6]
+    negative = run_guided(d, GuidancePlan(P, (Term(Q, -2.0),)), x, t)  # a negative scale pushes away
+    assert torch.allclose(negative, separate(d, P, x, t, 2) - 2.0 * (separate(d, Q, x, t, 2) - separate(d, P, x, t, 2)),
+                          atol=1e-4)
+
+
+def test_rows_of_one_batch_follow_their_own_plans_in_one_forward(tiny):
+    d = CountingDenoiser(tiny)
+    x, t = x_and_t(tiny, batch=2)
+    g = Guided(d)
+    out = g(x, t, g.encode([cfg(P, 4.0), composer(Q, P, 2.0)]))
+    assert d.batches == [4]  # 2 rows x 2 sets, one forward
+    alone0 = run_guided(d, cfg(P, 4.0), x[:1], t)
+    alone1 = run_guided(d, composer(Q, P, 2.0), x[1:], t)
+    assert torch.allclose(out, torch.cat([alone0, alone1]), atol=1e-5)
+    seen = []
+
+    class Roles(BackboneDenoiser):
+        def __call__(self, x, step, inputs):
+            seen.append(inputs.rows)
+            return super().__call__(x, step, inputs)
+
+    g = Guided(Roles(tiny))
+    g(x, t, g.encode([cfg(P, 4.0), cfg(Q, 4.0)]))
+    assert [(r.sample, r.set) for r in seen[0]] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert [r.conditional for r in seen[0]] == [False, False, True, True]
+
+
+def test_a_guided_denoiser_is_a_denoiser(tiny):
+    """Rules compose: a Guided over a Guided applies the inner rule to each of the outer rule's sets."""
+    x, t = x_and_t(tiny, batch=1)
+    inner = Guided(BackboneDenoiser(tiny))
+    inputs = inner.encode(cfg(P, 3.0), 1)
+    assert inner.prediction_type == "epsilon"
+    assert torch.allclose(inner(x, t, inputs), run_guided(BackboneDenoiser(tiny), cfg(P, 3.0), x, t), atol=1e-6)
+
+
+@pytest.mark.parametrize("scale,start,end", [(float("nan"), 0.0, 1.0), (float("inf"), 0, 1), (101.0, 0.0, 1.0),
                                              (1.0, 0.6, 0.4), (1.0, -0.1, 1.0), (1.0, 0.0, 1.5)])
 def test_invalid_terms_name_the_field(scale, start, end):
     with pytest.raises(InvalidParameter, match="^guidance"):
@@ -145,10 +202,78 @@ def test_cancellation_stops_between_steps(tiny):
     scheduler = make_scheduler("euler", tiny.scheduler_config)
     scheduler.set_timesteps(10)
     done = []
+    g, inputs = guided(d, cfg(P, 5.0), 1)
     with pytest.raises(Cancelled):
-        sample(guided(d, cfg(P, 5.0), 1), scheduler, torch.randn(1, 4, 16, 16), [torch.Generator()],
+        sample(g, inputs, scheduler, torch.randn(1, 4, 16, 16), [torch.Generator()],
                callback=lambda step, x: done.append(step.index), cancel=lambda: len(done) >= 3)
     assert done == [0, 1, 2] and len(d.batches) == 3
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_hooks_see_the_prediction_and_x0_before_and_after_the_step(tiny, scheduler):
+    g, inputs = guided(BackboneDenoiser(tiny), cfg(P, 3.0), 1)
+    schedule = make_scheduler(scheduler, tiny.scheduler_config)
+    schedule.set_timesteps(6)
+    seen, before = [], []
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * schedule.init_noise_sigma
+
+    def after(state):
+        seen.append(state)
+        return state.x_next
+
+    def first(x, step):
+        before.append((step.index, x.clone()))
+        return x
+
+    out = sample(g, inputs, schedule, x, [torch.Generator().manual_seed(0)], before=[first], hooks=[after])
+    assert [s.step.index for s in seen] == list(range(6)) and [b[0] for b in before] == list(range(6))
+    assert torch.equal(before[0][1], x) and torch.equal(seen[-1].x_next, out) and seen[-1].t_next is None
+    assert torch.equal(seen[2].t_next, schedule.timesteps[3])
+    if scheduler == "ddim":  # x = √ᾱ x̂₀ + √(1 − ᾱ) ε̂
+        a = schedule.alphas_cumprod[int(seen[2].step.timestep)]
+        assert torch.allclose(seen[2].x0, (seen[2].x - (1 - a).sqrt() * seen[2].prediction) / a.sqrt(), atol=1e-4)
+    else:  # sigma-scaled: x̃ = x̂₀ + σ ε̂
+        assert torch.allclose(seen[2].x0, seen[2].x - schedule.sigmas[2] * seen[2].prediction, atol=1e-4)
+
+
+def test_an_after_hook_changes_where_the_loop_continues(tiny):
+    g, inputs = guided(BackboneDenoiser(tiny), cfg(P, 3.0), 1)
+    schedule = make_scheduler("ddim", tiny.scheduler_config)
+    schedule.set_timesteps(4)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    entered = []
+    sample(g, inputs, schedule, x, [torch.Generator()], hooks=[lambda state: state.x_next * 0],
+           before=[lambda x, step: entered.append(x.abs().max().item()) or x])
+    assert entered[0] > 0 and entered[1:] == [0.0, 0.0, 0.0]
+
+
+def test_resampling_schedule_and_its_cost():
+    assert resampling_positions(6, 0, 2, 0) == list(range(6))
+    assert resampling_positions(6, 2, 2, 1) == [0, 1, 2, 3, 2, 3, 4, 5]  # no resampling after the last block
+    assert resampling_positions(6, 0, 3, 2) == [0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 4, 5]
+    with pytest.raises(InvalidParameter, match="^jump"):
+        resampling_positions(6, 0, 0, 1)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_the_loop_resamples_by_stepping_back(tiny, scheduler):
+    g, inputs = guided(BackboneDenoiser(tiny), cfg(P, 3.0), 1)
+    plain = make_scheduler(scheduler, tiny.scheduler_config)
+    plain.set_timesteps(6)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3)) * plain.init_noise_sigma
+    once = sample(g, inputs, plain, x, [torch.Generator().manual_seed(3)])
+    again = make_scheduler(scheduler, tiny.scheduler_config)
+    again.set_timesteps(6)
+    same = sample(g, inputs, again, x, [torch.Generator().manual_seed(3)],
+                  positions=resampling_positions(6, 0, 2, 0))
+    assert torch.equal(once, same)  # zero resamples: exactly the plain run
+    third = make_scheduler(scheduler, tiny.scheduler_config)
+    third.set_timesteps(6)
+    visits = []
+    resampled = sample(g, inputs, third, x, [torch.Generator().manual_seed(3)],
+                       positions=resampling_positions(6, 2, 2, 2), callback=lambda step, x: visits.append(step.position))
+    assert visits == [0, 1, 2, 3, 2, 3, 2, 3, 4, 5] and torch.isfinite(resampled).all()
+    assert not torch.allclose(resampled, once)
 
 
 def test_4_channel_inpainting_keeps_the_known_region(tiny, photo):
@@ -182,7 +307,7 @@ def test_9_channel_inpainting_unet_hears_the_mask():
 
 
 def test_nan_latents_are_an_error_not_an_image(tiny, monkeypatch):
-    def broken(self, x, t, inputs):
+    def broken(self, x, step, inputs):
         return torch.full_like(x[:, :4], float("nan"))
 
     monkeypatch.setattr(BackboneDenoiser, "__call__", broken)

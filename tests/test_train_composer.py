@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from recomposer.cli import main
 from recomposer.conditions import ConditionSet
-from recomposer.denoiser import ComposerDenoiser, forward_unet
+from recomposer.denoiser import BackboneDenoiser, forward_unet
 from recomposer.errors import InvalidParameter
 from recomposer.models.composer import ComposerAdapter
 from recomposer.models.tiny import tiny_sd
@@ -133,7 +133,7 @@ def test_batches_are_world_seeds_with_their_exact_conditions():
 
 
 def test_the_step_predicts_exactly_what_sampling_predicts(batch):
-    """For every sample, the training forward equals ComposerDenoiser on the set of kinds that were kept:
+    """For every sample, the training forward equals the sampling denoiser on the set of kinds that were kept:
     the same encoding of every condition, the same doors, dropped = absent (and a caption dropped = "").
     Sample 1 lacks its sketch and caption: they must stay absent whatever the draw."""
     model = trainee(randomise=True)
@@ -141,7 +141,7 @@ def test_the_step_predicts_exactly_what_sampling_predicts(batch):
     sets = [world_conditions(samples[0]), world_conditions(samples[1]).without("sketch", "caption")]
     images = torch.stack([s.tensors()["image"] for s in samples])
     mixed = composer_batch(model.backbone, images, sets, model.adapter)
-    denoiser = ComposerDenoiser(model.backbone, model.adapter, size=(32, 32))
+    denoiser = BackboneDenoiser(model.backbone, size=(32, 32))
     seen = set()
     for seed in range(4):
         with torch.no_grad():

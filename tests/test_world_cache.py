@@ -45,12 +45,18 @@ def built(tmp_path_factory):
     return folder, spec, backbone, encoder
 
 
+def fresh_rows(backbone, encoder):
+    """The 40 scenes encoded as the shards were, 16 at a time (encoders' numbers depend a little on the batch)."""
+    parts = [wc.encode_scenes(backbone, encoder, range(a, min(a + 16, 40)), 64) for a in (0, 16, 32)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def test_cached_batches_are_the_uncached_ones_exactly(built):
     folder, spec, backbone, encoder = built
     cache = wc.WorldCache(folder, spec)
     rows = np.array([3, 17, 39, 0])
     cached = rows_batch(cache.rows(rows), backbone.mask_padding)
-    fresh = rows_batch(wc.encode_scenes(backbone, encoder, range(0, 40), 64), backbone.mask_padding)
+    fresh = rows_batch(fresh_rows(backbone, encoder), backbone.mask_padding)
     for key in ("latent_mean", "latent_std", "sentence"):
         assert torch.equal(cached[key], fresh[key][rows])
     width = cached["tokens"].shape[1]
@@ -87,7 +93,7 @@ def test_a_step_on_cached_and_uncached_batches_is_the_same(built):
                                                        "intensity", "masked_image", "image_embedding"))
     cached = cached_batches(wc.WorldCache(folder, spec), backbone, 4, seed=1)(2)
     rows = wc.batch_rows(2, 4, 40, 1)
-    fresh = rows_batch(wc.encode_scenes(backbone, encoder, range(40), 64), backbone.mask_padding)
+    fresh = rows_batch(fresh_rows(backbone, encoder), backbone.mask_padding)
     width = cached["tokens"].shape[1]
     fresh = {**{k: v[rows] for k, v in fresh.items() if isinstance(v, torch.Tensor)},
              "features": {k: v[rows] for k, v in fresh["features"].items()},
@@ -104,9 +110,11 @@ def test_a_step_on_cached_and_uncached_batches_is_the_same(built):
 
 def test_uncached_world_batches_are_a_cache_computed_on_the_fly(built):
     folder, spec, backbone, encoder = built
-    batch = world_batches(backbone, 4, 64, image_encoder=encoder)(1)  # seeds 4..7
+    batch = world_batches(backbone, 4, 64, image_encoder=encoder)(1)  # seeds 4..7, encoded four at a time
     cached = rows_batch(wc.WorldCache(folder, spec).rows(np.arange(4, 8)), backbone.mask_padding)
-    assert torch.equal(batch["latent_mean"], cached["latent_mean"]) and torch.equal(batch["tokens"], cached["tokens"])
+    for key in ("latent_mean", "tokens", "sentence"):  # the same up to fp16 and the encoders' batch arithmetic
+        assert torch.allclose(batch[key], cached[key], atol=2e-2, rtol=2e-3), key
+    assert all(torch.equal(batch["features"][k], cached["features"][k]) for k in ("sketch", "instances", "palette"))
 
 
 def test_clip_backbones_cache_every_token(tmp_path):

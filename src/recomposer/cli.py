@@ -16,6 +16,7 @@ import typer
 from .commands.bench import bench_app
 from .commands.compose import COMMANDS as COMPOSER_COMMANDS
 from .commands.decompose import decompose_command
+from .commands.p2p import COMMANDS as P2P_COMMANDS
 from .commands.train import train_app
 from .commands.world import world_app
 from .errors import Cancelled, InvalidParameter, RecomposerError
@@ -27,7 +28,7 @@ app.add_typer(world_app, name="world")
 app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
 app.command("decompose")(decompose_command)
-for _name, _command in COMPOSER_COMMANDS.items():
+for _name, _command in {**COMPOSER_COMMANDS, **P2P_COMMANDS}.items():
     app.command(_name)(_command)
 
 Model = Annotated[Optional[str], typer.Option("--model", help="Diffusers model directory, or a .safetensors file "

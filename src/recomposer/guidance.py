@@ -1,24 +1,33 @@
-"""Guidance rules: functions from a denoiser and a plan over condition sets to a guided denoiser.
+"""Guidance rules: a denoiser and a plan over condition sets become a guided denoiser, itself a denoiser.
 
-One rule covers classifier-free guidance, Composer's two-set guidance and per-condition terms:
+One rule covers classifier-free guidance, Composer's two-set guidance, per-condition terms and
+InstructPix2Pix's dual guidance:
 
-    ε̂ = ε(x, c_base) + Σ_k  a_k(i) · s_k · (ε(x, c_k) − ε(x, c_base))
+    ε̂ = ε(x, c_base) + Σ_k  a_k(i) · s_k · (ε(x, c_k) − ε(x, r_k))
 
-where a_k(i) is 1 while step i lies inside term k's [start, end] window of the schedule.
+where a_k(i) is 1 while step i lies inside term k's [start, end] window of the schedule, s_k is a signed
+scale and r_k the term's reference set (the base unless the term names its own).
 - CFG (Ho & Salimans 2022): c_base = ∅ (or the negative prompt), one term c_1 = the prompt, s = w.
 - Composer (Huang et al. 2023, §3.2): ε̂ = ε(x, c2) + w·(ε(x, c1) − ε(x, c2)): c_base = c2, one term c1.
   With c2 ⊂ c1 only the conditions in c1 \\ c2 are strengthened; those in c2 \\ c1 are pushed away.
 - Per-condition weights: several terms, each adding one condition (or group) on top of the base.
-All sets needed at a step are evaluated in ONE batched forward: rows [base, active terms...] × B.
+- InstructPix2Pix (Brooks et al. 2023, eq. 3): c_base = (∅, ∅), term (c_I, ∅) with s_I, term (c_I, c_T) with s_T
+  and reference (c_I, ∅); s_I below 1 works as the formula says.
+The sum is evaluated in this form (as diffusers' pipelines do); with one active term of scale 1 against the
+base, the base cancels and is not evaluated (ε̂ = ε(x, c_1)). Every sample of a batch may follow its own plan
+(Prompt-to-Prompt's source and edited rows); all the rows a step needs run in ONE batched forward, in
+the order (set, sample) with set 0 the base, and each row's ``RowRole`` tells attention processors what
+it computes.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from .conditions import ConditionSet
-from .denoiser import Denoiser, ModelInputs
+from .denoiser import Denoiser, ModelInputs, RowRole, Step
+from .errors import InvalidParameter
 from .validation import fraction_window, real
 
 GUIDANCE_MAX = 100.0
@@ -26,15 +35,17 @@ GUIDANCE_MAX = 100.0
 
 @dataclass(frozen=True)
 class Term:
-    """One guidance term: push towards ``conds`` (away from the base) with ``scale`` inside [start, end]."""
+    """One guidance term: push towards ``conds`` and away from ``reference`` (None: the plan's base) with the
+    signed ``scale`` inside [start, end] of the schedule."""
 
     conds: ConditionSet
     scale: float
     start: float = 0.0  # fraction of the schedule where the term switches on (0 = the noisiest step)
     end: float = 1.0  # fraction where it switches off
+    reference: ConditionSet | None = None
 
     def __post_init__(self) -> None:
-        real("guidance", self.scale, 0.0, GUIDANCE_MAX)
+        real("guidance", self.scale, -GUIDANCE_MAX, GUIDANCE_MAX)
         fraction_window("guidance", self.start, self.end)
 
     def active(self, index: int, count: int) -> bool:
@@ -45,7 +56,50 @@ class Term:
 @dataclass(frozen=True)
 class GuidancePlan:
     base: ConditionSet  # c_base: the null set, a negative prompt, or Composer's c2
-    terms: tuple[Term, ...]
+    terms: tuple[Term, ...] = ()
+    per_step: dict = field(default_factory=dict, compare=False)  # {(set index, position): ConditionSet} overrides
+
+    def sets(self) -> list[ConditionSet]:
+        """The distinct condition sets the plan needs, the base first (identity decides what is distinct)."""
+        found: list[ConditionSet] = [self.base]
+        for term in self.terms:
+            for conds in (term.conds, term.reference):
+                if conds is not None and not any(conds is s for s in found):
+                    found.append(conds)
+        return found
+
+    def active(self, position: int, count: int) -> list[Term]:
+        return [term for term in self.terms if term.active(position, count)]
+
+    def needed(self, position: int, count: int) -> list[int]:
+        """Indices into ``sets()`` of the sets the step at ``position`` of ``count`` evaluates."""
+        sets, active = self.sets(), self.active(position, count)
+        if _base_cancels(active):
+            return [_index(sets, active[0].conds)]
+        needed = {0}
+        for term in active:
+            needed.add(_index(sets, term.conds))
+            needed.add(_index(sets, term.reference if term.reference is not None else self.base))
+        return sorted(needed)
+
+    def combine(self, e: dict[int, torch.Tensor], position: int, count: int) -> torch.Tensor:
+        """ε̂ from the predictions ``e`` (set index -> tensor) of the sets ``needed`` returned."""
+        sets, active = self.sets(), self.active(position, count)
+        if _base_cancels(active):
+            return e[_index(sets, active[0].conds)]
+        prediction = e[0]
+        for term in active:
+            reference = term.reference if term.reference is not None else self.base
+            prediction = prediction + term.scale * (e[_index(sets, term.conds)] - e[_index(sets, reference)])
+        return prediction
+
+
+def _base_cancels(active: list[Term]) -> bool:
+    return len(active) == 1 and active[0].scale == 1.0 and active[0].reference is None
+
+
+def _index(sets: list[ConditionSet], conds: ConditionSet) -> int:
+    return next(j for j, s in enumerate(sets) if s is conds)
 
 
 def cfg(conds: ConditionSet, scale: float, negative: ConditionSet = ConditionSet()) -> GuidancePlan:
@@ -58,26 +112,78 @@ def composer(c1: ConditionSet, c2: ConditionSet, w: float) -> GuidancePlan:
     return GuidancePlan(base=c2, terms=(Term(c1, w),))
 
 
-GuidedDenoiser = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
+def dual(image: ConditionSet, both: ConditionSet, image_scale: float, text_scale: float,
+         null: ConditionSet = ConditionSet()) -> GuidancePlan:
+    """InstructPix2Pix: ε(∅,∅) + s_I·[ε(c_I,∅) − ε(∅,∅)] + s_T·[ε(c_I,c_T) − ε(c_I,∅)] (Brooks et al. 2023, eq. 3)."""
+    return GuidancePlan(base=null, terms=(Term(image, image_scale), Term(both, text_scale, reference=image)))
 
 
-def guided(denoiser: Denoiser, plan: GuidancePlan, batch: int) -> GuidedDenoiser:
-    """Encode every set of the plan once; return D(x, t, index, count) applying the rule above."""
-    base = denoiser.encode(plan.base).repeat(batch)
-    terms = [denoiser.encode(term.conds).repeat(batch) for term in plan.terms]
+@dataclass(frozen=True)
+class GuidedInputs:
+    """A batch's plans encoded: per sample, its plan and the ModelInputs (one row) of each of its sets."""
 
-    def denoise(x: torch.Tensor, t: torch.Tensor, index: int, count: int) -> torch.Tensor:
-        active = [k for k, term in enumerate(plan.terms) if term.active(index, count)]
-        scales = [plan.terms[k].scale for k in active]
-        # With one active term of scale 1 the base cancels: ε̂ = ε(c_1). Skip its forward (as diffusers does).
-        need_base = not (len(active) == 1 and scales[0] == 1.0)
-        rows = ([base] if need_base else []) + [terms[k] for k in active]
-        out = denoiser(x.repeat(len(rows), 1, 1, 1), t, ModelInputs.cat(rows)).chunk(len(rows))  # R × (B, C, h, w)
-        if not need_base:
-            return out[0]
-        prediction = out[0]
-        for scale, term_out in zip(scales, out[1:]):
-            prediction = prediction + scale * (term_out - out[0])
+    plans: tuple[GuidancePlan, ...]  # one per sample
+    encoded: tuple[tuple[ModelInputs, ...], ...]  # [sample][set] one row each
+    per_step: dict = field(default_factory=dict)  # {(sample, set, position): ModelInputs} overrides (inversion)
+
+    @property
+    def batch(self) -> int:
+        return len(self.plans)
+
+    def at(self, sample: int, j: int, position: int) -> ModelInputs:
+        return self.per_step.get((sample, j, position), self.encoded[sample][j])
+
+
+class Guided:
+    """A denoiser that applies each sample's guidance plan (module docstring): ``encode(plans)`` once per run,
+    then ``guided(x, step, inputs)`` per step, like any denoiser."""
+
+    def __init__(self, denoiser: Denoiser):
+        self.denoiser = denoiser
+        self.prediction_type = denoiser.prediction_type
+
+    def encode(self, plans: GuidancePlan | Sequence[GuidancePlan], batch: int | None = None) -> GuidedInputs:
+        """Encode every distinct set once. ``plans``: one plan for all ``batch`` samples, or one per sample."""
+        if isinstance(plans, GuidancePlan):
+            if batch is None:
+                raise InvalidParameter("batch", "given with a single plan", None)
+            plans = (plans,) * batch
+        plans = tuple(plans)
+        cache: dict[int, ModelInputs] = {}
+
+        def encode(conds: ConditionSet) -> ModelInputs:
+            if id(conds) not in cache:
+                cache[id(conds)] = self.denoiser.encode(conds)
+            return cache[id(conds)]
+
+        encoded = tuple(tuple(encode(c) for c in plan.sets()) for plan in plans)
+        per_step = {(k, j, position): encode(conds) for k, plan in enumerate(plans)
+                    for (j, position), conds in plan.per_step.items()}
+        return GuidedInputs(plans, encoded, per_step)
+
+    def __call__(self, x: torch.Tensor, step: Step, inputs: GuidedInputs) -> torch.Tensor:
+        position, count = step.position, step.schedule_length
+        needed = [plan.needed(position, count) for plan in inputs.plans]  # [sample] -> set indices
+        rows = sorted((j, k) for k, sets in enumerate(needed) for j in sets)  # (set, sample): the base rows first
+        model_inputs = ModelInputs.cat([inputs.at(k, j, position) for j, k in rows])
+        model_inputs = model_inputs.with_rows([RowRole(k, j) for j, k in rows])
+        out = self.denoiser(x[[k for _, k in rows]], step, model_inputs)  # (R, C, h, w): one forward
+        row_of = {jk: r for r, jk in enumerate(rows)}
+        prediction = torch.empty_like(out[:len(x)])
+        for plan, samples in _groups(inputs.plans):  # samples that share a plan are combined together
+            e = {j: out[[row_of[j, k] for k in samples]] for j in needed[samples[0]]}
+            prediction[samples] = plan.combine(e, position, count)
         return prediction
 
-    return denoise
+
+def _groups(plans: tuple[GuidancePlan, ...]) -> list[tuple[GuidancePlan, list[int]]]:
+    groups: dict[int, tuple[GuidancePlan, list[int]]] = {}
+    for k, plan in enumerate(plans):
+        groups.setdefault(id(plan), (plan, []))[1].append(k)
+    return list(groups.values())
+
+
+def guided(denoiser: Denoiser, plan: GuidancePlan | Sequence[GuidancePlan], batch: int | None = None):
+    """A guided denoiser and its encoded inputs in one go: (Guided(denoiser), inputs)."""
+    g = Guided(denoiser)
+    return g, g.encode(plan, batch)

@@ -27,17 +27,15 @@ def library_versions() -> dict:
 
 
 def a1111_parameters(p: dict) -> str:
-    """The AUTOMATIC1111 'parameters' text: prompt, negative, then 'Key: value' pairs."""
+    """The AUTOMATIC1111 'parameters' text: prompt, negative, then 'Key: value' pairs (those the task has)."""
     params = p["params"]
-    fields = [("Steps", params["steps"]), ("Sampler", p["sampler_label"]), ("CFG scale", params["guidance"]),
-              ("Seed", p["seed"]), ("Size", f"{params['width']}x{params['height']}"),
-              ("Model hash", p["model"]["sha256"][:10])]
-    if params.get("strength") is not None:
-        fields.append(("Denoising strength", params["strength"]))
-    lines = [params["prompt"]]
+    fields = [("Steps", params.get("steps")), ("Sampler", p.get("sampler_label")), ("CFG scale", params.get("guidance")),
+              ("Seed", p.get("seed")), ("Size", f"{params['width']}x{params['height']}" if "width" in params else None),
+              ("Model hash", p["model"]["sha256"][:10]), ("Denoising strength", params.get("strength"))]
+    lines = [p.get("prompt", params.get("prompt", ""))]
     if params.get("negative"):
         lines.append(f"Negative prompt: {params['negative']}")
-    lines.append(", ".join(f"{k}: {v}" for k, v in fields))
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
     return "\n".join(lines)
 
 

@@ -237,7 +237,7 @@ def loop_figure(b: Backbone, config: SpeedConfig, size: int) -> dict:
     from ..schedulers import make_scheduler
 
     plan = cfg(ConditionSet.of(Caption(PROMPT)), GUIDANCE, ConditionSet.of(Caption(NEGATIVE)))
-    denoise = guided(BackboneDenoiser(b), plan, 1)
+    denoise, inputs = guided(BackboneDenoiser(b, (size, size)), plan, 1)
     latent = (1, b.latent_channels, size // b.vae_factor, size // b.vae_factor)
 
     def loop():
@@ -245,7 +245,7 @@ def loop_figure(b: Backbone, config: SpeedConfig, size: int) -> dict:
         scheduler.set_timesteps(config.steps, device=b.device)
         generators = [torch.Generator().manual_seed(0)]
         x = noise(latent, generators, b.device, b.dtype) * scheduler.init_noise_sigma
-        return sample(denoise, scheduler, x, generators)
+        return sample(denoise, inputs, scheduler, x, generators)
 
     loop()  # warm-up
     loop_times = []
@@ -263,15 +263,16 @@ def guidance_figure(b: Backbone, config: SpeedConfig, size: int, terms: int) -> 
     """Figure 3: one guided step with a base and ``terms`` terms (all in one batched forward) vs the bare UNet
     on the same batch of terms + 1, stacked beforehand."""
     from ..conditions import Caption, ConditionSet
-    from ..denoiser import BackboneDenoiser
+    from ..denoiser import BackboneDenoiser, Step
     from ..guidance import GuidancePlan, Term, guided
 
     captions = ("a red circle", "a blue square", "a yellow star")[:terms]
     plan = GuidancePlan(ConditionSet(), tuple(Term(ConditionSet.of(Caption(c)), 2.0) for c in captions))
-    denoise = guided(BackboneDenoiser(b), plan, 1)
+    denoise, inputs = guided(BackboneDenoiser(b, (size, size)), plan, 1)
     latent = (1, b.latent_channels, size // b.vae_factor, size // b.vae_factor)
     x = torch.randn(latent, generator=torch.Generator().manual_seed(0)).to(b.device, b.dtype)
     t = torch.tensor(500, device=b.device)
+    step = Step(0, config.steps, 0, config.steps, t)
     context = b.encode_text(["", *captions])  # (terms + 1, T, D)
     xs = x.repeat(terms + 1, 1, 1, 1)  # (terms + 1, C, h, w)
 
@@ -279,7 +280,11 @@ def guidance_figure(b: Backbone, config: SpeedConfig, size: int, terms: int) -> 
     def raw():
         return b.unet(xs, t, encoder_hidden_states=context, return_dict=False)[0]
 
-    guided_t, raw_t = side_by_side(lambda: denoise(x, t, 0, config.steps), raw, config.repeats, b.device)
+    @torch.no_grad()
+    def ours():
+        return denoise(x, step, inputs)
+
+    guided_t, raw_t = side_by_side(ours, raw, config.repeats, b.device)
     return figure(f"one guided step, base + {terms} terms", statistics.median(guided_t), "s", config.repeats,
                   "guided denoiser call (one batched forward plus the weighted sum) vs the bare UNet call on "
                   "pre-stacked inputs; interleaved runs", statistics.median(raw_t),

@@ -1,11 +1,12 @@
 """The backbone: one object holding a latent diffusion model's VAE, UNet, text encoder and scheduler.
 
 Every method in recomposer runs on a Backbone, whether it is the bundled shapes-world model or a
-Stable Diffusion checkpoint; adapters (Composer, ControlNet, ...) attach to it. How a backbone
-was loaded is kept in ``source`` so that a result's provenance can load it again.
+Stable Diffusion checkpoint; it carries a stack of adapters (models/adapter.py: Composer, ControlNet,
+inpainting channels, ...), each declaring what it hears and where it writes. How a backbone was loaded
+is kept in ``source`` so that a result's provenance can load it again.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
 import torch
@@ -45,7 +46,28 @@ class Backbone:
     text_attention_mask: bool = False  # pass the padding mask to the text encoder (BERT-style yes, SD's CLIP no)
     max_text_tokens: int | None = None  # prompt length in tokens; None: the tokenizer's model_max_length
     mask_padding: bool = False  # the UNet ignores padding tokens (BERT-style encoders; SD's CLIP attends all)
+    adapters: tuple = ()  # the adapter stack (models/adapter.py), in the order their doors are filled
     _identity: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        from .adapter import check_stack
+
+        check_stack(self.adapters, self.unet.config.in_channels, self.latent_channels)
+
+    def with_adapters(self, *adapters) -> "Backbone":
+        """This backbone (the same modules) with ``adapters`` on top of its stack: each is attached (its doors
+        installed, its sizes checked), moved to the backbone's device and dtype, and the stack's declared
+        input channels are checked against the UNet's."""
+        for adapter in adapters:
+            if hasattr(adapter, "attach"):
+                adapter.attach(self)
+            if isinstance(adapter, torch.nn.Module):
+                adapter.to(self.device, self.dtype).eval()
+        return replace(self, adapters=self.adapters + tuple(adapters))
+
+    def adapter(self, cls):
+        """The first adapter of class ``cls`` in the stack, or None."""
+        return next((a for a in self.adapters if isinstance(a, cls)), None)
 
     # --- facts about the model -------------------------------------------------------------
     @property
@@ -64,11 +86,6 @@ class Backbone:
     @property
     def latent_channels(self) -> int:
         return self.vae.config.latent_channels
-
-    @property
-    def is_inpainting(self) -> bool:
-        """A 9-channel inpainting UNet: x_t (4) + mask (1) + masked-image latents (4)."""
-        return self.unet.config.in_channels == 2 * self.latent_channels + 1
 
     @property
     def prediction_type(self) -> str:
@@ -166,6 +183,9 @@ class Backbone:
                 module.to(dtype=dtype)
             module.to(device=device)
             module.eval()
+        for adapter in self.adapters:
+            if isinstance(adapter, torch.nn.Module):
+                adapter.to(device, dtype).eval()
         self._identity = None
         return self
 

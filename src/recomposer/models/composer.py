@@ -1,11 +1,13 @@
 """Composer's conditioning as an adapter for any latent-diffusion backbone (Huang et al. 2023, §3.1).
 
-Which kind enters where (``ComposerAdapter.DOORS``, declared, never inferred from shapes):
+An adapter in the sense of models/adapter.py: it consumes the eight Composer kinds and writes through three
+doors (CONTEXT, TIME, INPUT). Which kind enters where (``ComposerAdapter.ROUTES``, declared, never
+inferred from shapes):
 
     caption          -> timestep embedding        (its sentence embedding; word tokens stay the backbone's)
     image_embedding  -> timestep embedding + 4 extra context tokens
     palette          -> timestep embedding + 4 extra context tokens
-    sketch, instances, depth, intensity, masked_image -> input channels
+    sketch, instances, depth, intensity, masked_image -> conv_in's output (the widened first conv)
 
 - Global: each present kind is projected by one linear layer and the projections are summed and
   added to the UNet's timestep embedding; image embedding and palette are also projected into
@@ -33,12 +35,9 @@ exp(q·k) even when it is zero (k = 0, weight e⁰ = 1 next to the text tokens' 
 untrained image embedding or palette dilutes cross-attention slightly (its value adds 0).
 Only one layer per path is zero: two zero layers in series would never receive a gradient.
 
-The backbone's doors (``attach``) hold no weights: the timestep addition goes through diffusers'
-class-embedding slot (an identity, so ``class_labels`` is the addition itself, cast to the UNet's
-dtype and added to the time embedding), the input addition through a conv_in that adds the
-channels after its own. After ``attach`` diffusers requires ``class_labels`` on every call:
-``denoiser.forward_unet`` passes the addition, or zeros for a plain denoiser, so the plain
-backbone still runs unchanged on an attached UNet; ``detach`` removes the doors.
+The backbone's TIME and INPUT doors hold no weights (models/doors.py); ``attach`` checks the sizes and
+installs them, ``Backbone.with_adapters`` does both, and a plain denoiser still runs unchanged on a UNet
+that has them.
 """
 
 import json
@@ -55,9 +54,11 @@ from torch import nn
 from ..conditions import Condition, ConditionSet
 from ..conditions.instances import label_colours
 from ..errors import InvalidParameter, ModelError
+from . import adapter as adapter_doors
 from .backbone import Backbone
+from .doors import install as install_doors
 
-TIME, TOKENS, CHANNELS = "timestep embedding", "context tokens", "input channels"
+TIME, TOKENS, CHANNELS = adapter_doors.TIME, adapter_doors.CONTEXT, adapter_doors.INPUT  # the doors of ROUTES
 FORMAT = "recomposer.composer/1"  # safetensors metadata: what the file holds
 
 
@@ -150,7 +151,7 @@ class AdapterOutputs:
 class ComposerAdapter(nn.Module):
     """Composer's global and local condition encoders; see the module docstring for the doors."""
 
-    DOORS: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({
+    ROUTES: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({
         "caption": (TIME,), "image_embedding": (TIME, TOKENS), "palette": (TIME, TOKENS),
         "sketch": (CHANNELS,), "instances": (CHANNELS,), "depth": (CHANNELS,), "intensity": (CHANNELS,),
         "masked_image": (CHANNELS,)})
@@ -158,13 +159,16 @@ class ComposerAdapter(nn.Module):
     LOCAL_INPUTS: ClassVar[Mapping[str, int]] = MappingProxyType({
         "sketch": 1, "instances": 3, "depth": 1, "intensity": 1, "masked_image": 4})
     TOKEN_KINDS: ClassVar[tuple[str, ...]] = ("image_embedding", "palette")  # slot order after the text tokens
+    consumes: ClassVar[frozenset[str]] = frozenset(ROUTES)  # the Adapter protocol (models/adapter.py)
+    doors: ClassVar[frozenset[str]] = frozenset({TIME, TOKENS, CHANNELS})
+    channels: ClassVar[int] = 0  # adds to conv_in's output: no input channels of its own
 
     def __init__(self, config: ComposerConfig):
         super().__init__()
         self.config = c = config
         global_dims = {"caption": c.sentence_dim, "image_embedding": c.image_embedding_dim, "palette": c.palette_dim}
         self.time = nn.ModuleDict({kind: _zero(nn.Linear(global_dims[kind], c.time_embed_dim))
-                                   for kind in self.DOORS if TIME in self.DOORS[kind]})
+                                   for kind in self.ROUTES if TIME in self.ROUTES[kind]})
         width = c.tokens_per_global * c.cross_attention_dim
         self.tokens = nn.ModuleDict({kind: _zero(nn.Linear(global_dims[kind], width)) for kind in self.TOKEN_KINDS})
         self.local = nn.ModuleDict({kind: _local_encoder(channels, c) for kind, channels in self.LOCAL_INPUTS.items()})
@@ -210,7 +214,7 @@ class ComposerAdapter(nn.Module):
             return torch.cat([cond.masked, cond.mask.to(cond.masked.dtype)], dim=1).float()
         if kind == "caption":
             raise InvalidParameter("caption", "encoded by the backbone (Backbone.encode_sentence)", cond)
-        raise InvalidParameter("conditions", "kinds the Composer adapter hears: " + ", ".join(self.DOORS), kind)
+        raise InvalidParameter("conditions", "kinds the Composer adapter hears: " + ", ".join(self.ROUTES), kind)
 
     # --- the adapter proper: feature tensors -> additions at the doors ------------------------
     def forward(self, features: Mapping[str, torch.Tensor], batch: int, latent_size: tuple[int, int],
@@ -232,20 +236,20 @@ class ComposerAdapter(nn.Module):
             x = x.to(p.device, p.dtype)
             k = torch.ones(batch, device=p.device, dtype=p.dtype) if keep is None or kind not in keep \
                 else keep[kind].to(p.device, p.dtype)  # (B,)
-            if TIME in self.DOORS[kind]:
+            if TIME in self.ROUTES[kind]:
                 time = time + self.time[kind](x) * k[:, None]
-            if TOKENS in self.DOORS[kind]:
+            if TOKENS in self.ROUTES[kind]:
                 slot = self.TOKEN_KINDS.index(kind) * c.tokens_per_global
                 span = slice(slot, slot + c.tokens_per_global)
                 tokens[:, span] = self.tokens[kind](x).view(batch, c.tokens_per_global, -1) * k[:, None, None]
                 token_mask[:, span] = k[:, None]
-            if CHANNELS in self.DOORS[kind]:
+            if CHANNELS in self.ROUTES[kind]:
                 local = local + self.local[kind](x) * k[:, None, None, None]
         return AdapterOutputs(time, tokens, token_mask, self.channels_in(local))
 
     def _check(self, kind: str, x: torch.Tensor, batch: int, pixels: tuple[int, int]) -> None:
-        if kind not in self.DOORS:
-            raise InvalidParameter("conditions", "kinds the Composer adapter hears: " + ", ".join(self.DOORS), kind)
+        if kind not in self.ROUTES:
+            raise InvalidParameter("conditions", "kinds the Composer adapter hears: " + ", ".join(self.ROUTES), kind)
         if kind in self.LOCAL_INPUTS:
             want = (batch, self.LOCAL_INPUTS[kind], *pixels)
         else:
@@ -255,18 +259,37 @@ class ComposerAdapter(nn.Module):
             raise InvalidParameter(kind, f"a tensor of shape {want}", tuple(x.shape))
 
     # --- the backbone's doors -----------------------------------------------------------------
-    def attach(self, unet: nn.Module) -> None:
-        """Install the two weightless doors on ``unet`` (see the module docstring); idempotent.
+    def attach(self, backbone: Backbone) -> None:
+        """Install the weightless TIME and INPUT doors on the backbone's UNet (models/doors.py); idempotent.
 
-        Refused when the UNet's sizes differ from this adapter's or its class-embedding slot is in use.
+        Refused when the backbone's sizes differ from this adapter's or its UNet's class-embedding slot is in use.
         """
-        c = self.config
+        c, unet = self.config, backbone.unet
         sizes = {"time_embed_dim": unet.time_embedding.linear_2.out_features,
-                 "cross_attention_dim": unet.config.cross_attention_dim, "unet_in_width": unet.conv_in.out_channels}
+                 "cross_attention_dim": unet.config.cross_attention_dim, "unet_in_width": unet.conv_in.out_channels,
+                 "vae_factor": backbone.vae_factor,
+                 "sentence_dim": getattr(backbone.text_encoder.config, "hidden_size", c.sentence_dim)}
         for name, size in sizes.items():
             if getattr(c, name) != size:
-                raise ModelError("adapter", f"was made for {name} {getattr(c, name)}, the UNet has {size}")
-        attach(unet)
+                raise ModelError("adapter", f"was made for {name} {getattr(c, name)}, the backbone has {size}")
+        install_doors(unet)
+
+    def encode(self, backbone: Backbone, conds: ConditionSet, size: tuple[int, int]) -> dict:
+        """Door inputs of one condition set at generation ``size`` (width, height pixels): the caption's sentence
+        embedding (the empty caption has none: it is the caption's null at every door), every other kind
+        through ``features``; local conditions must be of the generation size."""
+        width, height = size
+        f = self.config.vae_factor
+        caption = conds["caption"].text if "caption" in conds else ""
+        features = {"caption": backbone.encode_prompts([caption]).sentence} if caption else {}  # (1, D_s)
+        for kind in conds:
+            if kind in self.LOCAL_INPUTS and local_size(conds[kind]) != size:
+                w, h = local_size(conds[kind])
+                raise InvalidParameter(kind, f"{width}x{height} pixels (the generation size)", f"{w}x{h}")
+            if kind in self.ROUTES and kind != "caption":
+                features[kind] = self.features(conds[kind])  # (1, D) or (1, C, H, W)
+        out = self(features, 1, (height // f, width // f))
+        return {TIME: out.time_addition, TOKENS: (out.tokens, out.token_mask), CHANNELS: out.input_addition}
 
     # --- files --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -291,48 +314,6 @@ class ComposerAdapter(nn.Module):
         adapter = cls(ComposerConfig.read(meta.get("config"), str(path)))
         check_fits(adapter, load_safetensors(path), str(path))
         return adapter.eval()
-
-
-class _TimeAddition(nn.Identity):
-    """The class-embedding slot as a door: ``class_labels`` is the addition to the time embedding."""
-
-
-class _InputAdditionConv(nn.Conv2d):
-    """conv_in with a door: input [x (in_channels) | a (out_channels)] -> conv(x) + a; plain input -> conv(x).
-
-    Holds the very same weight and bias Parameters as the conv it replaces (same names in the UNet).
-    """
-
-    def forward(self, sample: torch.Tensor) -> torch.Tensor:
-        x, addition = sample[:, :self.in_channels], sample[:, self.in_channels:]
-        out = super().forward(x)  # (B, out_channels, h, w)
-        if addition.shape[1] == 0:
-            return out
-        if addition.shape[1] != self.out_channels:
-            raise ModelError("input_addition", f"must have {self.out_channels} channels, got {addition.shape[1]}")
-        return out + addition
-
-
-def attach(unet: nn.Module) -> None:
-    """Give a diffusers UNet2DConditionModel the two Composer doors (no weights; idempotent)."""
-    if is_attached(unet):
-        return
-    if unet.class_embedding is not None or unet.config.class_embeddings_concat:
-        raise ModelError("unet", "already uses its class-embedding slot; the Composer adapter needs it free")
-    unet.class_embedding = _TimeAddition()
-    unet.conv_in = _swap_conv(unet.conv_in, _InputAdditionConv)
-
-
-def detach(unet: nn.Module) -> None:
-    """Remove the doors again: the UNet is the plain backbone (same Parameters throughout)."""
-    if not is_attached(unet):
-        return
-    unet.class_embedding = None
-    unet.conv_in = _swap_conv(unet.conv_in, nn.Conv2d)
-
-
-def is_attached(unet: nn.Module) -> bool:
-    return isinstance(unet.class_embedding, _TimeAddition) and isinstance(unet.conv_in, _InputAdditionConv)
 
 
 def local_size(cond: Condition) -> tuple[int, int]:
@@ -393,15 +374,3 @@ def _local_encoder(channels: int, c: ComposerConfig) -> nn.Sequential:
         return nn.Sequential(*layers, nn.Conv2d(w, c.local_channels, 3, padding=1))
     return nn.Sequential(nn.PixelUnshuffle(f), nn.Conv2d(channels * f * f, w, 3, padding=1), nn.SiLU(),
                          nn.Conv2d(w, w, 3, padding=1), nn.SiLU(), nn.Conv2d(w, c.local_channels, 3, padding=1))
-
-
-def _swap_conv(conv: nn.Conv2d, cls: type[nn.Conv2d]) -> nn.Conv2d:
-    """The same conv as class ``cls``, sharing its Parameters (built on the meta device, nothing allocated)."""
-    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-              dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-              device="meta")
-    new.weight = conv.weight
-    if conv.bias is not None:
-        new.bias = conv.bias
-    new.train(conv.training)
-    return new

@@ -19,6 +19,7 @@ from ..errors import ModelError, RecomposerError
 from ..io.weights import check_finite
 from . import library
 from .backbone import Backbone, ModelSource
+from .inpainting import InpaintingChannels
 from .local import first_line
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -98,7 +99,8 @@ def load_diffusers_dir(path: str | Path, device: torch.device, dtype: torch.dtyp
         _check_loading_info(root / name, info)
     if any(k.startswith("pooler.") for k in text_info.get("missing_keys", [])):
         text_encoder.pooler = None  # never used, and randomly initialised weights would change our identity hash
-    backbone = _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, ModelSource("diffusers-dir", str(root)))
+    backbone = _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, ModelSource("diffusers-dir", str(root)),
+                         declared_adapters(root, vae))
     return backbone.to(device, dtype)
 
 
@@ -145,7 +147,7 @@ def load_single_file(path: str | Path, config: str | Path, device: torch.device,
     if not isinstance(scheduler_config, dict):
         raise ModelError("config", f"{config / 'scheduler' / 'scheduler_config.json'} is not a JSON object")
     source = ModelSource("single-file", str(path), str(config))
-    backbone = _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, source)
+    backbone = _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, source, declared_adapters(config, vae))
     return backbone.to(device, dtype)
 
 
@@ -156,7 +158,19 @@ def load_bundled(device: torch.device, dtype: torch.dtype, folder: str | Path | 
     return load_bundled_backbone(device, dtype, Path(folder) if folder else WEIGHTS)
 
 
-def _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, source) -> Backbone:
+# Pipelines whose UNet takes declared extra input channels: model_index.json's _class_name -> the adapter that
+# fills them (models/adapter.py). The channels are never guessed from the UNet's channel count.
+EXTRA_CHANNELS = {"StableDiffusionInpaintPipeline": InpaintingChannels}
+
+
+def declared_adapters(root: Path, vae) -> tuple:
+    """The adapters a diffusers directory declares through its pipeline class (model_index.json)."""
+    index = library.read_json(root / "model_index.json", "model")
+    cls = EXTRA_CHANNELS.get(index.get("_class_name") if isinstance(index, dict) else None)
+    return (cls(vae.config.latent_channels),) if cls else ()
+
+
+def _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, source, adapters: tuple = ()) -> Backbone:
     for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
         check_finite(dict(module.state_dict()), f"{source.path}/{name}")
     config = text_encoder.config
@@ -164,7 +178,8 @@ def _assemble(vae, unet, text_encoder, tokenizer, scheduler_config, source) -> B
     # diffusers' rule for CLIP (SD 1.x/2.x never pass the mask); BERT-style encoders need it.
     mask = bool(getattr(config, "use_attention_mask", False)) if is_clip else True
     return Backbone(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
-                    scheduler_config=dict(scheduler_config), source=source, text_attention_mask=mask)
+                    scheduler_config=dict(scheduler_config), source=source, text_attention_mask=mask,
+                    adapters=adapters)
 
 
 def _check_loading_info(folder: Path, info: dict) -> None:

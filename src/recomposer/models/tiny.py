@@ -14,6 +14,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .backbone import Backbone
+from .inpainting import InpaintingChannels
 
 SCHEDULER_CONFIG = {  # SD 1.x's scheduler settings (scaled-linear betas), as in its scheduler_config.json
     "_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
@@ -58,8 +59,9 @@ def tiny_sd(seed: int = 0, prediction_type: str = "epsilon", in_channels: int = 
             layer_norm_eps=1e-5))
     for module in (unet, vae, text_encoder):
         module.eval()
+    adapters = (InpaintingChannels(4),) if in_channels == 9 else ()  # SD-inpainting's mask + masked latents
     return Backbone(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
-                    scheduler_config={**SCHEDULER_CONFIG, "prediction_type": prediction_type})
+                    scheduler_config={**SCHEDULER_CONFIG, "prediction_type": prediction_type}, adapters=adapters)
 
 
 def save_diffusers_dir(backbone: Backbone, path: str | Path) -> Path:
@@ -74,7 +76,8 @@ def save_diffusers_dir(backbone: Backbone, path: str | Path) -> Path:
     backbone.tokenizer.save_pretrained(root / "tokenizer")
     (root / "scheduler").mkdir(exist_ok=True)
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(backbone.scheduler_config, indent=2))
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+    pipeline = "StableDiffusionInpaintPipeline" if backbone.adapter(InpaintingChannels) else "StableDiffusionPipeline"
+    index = {"_class_name": pipeline, "_diffusers_version": "0.42.1",
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
              "text_encoder": ["transformers", type(backbone.text_encoder).__name__],
              "tokenizer": ["transformers", type(backbone.tokenizer).__name__],

@@ -23,7 +23,7 @@ from PIL import Image
 from .. import validation as v
 from ..conditions import ConditionSet, ImageEmbedding, Palette
 from ..decompose.decomposer import Backends, decompose
-from ..denoiser import ComposerDenoiser
+from ..denoiser import BackboneDenoiser
 from ..errors import InvalidParameter
 from ..guidance import GUIDANCE_MAX, GuidancePlan, Term, guided
 from ..io.images import to_pil
@@ -31,9 +31,10 @@ from ..models.backbone import Backbone
 from ..models.composer import ComposerAdapter, generation_size
 from ..models.memory import check_fits
 from ..provenance import FORMAT, library_versions
-from ..sampling import StepCallback, decode_checked, inpaint_blend, noise, sample
-from ..schedulers import NAMES, display_name, make_scheduler
+from ..sampling import StepCallback
+from ..schedulers import NAMES, display_name
 from .generate import MAX_BATCH, MAX_STEPS, Generated
+from .run import Sampling, run
 
 GLOBAL_KINDS = ("caption", "image_embedding", "palette")
 LOCAL_KINDS = ("sketch", "instances", "depth", "intensity", "masked_image")
@@ -41,34 +42,48 @@ LOCAL_KINDS = ("sketch", "instances", "depth", "intensity", "masked_image")
 
 @dataclass(eq=False)
 class ComposerModel:
-    """A backbone with its Composer adapter attached, and the image encoder the adapter was trained with."""
+    """A backbone with a Composer adapter in its stack, and the image encoder the adapter was trained with."""
 
     backbone: Backbone
-    adapter: ComposerAdapter
     encoder: object | None = None  # decompose.embedding.ImageEncoder
 
     def __post_init__(self) -> None:
-        self.adapter.attach(self.backbone.unet)
-        self.adapter.to(self.backbone.device, self.backbone.dtype).eval()
+        if self.backbone.adapter(ComposerAdapter) is None:
+            from ..errors import ModelError
+
+            raise ModelError("adapter", "a Composer adapter in the backbone's stack (Backbone.with_adapters)")
+
+    @classmethod
+    def of(cls, backbone: Backbone, adapter: ComposerAdapter, encoder=None) -> "ComposerModel":
+        return cls(backbone.with_adapters(adapter), encoder)
+
+    @property
+    def adapter(self) -> ComposerAdapter:
+        return self.backbone.adapter(ComposerAdapter)
 
     @property
     def size(self) -> int:
         return self.backbone.native_size
 
     def fit(self, image: Image.Image, size: tuple[int, int] | None = None) -> Image.Image:
-        """The image centre-cropped to the aspect of ``size`` (default the model's square) and resized to it."""
-        width, height = size or (self.size, self.size)
-        scale = max(width / image.width, height / image.height)
-        w, h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
-        image = image.convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
-        left, top = (w - width) // 2, (h - height) // 2
-        return image.crop((left, top, left + width, top + height))
+        """The image fitted to ``size`` (default the model's square): ``fit_image``."""
+        return fit_image(image, size or (self.size, self.size))
 
     def decompose(self, image: Image.Image, kinds: tuple[str, ...], caption: str | None = None,
                   size: tuple[int, int] | None = None) -> ConditionSet:
         """The named conditions of ``image`` at the generation size (fitted first)."""
         backends = Backends(encoder=self.encoder)
         return decompose(self.fit(image, size), tuple(kinds), caption=caption, backends=backends).conditions
+
+
+def fit_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The image centre-cropped to the aspect of ``size`` (width, height) and resized to it (Lanczos)."""
+    width, height = size
+    scale = max(width / image.width, height / image.height)
+    w, h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+    image = image.convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
+    left, top = (w - width) // 2, (h - height) // 2
+    return image.crop((left, top, left + width, top + height))
 
 
 @dataclass(frozen=True)
@@ -128,25 +143,15 @@ def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest =
         raise InvalidParameter("conditions", "a ConditionSet", type(conds).__name__)
     b = model.backbone
     width, height = size or generation_size(conds) or (model.size, model.size)
-    denoiser = ComposerDenoiser(b, model.adapter, size=(width, height))
     guidance = plan(conds, request)
     check_fits(b, width, height, request.batch, rows=1 + len(guidance.terms))  # before any compute (R10)
-    denoise = guided(denoiser, guidance, request.batch)
-
-    scheduler = make_scheduler(request.scheduler, b.scheduler_config)
-    scheduler.set_timesteps(request.steps, device=b.device)
-    generators = [torch.Generator("cpu").manual_seed(request.seed + k) for k in range(request.batch)]
-    shape = (request.batch, b.latent_channels, height // b.vae_factor, width // b.vae_factor)
-    eps = noise(shape, generators, b.device, b.dtype)
-    x, hooks = eps * scheduler.init_noise_sigma, []
+    denoise, inputs = guided(BackboneDenoiser(b, (width, height)), guidance, request.batch)
     masked = conds.get("masked_image")
-    if masked is not None:  # keep the outside: blend the source latents back after every step
-        known = b.encode_image(masked.image).mode() * b.vae.config.scaling_factor  # (1, C, h, w)
-        latent_mask = _latent_mask(masked.mask, shape[-2:]).to(b.device, b.dtype)
-        hooks.append(inpaint_blend(scheduler, known.repeat(request.batch, 1, 1, 1), eps, latent_mask))
-
-    x = sample(denoise, scheduler, x, generators, hooks=hooks, callback=callback, cancel=cancel)
-    pixels = decode_checked(b, x, request.allow_flat).float()
+    sampling = Sampling(request.scheduler, request.steps, request.seed, request.batch, None, request.allow_flat)
+    keep = {} if masked is None else {"image": masked.image, "inpainting": True, "keep": masked.mask, "cells": "any",
+                                      "posterior": "mode"}  # keep the outside: the source latents blended back
+    result = run(denoise, inputs, b, sampling, (width, height), callback=callback, cancel=cancel, **keep)
+    pixels = result.pixels.float()
     if masked is not None:  # paste the source back outside the mask: those pixels stay exactly as they were
         m = masked.mask.to(pixels)
         pixels = m * pixels + (1 - m) * masked.image.to(pixels)
@@ -159,12 +164,6 @@ def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest =
             "versions": dict(library_versions())}
     return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k})
             for k, im in enumerate(images)]
-
-
-def _latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A pixel mask (1, 1, H, W) at latent size: a cell is regenerated if any of its pixels is (max-pool),
-    so the blend never pins a latent cell that the edit needs."""
-    return torch.nn.functional.adaptive_max_pool2d(mask.float(), size)
 
 
 # ---------------------------------------------------------------- the tasks
@@ -324,4 +323,4 @@ def load_composer(model: str | None = None, adapter: str | None = None, image_en
         backbone = load_model(model, device, dtype, config)
         composer_adapter = ComposerAdapter.load(adapter)
         encoder = ClipImageEncoder(image_encoder, device) if image_encoder is not None else None
-    return ComposerModel(backbone, composer_adapter, encoder)
+    return ComposerModel.of(backbone, composer_adapter, encoder)

@@ -22,10 +22,12 @@ from ..errors import BadImage, InvalidParameter
 from ..guidance import GUIDANCE_MAX, cfg, guided
 from ..io.images import to_pil, to_tensor
 from ..models.backbone import Backbone
+from ..models.inpainting import InpaintingChannels
 from ..models.memory import check_fits
 from ..provenance import FORMAT, library_versions
-from ..sampling import StepCallback, decode_checked, inpaint_blend, noise, sample, strength_start
-from ..schedulers import NAMES, display_name, make_scheduler
+from ..sampling import StepCallback
+from ..schedulers import NAMES, display_name
+from .run import Sampling, run
 
 MAX_SIDE = 4096
 MAX_BATCH = 64
@@ -83,48 +85,24 @@ def generate(backbone: Backbone, request: GenerateRequest, image: Image.Image | 
              cancel=None) -> list[Generated]:
     """Make ``request.batch`` images. ``mask`` (1, 1, H, W) in {0, 1}, 1 = repaint, needs ``image``."""
     request = resolve(backbone, request, image, mask)
-    b, device = backbone, backbone.device
-    width, height, batch = request.width, request.height, request.batch
+    b, size = backbone, (request.width, request.height)
 
-    # 1. Conditions and the guidance plan. The masked image sits in both sets: it is not guided.
-    masked = None if mask is None else MaskedImage(to_tensor(image), mask)
+    # Conditions and the guidance plan. A model that hears the masked image has it in both sets (it is not
+    # guided); for any other model the loop keeps the outside instead (the blend hook).
+    hears_mask = b.adapter(InpaintingChannels) is not None
+    masked = MaskedImage(to_tensor(image), mask) if mask is not None and hears_mask else None
     plan = cfg(ConditionSet.of(Caption(request.prompt), masked), request.guidance,
                negative=ConditionSet.of(Caption(request.negative), masked))
-    check_fits(b, width, height, batch, rows=1 + len(plan.terms))  # before any compute (R10)
-    denoise = guided(BackboneDenoiser(b), plan, batch)
-
-    # 2. Schedule, per-sample generators (CPU: the same noise on every device).
-    scheduler = make_scheduler(request.scheduler, b.scheduler_config)
-    scheduler.set_timesteps(request.steps, device=device)
-    generators = [torch.Generator("cpu").manual_seed(request.seed + k) for k in range(batch)]
-    shape = (batch, b.latent_channels, height // b.vae_factor, width // b.vae_factor)
-
-    # 3. Starting latents.
-    first, hooks = 0, []
-    if image is None:
-        x = noise(shape, generators, device, b.dtype) * scheduler.init_noise_sigma
-    else:
-        first = strength_start(scheduler, request.steps, request.strength)
-        t_start = scheduler.timesteps[first:first + 1].repeat(batch)
-        known = None  # the source latents; a 9-channel UNet at full strength never needs them
-        if mask is None or not b.is_inpainting or request.strength < 1.0:
-            posterior = b.encode_image(to_tensor(image))
-            known = torch.cat([posterior.sample(g) for g in generators]) * b.vae.config.scaling_factor  # (B, 4, h, w)
-        eps = noise(shape, generators, device, b.dtype)
-        if mask is not None and request.strength == 1.0:
-            x = eps * scheduler.init_noise_sigma  # pure noise, as diffusers' inpainting at full strength
-        else:
-            x = scheduler.add_noise(known, eps, t_start)
-        if mask is not None and not b.is_inpainting:
-            latent_mask = torch.nn.functional.interpolate(mask, size=shape[-2:]).to(device, b.dtype)
-            hooks.append(inpaint_blend(scheduler, known, eps, latent_mask))
-
-    # 4. The loop, then decode; NaN/inf anywhere is an error, never a saved picture.
-    x = sample(denoise, scheduler, x, generators, first=first, hooks=hooks, callback=callback, cancel=cancel)
-    pixels = decode_checked(b, x, request.allow_flat)
-    images = to_pil(pixels)
+    check_fits(b, *size, request.batch, rows=1 + len(plan.terms))  # before any compute (R10)
+    denoise, inputs = guided(BackboneDenoiser(b, size), plan, request.batch)
+    sampling = Sampling(request.scheduler, request.steps, request.seed, request.batch, request.strength,
+                        request.allow_flat)
+    result = run(denoise, inputs, b, sampling, size, image=None if image is None else to_tensor(image),
+                 inpainting=mask is not None, keep=mask if mask is not None and not hears_mask else None,
+                 callback=callback, cancel=cancel)
+    images = to_pil(result.pixels)
     base = provenance_base(b, request, image, mask)
-    floats = (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
+    floats = (result.pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
     # params keep the whole batch: a batch equals its singles to ~1e-6, yet one 8-bit level can flip,
     # so recall replays the batch and takes image ``batch_index`` to get the very same pixels.
     return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k})

@@ -9,7 +9,7 @@ One step (``ComposerTraining.step``), every random draw from the step's generato
        sample lacks counts as dropped for it); a dropped caption is the empty caption, as at sampling.
     2.-4. training/base.py's ``Diffusion.step``: x_0 from the VAE posterior, ε and t, x_t, the
        (optionally min-SNR-weighted) loss in the backbone's parameterisation, with the prediction
-       D(x_t, t; conditions) taken through the adapter's doors as ``ComposerDenoiser`` runs it.
+       D(x_t, t; conditions) taken through the adapter's doors as ``BackboneDenoiser`` runs it.
 
 Data: a batch is encoded once (training/base.py's ``encode_batch``: VAE moments and caption token
 states) with the adapter's features of every condition. ``cached_batches`` reads it from a world cache
@@ -29,11 +29,10 @@ from torch import nn
 from .. import validation as v
 from ..conditions import ConditionSet
 from ..conditions.instances import label_colours
-from ..denoiser import ComposerDenoiser, composer_inputs
+from ..denoiser import ModelInputs
 from ..errors import InvalidParameter
 from ..models.backbone import Backbone
-from ..models.composer import ComposerAdapter, ComposerConfig, generation_size
-from ..schedulers import make_scheduler
+from ..models.composer import AdapterOutputs, ComposerAdapter, ComposerConfig, generation_size
 from ..world.dataset import EVAL_SEED_BASE, eval_seeds, make_sample
 from ..world.scene import WorldConfig
 from .base import Diffusion, NullCaption, StepResult, caption_inputs, encode_batch
@@ -154,14 +153,15 @@ class ComposerTraining(nn.Module):
     def __init__(self, backbone: Backbone, adapter: ComposerAdapter, kinds: Sequence[str] = WORLD_KINDS,
                  rates: DropoutRates = DropoutRates(), train_unet: bool = False, min_snr_gamma: float | None = None):
         super().__init__()
-        unknown = set(kinds) - set(ComposerAdapter.DOORS)
+        unknown = set(kinds) - set(ComposerAdapter.ROUTES)
         if unknown or not kinds:
-            raise InvalidParameter("kinds", "kinds the Composer adapter hears: " + ", ".join(ComposerAdapter.DOORS),
+            raise InvalidParameter("kinds", "kinds the Composer adapter hears: " + ", ".join(ComposerAdapter.ROUTES),
                                    sorted(unknown) or kinds)
         if not isinstance(train_unet, bool):
             raise InvalidParameter("train_unet", "True or False", train_unet)
         self.diffusion = Diffusion(backbone, min_snr_gamma)
-        adapter.attach(backbone.unet)
+        if backbone.adapter(ComposerAdapter) is not adapter:
+            backbone = backbone.with_adapters(adapter)
         self.backbone, self.kinds, self.rates = backbone, frozenset(kinds), rates
         self.adapter, self.unet = adapter, backbone.unet
         self.vae, self.text_encoder = backbone.vae, backbone.text_encoder
@@ -198,6 +198,17 @@ class ComposerTraining(nn.Module):
     @property
     def noise_scheduler(self):
         return self.diffusion.scheduler
+
+
+def composer_inputs(tokens: torch.Tensor, outputs: AdapterOutputs, text_mask: torch.Tensor | None) -> ModelInputs:
+    """Text tokens (B, T, D) and the adapter's additions (per-row keep already applied) as ModelInputs: the text
+    attended as the backbone attends it (all of it unless ``text_mask`` masks padding), the adapter's token
+    slots where their kind is present."""
+    like = {"device": tokens.device, "dtype": tokens.dtype}
+    text = torch.ones(tokens.shape[:2], **like) if text_mask is None else text_mask.to(**like)
+    return ModelInputs(context=torch.cat([tokens, outputs.tokens.to(**like)], dim=1),
+                       context_mask=torch.cat([text, outputs.token_mask.to(**like)], dim=1),
+                       time_addition=outputs.time_addition.to(**like), input_addition=outputs.input_addition.to(**like))
 
 
 def composer_step(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -245,9 +256,10 @@ def world_sampler(size: int, count: int = 4, steps: int = 12, scheduler: str = "
     """
     from PIL import Image
 
+    from ..denoiser import BackboneDenoiser
     from ..guidance import cfg, guided
     from ..io.images import to_pil
-    from ..sampling import noise, sample
+    from ..tasks.run import Sampling, run
     from .trainer import image_grid
 
     v.integer("count", count, 1, 64)
@@ -257,19 +269,16 @@ def world_sampler(size: int, count: int = 4, steps: int = 12, scheduler: str = "
 
     def sample_fn(model: ComposerTraining, step: int) -> Image.Image:
         b = model.backbone
-        denoiser = ComposerDenoiser(b, model.adapter, size=(size, size))
+        denoiser = BackboneDenoiser(b, (size, size))
         tiles = []
         for row, (scene, conds) in enumerate(zip(scenes, sets)):
             tiles.append(Image.fromarray(scene.rendered.image))
             for subset in (conds, ConditionSet.of(*(conds[k] for k in ("caption", "palette", "sketch"))),
                            ConditionSet.of(conds["caption"])):
-                schedule = make_scheduler(scheduler, b.scheduler_config)
-                schedule.set_timesteps(steps, device=b.device)
-                generators = [torch.Generator("cpu").manual_seed(seed + row)]
-                shape = (1, b.latent_channels, size // b.vae_factor, size // b.vae_factor)
-                x = noise(shape, generators, b.device, b.dtype) * schedule.init_noise_sigma
-                x = sample(guided(denoiser, cfg(subset, guidance), 1), schedule, x, generators)
-                tiles.append(to_pil(b.decode(x))[0])
+                denoise, inputs = guided(denoiser, cfg(subset, guidance), 1)
+                result = run(denoise, inputs, b, Sampling(scheduler, steps, seed + row, 1, allow_flat=True),
+                             (size, size))
+                tiles.append(to_pil(result.pixels)[0])
         return image_grid(tiles, columns=4)
 
     return sample_fn
