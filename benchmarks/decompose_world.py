@@ -91,7 +91,7 @@ def timings(repeats: int) -> dict:
     from recomposer.decompose.decomposer import decompose
     from recomposer.decompose.instances import ClassicalSegmenter
     from recomposer.decompose.intensity import intensity
-    from recomposer.decompose.palette import colour_histogram
+    from recomposer.colour import colour_histogram
     from recomposer.decompose.sketch import sketch
 
     cv2.setNumThreads(1)

@@ -11,7 +11,7 @@ import torch
 
 from recomposer.decompose.metrics import match_masks
 from recomposer.evaluation import judges
-from recomposer.evaluation.analyser import (COLOUR_NAMES, CROP, HEADS, SHAPE_NAMES, STYLE_NAMES, InstanceClassifier,
+from recomposer.models.analyser import (COLOUR_NAMES, CROP, HEADS, SHAPE_NAMES, STYLE_NAMES, InstanceClassifier,
                                             WorldAnalyser, back_to_front, crops, p_in_front, read_out, to_input,
                                             touching_pairs)
 from recomposer.errors import InvalidParameter
@@ -229,7 +229,7 @@ def test_analyser_refuses_images_of_the_wrong_size():
 def test_bundled_analyser_reads_held_out_renders():
     """The committed weights keep their measured figures (500 scenes: mIoU 0.935, shape 0.961, colour 0.998,
     style 0.957; 24 scenes here: 0.934, 0.969, 1.0, 0.959)."""
-    from recomposer.evaluation.analyser import load_bundled_analyser
+    from recomposer.models.analyser import load_bundled_analyser
     from recomposer.training.analyser import accuracy
 
     figures = accuracy(load_bundled_analyser(), 24)
@@ -240,7 +240,7 @@ def test_bundled_analyser_reads_held_out_renders():
 
 def test_train_analyser_command_trains_both_networks_resumes_and_writes_the_part(tmp_path, capsys):
     from recomposer.cli import main
-    from recomposer.evaluation.analyser import load_bundled_analyser
+    from recomposer.models.analyser import load_bundled_analyser
 
     run, parts = tmp_path / "run", tmp_path / "parts"
     args = ["train", "analyser", "-o", str(run), "--parts", str(parts), "--steps", "2", "--classifier-steps", "2",

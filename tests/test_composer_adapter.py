@@ -25,7 +25,7 @@ from recomposer.models.tiny import tiny_sd
 from recomposer.sampling import noise, sample
 from recomposer.schedulers import make_scheduler
 from recomposer.world.dataset import make_sample
-from recomposer.world.ellipse import Ellipse
+from recomposer.ellipse import Ellipse
 
 EMBEDDING_DIM = 16
 KINDS = ("caption", "image_embedding", "palette", "sketch", "instances", "depth", "intensity", "masked_image")

@@ -16,7 +16,7 @@ from recomposer.decompose.blobs import blobs_from_instances
 from recomposer.decompose.intensity import WEIGHT_SET, intensity
 from recomposer.decompose.masking import box_mask, from_box, from_ellipse, from_mask_file
 from recomposer.errors import InvalidParameter, UnsafeFile
-from recomposer.world.ellipse import Ellipse, ellipse_mask, iou
+from recomposer.ellipse import Ellipse, ellipse_mask, iou
 
 PHOTO = data.astronaut()[::8, ::8].copy()  # (64, 64, 3)
 

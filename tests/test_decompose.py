@@ -10,7 +10,7 @@ from skimage import data
 from recomposer.cli import main
 from recomposer.conditions.files import load_set
 from recomposer.decompose.decomposer import KINDS, Backends, decompose
-from recomposer.decompose.palette import colour_histogram
+from recomposer.colour import colour_histogram
 from recomposer.errors import RecomposerError
 from recomposer.world.dataset import make_sample
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.draw import polygon
 
-from recomposer.world.ellipse import Ellipse, _ExactIoU, ellipse_mask, fit_ellipse, iou, moments_ellipse
+from recomposer.ellipse import Ellipse, _ExactIoU, ellipse_mask, fit_ellipse, iou, moments_ellipse
 
 
 def polygon_mask(points, height=256, width=256) -> np.ndarray:

@@ -271,12 +271,20 @@ FORGERIES = {
     "list": lambda r: json.dumps([r]), "string": lambda r: json.dumps("x"), "null": lambda r: "null",
     "deep": lambda r: "[" * 50_000 + "]" * 50_000, "not json": lambda r: "{oops",
     "missing key": lambda r: json.dumps({k: v for k, v in r.items() if k != "model"}),
-    "extra parameter": lambda r: json.dumps({**r, "params": {**r["params"], "zzz": 1}}),
+    "extra option": lambda r: json.dumps({**r, "invocation": {**r["invocation"],
+                                                               "options": {**r["invocation"]["options"], "zzz": 1}}}),
+    "unknown command": lambda r: json.dumps({**r, "invocation": {**r["invocation"], "command": "rm"}}),
+    "options not an object": lambda r: json.dumps({**r, "invocation": {**r["invocation"], "options": [1]}}),
+    "changed input": lambda r: json.dumps({**r, "invocation": {**r["invocation"], "inputs": {
+        "model": {"path": r["invocation"]["options"]["model"], "sha256": "0" * 64}}}}),
+    "legacy extra parameter": lambda r: json.dumps({**{k: v for k, v in r.items() if k != "invocation"},
+                                                    "params": {**r["params"], "zzz": 1}}),
     "batch index 99": lambda r: json.dumps({**r, "batch_index": 99}),
     "batch index x": lambda r: json.dumps({**r, "batch_index": "x"}),
     "unknown model kind": lambda r: json.dumps({**r, "model": {**r["model"], "kind": "alien"}}),
     "model is a list": lambda r: json.dumps({**r, "model": [1]}),
-    "bad steps": lambda r: json.dumps({**r, "params": {**r["params"], "steps": "many"}}),
+    "bad steps": lambda r: json.dumps({**r, "invocation": {**r["invocation"],
+                                                           "options": {**r["invocation"]["options"], "steps": "many"}}}),
     "input without hash": lambda r: json.dumps({**r, "inputs": {"image": {"path": "/etc/passwd"}}}),
 }
 
@@ -298,6 +306,8 @@ def test_provenance_pointing_at_a_pickled_model_is_refused(made, model, tmp_path
         _shard(model / "unet", "diffusion_pytorch_model", "w.dat", _torch_pickle(model / UNET))
     record = _record(made)
     record["model"]["path"] = str(model)
+    record["invocation"]["options"]["model"] = str(model)
+    record["invocation"]["inputs"] = {}
     forged = _forge(made, json.dumps(record), tmp_path / "forged.png")
     code, out, err = run(capsys, "recall", forged, "-o", tmp_path / "again.png")
     assert code == 2 and ("pickle" in one_line(err) or "shards only" in err) and unpickler_spy == []

@@ -16,7 +16,7 @@ import recomposer.conditions as conditions
 from recomposer.conditions import ConditionSet
 from recomposer.conditions.files import load_condition, save_condition
 from recomposer.conditions.palette import Palette
-from recomposer.decompose import palette as P
+from recomposer import colour as P
 from recomposer.errors import InvalidParameter
 
 # --- the specification, typed in from §1a -------------------------------------------------------

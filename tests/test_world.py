@@ -9,7 +9,7 @@ import torch
 
 from recomposer.errors import InvalidParameter
 from recomposer.world.dataset import EVAL_SEED_BASE, WorldStream, eval_seeds, make_sample
-from recomposer.world.ellipse import ellipse_mask, iou
+from recomposer.ellipse import ellipse_mask, iou
 from recomposer.world.render import BACKGROUND_DEPTH, blobs, object_depths, render
 from recomposer.world.scene import (BACKGROUNDS, COLOURS, STYLES, Scene, WorldConfig, check_scene, is_held_out,
                                     sample_scene)
@@ -172,6 +172,6 @@ def test_a_sample_has_every_layer():
     n = len(s.scene.objects)
     assert len(s.blobs) == n and len(s.descriptions) == n and s.caption
     assert s.rendered.intensity.shape == (64, 64) and s.rendered.sketch.dtype == bool
-    from recomposer.decompose.palette import colour_histogram
+    from recomposer.colour import colour_histogram
 
     assert np.array_equal(s.palette, colour_histogram(s.rendered.image)) and s.palette.shape == (180,)

@@ -20,6 +20,7 @@ from .commands.p2p import COMMANDS as P2P_COMMANDS
 from .commands.train import train_app
 from .commands.world import world_app
 from .errors import Cancelled, InvalidParameter, RecomposerError
+from .invocation import recorded
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Decompose images into conditions; recompose any mix into new images.")
@@ -28,8 +29,9 @@ app.add_typer(world_app, name="world")
 app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
 app.command("decompose")(decompose_command)
-for _name, _command in {**COMPOSER_COMMANDS, **P2P_COMMANDS}.items():
-    app.command(_name)(_command)
+REPLAYABLE: dict = {**COMPOSER_COMMANDS, **P2P_COMMANDS}  # commands whose PNGs recall can make again
+for _name, _command in REPLAYABLE.items():
+    app.command(_name)(recorded(_name, _command))
 
 Model = Annotated[Optional[str], typer.Option("--model", help="Diffusers model directory, or a .safetensors file "
                                                                "(with --config). Default: the bundled model.")]
@@ -39,7 +41,6 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N o
 Dtype = Annotated[str, typer.Option("--dtype", help="fp32, fp16 (GPU) or bf16.")]
 
 
-@app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
     negative: Annotated[str, typer.Option("--negative", "-n", help="Negative prompt.")] = "",
@@ -65,15 +66,25 @@ def generate(
     = Path("outputs"),
 ) -> None:
     """Generate images from a prompt (text-to-image, img2img, inpainting)."""
-    from .tasks.generate import GenerateRequest
+    from .requests import GenerateRequest, readable
+
+    from .invocation import resolve
 
     request = GenerateRequest(prompt=prompt, negative=negative, scheduler=scheduler, steps=steps, guidance=guidance,
                               seed=secrets.randbelow(2**32) if seed is None else seed, batch=batch, width=width,
                               height=height, strength=strength, allow_flat=allow_flat)
-    request.check()  # before loading anything
+    request.check()  # before torch is imported or anything loads
+    resolve("seed", request.seed)
+    for field, path in (("image", image), ("mask", mask)):
+        if path is not None:
+            readable(field, path)
     results = _run_generate(request, model, config, device, dtype, image, mask)
     for path in _save(results, output):
         typer.echo(str(path))
+
+
+REPLAYABLE["generate"] = generate
+app.command("generate")(recorded("generate", generate))
 
 
 @app.command()
@@ -83,18 +94,108 @@ def recall(
                                                                           "(default: beside it, -recall.png).")] = None,
     device: Annotated[Optional[str], typer.Option(help="Override the recorded device.")] = None,
 ) -> None:
-    """Re-run a PNG's recorded provenance and check the pixels come out the same."""
-    import dataclasses
-
+    """Re-run the command recorded in a PNG's provenance and check the pixels come out the same."""
     import numpy as np
     from PIL import Image
 
+    from .io.files import temp_folder
     from .provenance import read_provenance
-    from .tasks.generate import GenerateRequest
 
     record = read_provenance(png)
+    target = output or png.with_name(png.stem + "-recall.png")
+    invocation = record.get("invocation")
+    if invocation is None:
+        result = _recall_generate(record, png, device)
+        (path,) = _save([result], target)
+        made = np.asarray(result.image)
+    else:
+        command, options = _replayable(invocation, png, device)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_folder(target)
+        try:
+            import contextlib
+            import io
+
+            with contextlib.redirect_stdout(io.StringIO()):  # the replay's own output lines are not ours
+                command(**options, output=tmp / "out")
+            made_path = _matching(tmp / "out", record, png)
+            made = np.asarray(Image.open(made_path).convert("RGB"))
+            import os
+
+            os.replace(made_path, target)
+            path = target
+        finally:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    original = np.asarray(Image.open(png).convert("RGB"))
+    same = original.shape == made.shape and np.array_equal(original, made)
+    if same:
+        typer.echo(f"{path}\nidentical pixels")
+        return
+    if original.shape != made.shape:
+        raise RecomposerError("image", f"the replay made an image of another size ({made.shape[1]}x{made.shape[0]})")
+    differ = np.abs(original.astype(int) - made.astype(int))
+    typer.echo(f"{path}\npixels DIFFER from the original: {int((differ > 0).any(-1).sum())} of "
+               f"{differ.shape[0] * differ.shape[1]} pixels, by at most {int(differ.max())} levels")
+    raise typer.Exit(1)
+
+
+def _replayable(invocation: object, png: Path, device: str | None):
+    """The command function and its options from a (possibly forged) recorded invocation."""
+    import typing
+
+    from .invocation import OUTPUT, check_inputs
+
+    if not isinstance(invocation, dict) or not isinstance(invocation.get("options"), dict) \
+            or not isinstance(invocation.get("inputs", {}), dict):
+        raise RecomposerError("image", f"{png} has provenance whose invocation is not a command with options")
+    name = invocation.get("command")
+    if name not in REPLAYABLE:
+        raise RecomposerError("image", f"{png} records command {name!r}; recall replays: {', '.join(REPLAYABLE)}")
+    command = REPLAYABLE[name]
+    hints = typing.get_type_hints(command)
+    options = dict(invocation["options"])
+    if unknown := sorted(set(options) - set(hints) | ({OUTPUT} & set(options))):
+        raise RecomposerError("image", f"{png} records options that {name} does not take: {unknown}")
+    if problems := check_inputs(invocation):
+        raise RecomposerError("image", f"recall needs the inputs {png.name} was made from: " + "; ".join(problems))
+    for key, value in options.items():
+        wants_path = "Path" in str(hints[key])
+        if wants_path and isinstance(value, str):
+            options[key] = Path(value)
+        elif wants_path and isinstance(value, list):
+            options[key] = [Path(v) for v in value]
+    if device is not None and "device" in hints:
+        options["device"] = device
+    return command, options
+
+
+def _matching(folder: Path, record: dict, png: Path) -> Path:
+    """The PNG of a replay's output that stands where the original stood (same batch index, seed and prompt)."""
+    from .provenance import read_provenance
+
+    keys = ("task", "batch_index", "seed", "prompt")
+    for candidate in sorted(folder.rglob("*.png")):
+        try:
+            made = read_provenance(candidate)
+        except RecomposerError:
+            continue
+        if all(made.get(k) == record.get(k) for k in keys):
+            return candidate
+    raise RecomposerError("image", f"the replay of {png.name} made no image in its place (batch index "
+                                   f"{record.get('batch_index')})")
+
+
+def _recall_generate(record: dict, png: Path, device: str | None):
+    """A generate PNG written before invocations were recorded: replayed from its parameters."""
+    import dataclasses
+
+    from .requests import GenerateRequest
+
     if record.get("task") != "generate":
-        raise RecomposerError("image", f"records task {record.get('task')!r}; this recomposer recalls: generate")
+        raise RecomposerError("image", f"records task {record.get('task')!r} and no command; recall replays such "
+                                       "PNGs for generate only")
     known = {f.name for f in dataclasses.fields(GenerateRequest)}
     if unknown := sorted(set(record["params"]) - known):
         raise RecomposerError("image", f"{png} records parameters that generate does not take: {unknown}")
@@ -113,13 +214,7 @@ def recall(
                             device or m["device"], m["dtype"],
                             _recorded_input(inputs, "image"), _recorded_input(inputs, "mask"),
                             expect_sha256=m["sha256"], expect_inputs=inputs)
-    result = results[record["batch_index"]]
-    target = output or png.with_name(png.stem + "-recall.png")
-    (path,) = _save([result], target)
-    same = np.array_equal(np.asarray(Image.open(png).convert("RGB")), np.asarray(result.image))
-    typer.echo(f"{path}\n{'identical pixels' if same else 'pixels DIFFER from the original'}")
-    if not same:
-        raise typer.Exit(1)
+    return results[record["batch_index"]]
 
 
 @app.command()

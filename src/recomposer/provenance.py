@@ -40,8 +40,13 @@ def a1111_parameters(p: dict) -> str:
 
 
 def write_png(path: str | Path, image: Image.Image, provenance: dict) -> Path:
-    """Write image + provenance atomically: a reader sees the old file, or the whole new one."""
+    """Write image + provenance atomically: a reader sees the old file, or the whole new one. Inside a recorded
+    command the provenance also says which command, with which options, made the image (invocation.py)."""
+    from .invocation import current
+
     path = Path(path)
+    if current() is not None and "invocation" not in provenance:
+        provenance = {**provenance, "invocation": current()}
     info = PngImagePlugin.PngInfo()
     info.add_itxt(CHUNK, json.dumps(provenance, sort_keys=True))
     info.add_text("parameters", a1111_parameters(provenance))

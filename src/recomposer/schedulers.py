@@ -4,31 +4,30 @@ The update rule is diffusers'; the loop (sampling.py) is ours. Names follow comm
 (A1111/ComfyUI): ``euler_a`` is Euler ancestral, ``dpmpp_2m`` is DPM-Solver++(2M).
 """
 
-from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
-
 from .validation import choice
 
-SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
-    "ddim": (DDIMScheduler, {}),
-    "ddpm": (DDPMScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "heun": (HeunDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpmpp_2m_karras": (DPMSolverMultistepScheduler,
+# name -> (diffusers class name, settings over the backbone's own config); classes are imported when first used
+SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler",
                         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
-    "unipc": (UniPCMultistepScheduler, {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
 }
 NAMES = tuple(SCHEDULERS)
 
 
-def make_scheduler(name: str, config: dict) -> SchedulerMixin:
-    """A fresh scheduler (schedulers are stateful: one per sampling run)."""
+def make_scheduler(name: str, config: dict):
+    """A fresh diffusers scheduler (schedulers are stateful: one per sampling run)."""
+    import diffusers
+
     cls, overrides = SCHEDULERS[choice("scheduler", name, NAMES)]
-    return cls.from_config(config, **overrides)
+    return getattr(diffusers, cls).from_config(config, **overrides)
 
 
 def display_name(name: str) -> str:

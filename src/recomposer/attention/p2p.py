@@ -21,44 +21,15 @@ forward per step (their plans are rows of one batch, guidance.py); only the cond
 Samples 1 … B−1 are each an edit of sample 0 (the source).
 """
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidParameter
+from ..requests import Edit  # noqa: F401 (re-exported)
 from .processors import EDIT, READ, Call, Layer
 from .store import AttentionStore
-
-
-@dataclass(frozen=True)
-class Edit:
-    """The settings of a Prompt-to-Prompt edit (typical: cross 0.8 / self 0.4 for swaps, 0.5-0.8 / 0.2-0.4 for
-    refinements)."""
-
-    cross_replace: float = 0.8  # share of the steps (from the noisiest) using the source's cross-attention maps
-    cross_replace_words: Mapping[str, float] = field(default_factory=dict)  # word of P* -> its own share
-    self_replace: float = 0.4  # share of the steps using the source's self-attention maps
-    self_max_queries: int = 16 * 16  # self-attention injected only in layers with at most this many queries
-    reweight: Mapping[str, float] = field(default_factory=dict)  # word of P* -> scale c of its maps (-2 < c < 2)
-    blend: tuple[str, ...] = ()  # local blend words (of P or P*); empty: no blend
-    blend_threshold: float = 0.3
-    blend_start: float = 0.0  # share of the steps after which the blend applies
-
-    def check(self) -> "Edit":
-        from .. import validation as v
-
-        v.real("cross-replace", self.cross_replace, 0.0, 1.0)
-        v.real("self-replace", self.self_replace, 0.0, 1.0)
-        v.integer("self-max-queries", self.self_max_queries, 1)
-        v.real("blend-threshold", self.blend_threshold, 0.0, 1.0)
-        v.real("blend-start", self.blend_start, 0.0, 1.0)
-        for word, share in self.cross_replace_words.items():
-            v.real(f"cross-replace.{word}", share, 0.0, 1.0)
-        for word, c in self.reweight.items():
-            v.real(f"reweight.{word}", c, -2.0, 2.0)
-        return self
 
 
 # ---------------------------------------------------------------- words and tokens

@@ -47,7 +47,7 @@ def controllability(
     config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
     _check_new(output)
 
-    from ..evaluation.analyser import load_bundled_analyser
+    from ..models.analyser import load_bundled_analyser
     from ..evaluation.controllability import generations, run
     from ..evaluation.report import bars, example_grid, markdown
     from ..io.files import write_folder

@@ -41,7 +41,7 @@ AllowFlat = Annotated[bool, typer.Option("--allow-flat", help="Keep images of on
 
 def _request(scheduler, steps, guidance, seed, batch, base: str | None = None, weights: list[str] | None = None,
              allow_flat: bool = False):
-    from ..tasks.composer import ComposeRequest, Weight
+    from ..requests import ComposeRequest, Weight
 
     parsed = []
     for text in weights or ():
@@ -59,7 +59,7 @@ def _request(scheduler, steps, guidance, seed, batch, base: str | None = None, w
 
 
 def _split(field: str, text: str) -> tuple[str, ...]:
-    from ..tasks.composer import GLOBAL_KINDS, LOCAL_KINDS
+    from ..requests import GLOBAL_KINDS, LOCAL_KINDS
 
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     if not kinds:
@@ -138,12 +138,12 @@ def compose_command(
     batch: Batch = 1, device: Device = "auto", output: Output = Path("composed"), allow_flat: AllowFlat = False,
 ) -> None:
     """Generate from any mix of conditions, each from its own image or file."""
+    request = _request(scheduler, steps, guidance, seed, batch, base, weight, allow_flat)
     from ..conditions import Caption as CaptionCondition
     from ..conditions import ConditionSet
     from ..io.images import open_image, open_mask
     from ..tasks.composer import compose, edit_region
 
-    request = _request(scheduler, steps, guidance, seed, batch, base, weight, allow_flat)
     given = dict(zip(FROM_KINDS, (image_embedding_from, palette_from, sketch_from, instances_from, depth_from,
                                   intensity_from)))
     sources = {kind: _source(f"{kind.replace('_', '-')}-from", kind, path)
@@ -182,10 +182,10 @@ def variations_command(
     batch: Batch = 4, device: Device = "auto", output: Output = Path("variations"), allow_flat: AllowFlat = False,
 ) -> None:
     """New images that keep some of an image's conditions (default: semantics/style and palette)."""
+    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     from ..io.images import open_image
     from ..tasks.composer import variations
 
-    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     kinds, picture = _split("keep", keep), open_image(image, "image")
     results = variations(_model(model, adapter, image_encoder, device), picture, kinds, request, caption)
     _echo(_write(results, output))
@@ -199,10 +199,10 @@ def reconstruct_command(
     batch: Batch = 1, device: Device = "auto", output: Output = Path("reconstructed"), allow_flat: AllowFlat = False,
 ) -> None:
     """An image generated again from a subset of its own conditions."""
+    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     from ..io.images import open_image
     from ..tasks.composer import reconstruct
 
-    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     chosen, picture = _split("kinds", kinds), open_image(image, "image")
     results = reconstruct(_model(model, adapter, image_encoder, device), picture, chosen, request, caption)
     _echo(_write(results, output))
@@ -222,14 +222,15 @@ def interpolate_command(
 ) -> None:
     """Frames between two images' embeddings and/or palettes: PNGs, a strip and an animated GIF."""
     from .. import validation as v
+
+    request, chosen = _request(scheduler, steps, guidance, seed, 1, allow_flat=allow_flat), _split("kinds", kinds)
+    v.integer("frames", frames, 2, 256)
+    v.integer("fps", fps, 1, 60)
     from ..conditions import Caption as CaptionCondition
     from ..conditions import ConditionSet
     from ..io.images import open_image
     from ..tasks.composer import interpolate
 
-    request, chosen = _request(scheduler, steps, guidance, seed, 1, allow_flat=allow_flat), _split("kinds", kinds)
-    v.integer("frames", frames, 2, 256)
-    v.integer("fps", fps, 1, 60)
     a, b = open_image(first, "first"), open_image(last, "last")
     shared = _source("sketch-from", "sketch", sketch_from) if sketch_from is not None else None
     composer = _model(model, adapter, image_encoder, device)
@@ -272,10 +273,10 @@ def colourise_command(
     batch: Batch = 1, device: Device = "auto", output: Output = Path("colourised"), allow_flat: AllowFlat = False,
 ) -> None:
     """Colourisation: the image's intensity, plus a palette and/or a caption."""
+    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     from ..io.images import open_image
     from ..tasks.composer import colourise
 
-    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     grey = open_image(image, "image")
     reference = open_image(palette_from, "palette-from") if palette_from is not None else None
     results = colourise(_model(model, adapter, image_encoder, device), grey, reference, caption, request)
@@ -291,10 +292,10 @@ def recolour_command(
     batch: Batch = 1, device: Device = "auto", output: Output = Path("recoloured"), allow_flat: AllowFlat = False,
 ) -> None:
     """Palette recolouring: the image's layout in another image's colours."""
+    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     from ..io.images import open_image
     from ..tasks.composer import recolour
 
-    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     kinds = _split("keep", keep)
     picture, reference = open_image(image, "image"), open_image(palette_from, "palette-from")
     results = recolour(_model(model, adapter, image_encoder, device), picture, reference, kinds, request, caption)
@@ -310,10 +311,10 @@ def style_command(
     batch: Batch = 1, device: Device = "auto", output: Output = Path("styled"), allow_flat: AllowFlat = False,
 ) -> None:
     """Style transfer through the image embedding: content's structure, style's embedding and palette."""
+    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     from ..io.images import open_image
     from ..tasks.composer import style_transfer
 
-    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     kinds = _split("structure", structure)
     a, b = open_image(content, "content"), open_image(style, "style")
     results = style_transfer(_model(model, adapter, image_encoder, device), a, b, kinds, request, caption)

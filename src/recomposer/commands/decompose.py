@@ -49,7 +49,7 @@ def decompose_command(
     from ..decompose.sheet import decomposition_sheet
     from ..io.files import write_folder
     from ..io.images import open_image, open_mask
-    from ..world.ellipse import Ellipse, ellipse_mask
+    from ..ellipse import Ellipse, ellipse_mask
 
     # 1. Everything the user gave is read and checked before any model loads.
     kinds = None if only is None else tuple(k.strip() for k in only.split(",") if k.strip())

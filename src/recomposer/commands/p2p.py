@@ -78,8 +78,7 @@ def p2p_command(
 ) -> None:
     """Prompt-to-Prompt: an image and its edit by an edited prompt (word swap, refinement, re-weighting, local
     blend), or an edit of an inverted real image."""
-    from ..attention.p2p import Edit
-    from ..tasks.p2p import P2PRequest
+    from ..requests import Edit, P2PRequest, edit_kind, readable
 
     if inversion is None and edited_prompt is None:
         raise InvalidParameter("EDITED_PROMPT", "given (or --inversion INV with one prompt, the edited one)", None)
@@ -92,6 +91,7 @@ def p2p_command(
                 reweight=_pairs("reweight", reweight), blend=tuple(blend or ()), blend_threshold=blend_threshold)
     info = None
     if inversion is not None:
+        readable("inversion", inversion, folder=True)
         info = _read_inversion_info(inversion)
         source, edited = info.prompt, source_prompt
         steps, guidance = steps or info.steps, guidance if guidance is not None else info.guidance
@@ -99,8 +99,6 @@ def p2p_command(
         source, edited = source_prompt, edited_prompt
     request = P2PRequest(source, edited, scheduler=scheduler, steps=steps or 50,
                          guidance=7.5 if guidance is None else guidance, seed=seed, edit=edit).check()
-    from ..tasks.p2p import edit_kind
-
     edit_kind(request.source, request.edited)  # the prompts' relation, before any model loads
     backbone = _load(model, config, device, dtype)
     loaded = None
@@ -153,14 +151,15 @@ def invert_command(
     """Invert a real image (DDIM, null-text, or negative-prompt inversion) so that `recomposer p2p --inversion`
     can edit it; writes inversion.safetensors + inversion.json and the reconstruction."""
     from .. import validation as v
-    from ..inversion import METHODS
+    from ..requests import readable
 
-    v.choice("method", method, METHODS)
+    v.choice("method", method, ("ddim", "null-text", "negative-prompt"))
     v.integer("steps", steps, 1, 1000)
     v.real("guidance", guidance, 0.0, 100.0)
     v.integer("inner", inner, 0, 1000)
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidParameter("prompt", "a prompt of at least one word", prompt)
+    readable("image", image)
     _new_folder(output)
     from ..io.images import open_image, to_tensor
 
@@ -188,7 +187,7 @@ def attention_command(
 ) -> None:
     """Each word's cross-attention map, averaged over the layers of each resolution and over the steps, beside the
     image it made."""
-    from ..tasks.p2p import MapsRequest
+    from ..requests import MapsRequest
 
     request = MapsRequest(prompt, scheduler, steps, guidance, seed).check()
     _new_folder(output)

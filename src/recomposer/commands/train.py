@@ -339,7 +339,7 @@ def train_analyser(
     _check_output(output)
     hold_run_lock(output)
 
-    from ..evaluation.analyser import Analyser, AnalyserWeights
+    from ..models.analyser import Analyser, AnalyserWeights
     from ..models.bundled import write_part
     from ..training.analyser import accuracy
 
@@ -370,7 +370,7 @@ def train_analyser_part(name: str, config, seed: int):
     """Train (or resume, or just load when complete) one of the analyser's networks; returns it with EMA weights."""
     import torch
 
-    from ..evaluation.analyser import InstanceClassifier, WorldAnalyser
+    from ..models.analyser import InstanceClassifier, WorldAnalyser
     from ..training import analyser as a
     from ..training import train
 

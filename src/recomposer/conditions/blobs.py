@@ -1,6 +1,6 @@
 """Blobs (BlobGEN): one tilted ellipse per object plus a free-text description of its appearance.
 
-Ellipses are in pixels of an image of ``size`` (width, height), with world/ellipse.py's conventions;
+Ellipses are in pixels of an image of ``size`` (width, height), with ellipse.py's conventions;
 ``scaled_to`` moves them to another image size. Descriptions may be absent (None) for a blob.
 """
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidParameter
-from ..world.ellipse import Ellipse
+from ..ellipse import Ellipse
 from .base import Condition
 
 
@@ -51,8 +51,8 @@ class Blobs(Condition):
         """Each ellipse's outline in its own colour on white, numbered."""
         from PIL import Image, ImageDraw
 
-        from ..world.ellipse import ellipse_mask
-        from ..world.sheet import label_colours
+        from ..ellipse import ellipse_mask
+        from .instances import label_colours
 
         w, h = self.size
         canvas = np.full((h, w, 3), 255, np.uint8)

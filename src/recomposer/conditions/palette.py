@@ -1,6 +1,6 @@
 """Palette: Composer's colour condition, a smoothed CIELab histogram over 180 palette colours.
 
-The histogram and how it is computed live in decompose/palette.py (METHODS.md §1a); this is the
+The histogram and how it is computed live in colour.py (METHODS.md §1a); this is the
 typed value that carries it. It is a global condition (Composer projects it into the timestep
 embedding and into extra context tokens); its null is its absence from the set.
 """
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..decompose import palette as colour
+from .. import colour
 from ..errors import InvalidParameter
 from .base import Condition
 

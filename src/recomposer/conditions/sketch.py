@@ -35,8 +35,6 @@ class Sketch(Condition):
         """
         from skimage.filters import threshold_otsu
 
-        from ..decompose.sketch import finish
-
         gray = _gray(source)
         if gray.min() == gray.max():
             return cls(np.zeros(gray.shape, bool))
@@ -80,3 +78,42 @@ def _gray(source) -> np.ndarray:
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or not np.isfinite(a).all():
         raise InvalidParameter("sketch", "finite numeric pixel values", a.dtype)
     return a.astype(np.float32)
+
+
+def finish(edges: np.ndarray, min_length: int) -> np.ndarray:
+    """Thin to 1-pixel lines, then drop 8-connected pieces shorter than ``min_length`` pixels (what a sketch's
+    lines are: decompose/sketch.py finishes its edges with it, ``Sketch.from_image`` a drawing)."""
+    import cv2
+    from skimage.morphology import thin
+
+    lines = _break_blocks(thin(edges))
+    if min_length > 1 and lines.any():
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(lines.view(np.uint8), connectivity=8)
+        keep = stats[:, cv2.CC_STAT_AREA] >= min_length
+        keep[0] = False
+        lines = keep[labels]
+    return lines
+
+
+def _break_blocks(lines: np.ndarray) -> np.ndarray:
+    """Remove one pixel from each 2x2 block of line pixels. Thinning keeps such a block where every
+    deletion would change topology (it encloses a tiny hole); we prefer a pixel whose line neighbours
+    stay 8-connected without it, so lines are not cut."""
+    from scipy import ndimage
+
+    block = lines[:-1, :-1] & lines[1:, :-1] & lines[:-1, 1:] & lines[1:, 1:]
+    if not block.any():
+        return lines
+    lines = np.pad(lines, 1)  # so every 3x3 window exists
+
+    def pieces_without(y: int, x: int) -> int:
+        window = lines[y - 1:y + 2, x - 1:x + 2].copy()
+        window[1, 1] = False
+        return ndimage.label(window, structure=np.ones((3, 3)))[1]
+
+    for y, x in zip(*np.nonzero(block)):
+        y, x = y + 1, x + 1  # padded coordinates of the block's top-left pixel
+        if lines[y:y + 2, x:x + 2].all():
+            corners = [(y, x), (y, x + 1), (y + 1, x), (y + 1, x + 1)]
+            lines[min(corners, key=lambda p: (pieces_without(*p) != 1, p))] = False
+    return lines[1:-1, 1:-1]

@@ -1,7 +1,7 @@
 """Blobs from instances (BlobGEN §3.1): one IoU-maximising ellipse per instance mask."""
 
 from ..conditions.blobs import Blobs
-from ..world.ellipse import fit_ellipse
+from ..ellipse import fit_ellipse
 
 
 def blobs_from_instances(instances, descriptions=None) -> Blobs:

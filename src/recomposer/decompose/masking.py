@@ -11,7 +11,7 @@ from PIL import Image
 from ..conditions.masked_image import MaskedImage
 from ..errors import InvalidParameter
 from ..io.images import open_mask, to_tensor
-from ..world.ellipse import Ellipse, ellipse_mask
+from ..ellipse import Ellipse, ellipse_mask
 
 
 def box_mask(width: int, height: int, box: tuple[float, float, float, float]) -> np.ndarray:

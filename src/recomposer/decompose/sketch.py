@@ -23,8 +23,8 @@ from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
-from skimage.morphology import thin
 
+from ..conditions.sketch import finish
 from ..errors import InvalidParameter
 
 METHODS = ("canny", "xdog", "model")
@@ -79,41 +79,6 @@ def sketch(image, method: str = "canny", *, sigma: float | None = None, low: flo
 
 def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def finish(edges: np.ndarray, min_length: int) -> np.ndarray:
-    """Thin to 1-pixel lines, then drop 8-connected pieces shorter than ``min_length`` pixels."""
-    lines = _break_blocks(thin(edges))
-    if min_length > 1 and lines.any():
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(lines.view(np.uint8), connectivity=8)
-        keep = stats[:, cv2.CC_STAT_AREA] >= min_length
-        keep[0] = False
-        lines = keep[labels]
-    return lines
-
-
-def _break_blocks(lines: np.ndarray) -> np.ndarray:
-    """Remove one pixel from each 2x2 block of line pixels. Thinning keeps such a block where every
-    deletion would change topology (it encloses a tiny hole); we prefer a pixel whose line neighbours
-    stay 8-connected without it, so lines are not cut."""
-    from scipy import ndimage
-
-    block = lines[:-1, :-1] & lines[1:, :-1] & lines[:-1, 1:] & lines[1:, 1:]
-    if not block.any():
-        return lines
-    lines = np.pad(lines, 1)  # so every 3x3 window exists
-
-    def pieces_without(y: int, x: int) -> int:
-        window = lines[y - 1:y + 2, x - 1:x + 2].copy()
-        window[1, 1] = False
-        return ndimage.label(window, structure=np.ones((3, 3)))[1]
-
-    for y, x in zip(*np.nonzero(block)):
-        y, x = y + 1, x + 1  # padded coordinates of the block's top-left pixel
-        if lines[y:y + 2, x:x + 2].all():
-            corners = [(y, x), (y, x + 1), (y + 1, x), (y + 1, x + 1)]
-            lines[min(corners, key=lambda p: (pieces_without(*p) != 1, p))] = False
-    return lines[1:-1, 1:-1]
 
 
 def _canny_lab(rgb: np.ndarray, sigma: float, low: float, high: float) -> np.ndarray:

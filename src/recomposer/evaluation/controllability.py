@@ -30,7 +30,7 @@ from ..tasks.composer import ComposeRequest, ComposerModel, compose, psnr_outsid
 from ..world.dataset import WorldSample, eval_seeds, make_sample
 from ..world.scene import WorldConfig
 from . import judges
-from .analyser import SIZE, Analyser
+from ..models.analyser import SIZE, Analyser
 
 KINDS = ("caption", "image_embedding", "palette", "sketch", "instances", "depth", "intensity", "masked_image")
 PAIRS = (("sketch", "palette"), ("instances", "caption"), ("depth", "caption"), ("intensity", "palette"),

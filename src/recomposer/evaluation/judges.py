@@ -23,14 +23,14 @@ import math
 import numpy as np
 from scipy import linalg, stats
 
+from ..colour import colour_histogram
 from ..decompose.metrics import edge_counts, match_masks, nonempty
-from ..decompose.palette import colour_histogram
+from ..models.analyser import SIZE, Analysis, reads_nearer
 from ..world.captions import parse_mentions, parse_relations
-from ..world.relations import in_front_of, relation
 from ..world.dataset import WorldSample
+from ..world.relations import in_front_of, relation
 from ..world.render import occlusions, outlines
 from ..world.scene import Background, Scene, WorldObject
-from .analyser import SIZE, Analysis
 
 
 def caption_scores(analysis: Analysis, caption: str) -> dict[str, list[bool]]:
@@ -86,10 +86,6 @@ def depth_scores(analysis: Analysis, truth: WorldSample) -> dict[str, list[float
     return {"spearman": [float(rho) if math.isfinite(rho) else 0.0],
             "order": [float(reads_nearer(analysis.depth, masks[f], masks[b]))
                       for f, b in occlusions(truth.scene, r)]}
-
-
-def reads_nearer(depth: np.ndarray, front: np.ndarray, back: np.ndarray) -> bool:
-    return bool(np.median(depth[front]) < np.median(depth[back]))
 
 
 def palette_intersection(image: np.ndarray, histogram: np.ndarray) -> float:

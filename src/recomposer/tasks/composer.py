@@ -25,19 +25,18 @@ from ..conditions import ConditionSet, ImageEmbedding, Palette
 from ..decompose.decomposer import Backends, decompose
 from ..denoiser import BackboneDenoiser
 from ..errors import InvalidParameter
-from ..guidance import GUIDANCE_MAX, GuidancePlan, Term, guided
+from ..guidance import GuidancePlan, Term, guided
 from ..io.images import to_pil
 from ..models.backbone import Backbone
 from ..models.composer import ComposerAdapter, generation_size
 from ..models.memory import check_fits
 from ..provenance import FORMAT, library_versions
 from ..sampling import StepCallback
-from ..schedulers import NAMES, display_name
-from .generate import MAX_BATCH, MAX_STEPS, Generated
+from ..schedulers import display_name
+from ..requests import GLOBAL_KINDS, LOCAL_KINDS, ComposeRequest, Weight  # noqa: F401 (re-exported)
+from .generate import Generated
 from .run import Sampling, run
 
-GLOBAL_KINDS = ("caption", "image_embedding", "palette")
-LOCAL_KINDS = ("sketch", "instances", "depth", "intensity", "masked_image")
 
 
 @dataclass(eq=False)
@@ -84,39 +83,6 @@ def fit_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     image = image.convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
     left, top = (w - width) // 2, (h - height) // 2
     return image.crop((left, top, left + width, top + height))
-
-
-@dataclass(frozen=True)
-class Weight:
-    """A per-condition guidance term: push towards ``kind`` with ``scale`` inside [start, end] of the schedule."""
-
-    kind: str
-    scale: float
-    start: float = 0.0
-    end: float = 1.0
-
-
-@dataclass(frozen=True)
-class ComposeRequest:
-    scheduler: str = "dpmpp_2m"  # one of schedulers.NAMES
-    steps: int = 20
-    guidance: float = 3.0  # w in Composer's Eq. 2 (1: no guidance)
-    seed: int = 0  # sample k uses seed + k
-    batch: int = 1
-    base: tuple[str, ...] = ()  # kinds of the conditions that form c₂ (default ∅)
-    weights: tuple[Weight, ...] = ()  # extra per-condition terms
-    allow_flat: bool = False  # keep an image of one flat colour (otherwise an error: R5)
-
-    def check(self) -> "ComposeRequest":
-        v.choice("scheduler", self.scheduler, NAMES)
-        v.integer("steps", self.steps, 1, MAX_STEPS)
-        v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
-        v.seed("seed", self.seed)
-        v.integer("batch", self.batch, 1, MAX_BATCH)
-        v.boolean("allow_flat", self.allow_flat)
-        for weight in self.weights:
-            Term(ConditionSet(), weight.scale, weight.start, weight.end)  # checks scale and window
-        return self
 
 
 def plan(conds: ConditionSet, request: ComposeRequest) -> GuidancePlan:

@@ -19,57 +19,17 @@ from .. import validation as v
 from ..conditions import Caption, ConditionSet, MaskedImage
 from ..denoiser import BackboneDenoiser
 from ..errors import BadImage, InvalidParameter
-from ..guidance import GUIDANCE_MAX, cfg, guided
+from ..guidance import cfg, guided
 from ..io.images import to_pil, to_tensor
 from ..models.backbone import Backbone
 from ..models.inpainting import InpaintingChannels
 from ..models.memory import check_fits
 from ..provenance import FORMAT, library_versions
+from ..requests import MAX_BATCH, MAX_SIDE, MAX_STEPS, GenerateRequest  # noqa: F401 (re-exported)
 from ..sampling import StepCallback
-from ..schedulers import NAMES, display_name
+from ..schedulers import display_name
 from .run import Sampling, run
 
-MAX_SIDE = 4096
-MAX_BATCH = 64
-MAX_STEPS = 1000
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    prompt: str
-    negative: str = ""  # negative prompt: the base of classifier-free guidance
-    scheduler: str = "dpmpp_2m"  # one of schedulers.NAMES
-    steps: int = 20  # sampling steps over the whole schedule
-    guidance: float = 7.5  # classifier-free guidance scale (1 = no guidance, 0 = unconditional)
-    seed: int = 0  # sample k of the batch uses seed + k
-    batch: int = 1  # images per call
-    width: int | None = None  # None: the image's width, else the model's native size
-    height: int | None = None
-    strength: float | None = None  # with an image: the share of the schedule re-run (None: 0.8, inpainting 1.0)
-    allow_flat: bool = False  # keep an image of one flat colour (otherwise an error: R5)
-
-    def check(self) -> None:
-        """Validate everything that needs no model (before any loading or compute)."""
-        if not isinstance(self.prompt, str):
-            raise InvalidParameter("prompt", "a string", self.prompt)
-        if not isinstance(self.negative, str):
-            raise InvalidParameter("negative", "a string", self.negative)
-        v.choice("scheduler", self.scheduler, NAMES)
-        v.integer("steps", self.steps, 1, MAX_STEPS)
-        v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
-        v.seed("seed", self.seed)
-        v.integer("batch", self.batch, 1, MAX_BATCH)
-        if self.seed + self.batch - 1 > 2**63 - 1:
-            raise InvalidParameter("seed", f"at most {2**63 - self.batch} for a batch of {self.batch}", self.seed)
-        for name in ("width", "height"):
-            if getattr(self, name) is not None:
-                v.integer(name, getattr(self, name), 8, MAX_SIDE)
-        v.boolean("allow_flat", self.allow_flat)
-        if self.strength is not None:
-            v.real("strength", self.strength, 0.0, 1.0)
-            if self.steps * self.strength < 1:
-                raise InvalidParameter("strength", f"at least 1/steps = {1 / self.steps:g} so that one step runs",
-                                       self.strength)
 
 
 @dataclass(frozen=True)

@@ -10,64 +10,27 @@ the prompts are equal); an edited prompt that keeps every source word in order a
 refinement; anything else is refused, naming the rule.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 from PIL import Image
 
 from .. import validation as v
-from ..attention.p2p import Edit, PromptToPrompt, find_words, local_blend, refine_mapper, swap_mapper, word_tokens
+from ..attention.p2p import PromptToPrompt, find_words, local_blend, refine_mapper, swap_mapper, word_tokens
 from ..attention.processors import installed
 from ..attention.store import AttentionStore
 from ..conditions import Caption, ConditionSet
 from ..denoiser import BackboneDenoiser
 from ..errors import InvalidParameter, RecomposerError
-from ..guidance import GUIDANCE_MAX, Guided, cfg
+from ..guidance import Guided, cfg
 from ..io.images import to_pil
 from ..models.backbone import Backbone
 from ..models.memory import check_fits
 from ..provenance import FORMAT, library_versions
-from ..schedulers import NAMES, display_name
-from .generate import MAX_STEPS, Generated
+from ..schedulers import display_name
+from ..requests import MapsRequest, P2PRequest, edit_kind  # noqa: F401 (re-exported)
+from .generate import Generated
 from .run import Sampling, run
-
-
-@dataclass(frozen=True)
-class P2PRequest:
-    source: str  # the source prompt P (with an inversion: the prompt the image was inverted with)
-    edited: str  # the edited prompt P*
-    scheduler: str = "ddim"  # the reference's sampler; an inversion is always followed with DDIM
-    steps: int = 50
-    guidance: float = 7.5
-    seed: int = 0  # both rows start from this seed's noise
-    edit: Edit = field(default_factory=Edit)
-    width: int | None = None  # None: the backbone's native size (or the inversion's)
-    height: int | None = None
-    allow_flat: bool = False
-
-    def check(self) -> "P2PRequest":
-        for name in ("source", "edited"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
-                raise InvalidParameter(name, "a prompt of at least one word", getattr(self, name))
-        v.choice("scheduler", self.scheduler, NAMES)
-        v.integer("steps", self.steps, 1, MAX_STEPS)
-        v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
-        v.seed("seed", self.seed)
-        v.boolean("allow_flat", self.allow_flat)
-        self.edit.check()
-        return self
-
-
-def edit_kind(source: str, edited: str) -> str:
-    """"swap" (same word count), "refine" (edited keeps the source's words in order and adds some), or an error."""
-    a, b = source.split(), edited.split()
-    if len(a) == len(b):
-        return "swap"
-    it = iter(b)
-    if len(b) > len(a) and all(word in it for word in a):
-        return "refine"
-    raise InvalidParameter("edited", f"a prompt of the source's {len(a)} words (a word swap) or one that keeps "
-                                     "every source word in order and adds words (a refinement)", edited)
 
 
 def prompt_to_prompt(backbone: Backbone, request: P2PRequest, inversion=None, callback=None,
@@ -93,7 +56,7 @@ def prompt_to_prompt(backbone: Backbone, request: P2PRequest, inversion=None, ca
     if e.blend:  # each blend word must be in the source or the edited prompt
         for word in e.blend:
             if not any(w.strip(".,;:!?").lower() == word.lower() for w in (request.source + " " + request.edited).split()):
-                raise InvalidParameter("blend", f"words of the source or edited prompt", word)
+                raise InvalidParameter("blend", "words of the source or edited prompt", word)
         blend_words = {0: _present(tokenizer, request.source, e.blend), 1: _present(tokenizer, request.edited, e.blend)}
 
     null = ConditionSet.of(Caption(""))
@@ -121,7 +84,7 @@ def prompt_to_prompt(backbone: Backbone, request: P2PRequest, inversion=None, ca
         result = run(denoise, inputs, b, sampling, size, hooks=hooks, start=start, callback=callback, cancel=cancel)
     images = to_pil(result.pixels)
     floats = (result.pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
-    params = {**asdict(request), "width": size[0], "height": size[1], "kind": kind}
+    params = {**asdict(request), "width": size[0], "height": size[1], "kind": kind, "batch": 2}
     base = {"format": FORMAT, "task": "p2p", "params": params, "model": b.describe(),
             "sampler_label": display_name(request.scheduler), "versions": dict(library_versions()),
             "seed": request.seed, "inputs": {} if inversion is None else
@@ -159,24 +122,6 @@ def _row_edit(tokenizer, request: P2PRequest, kind: str, width: int) -> dict:
 
 
 # ---------------------------------------------------------------- attention maps
-
-@dataclass(frozen=True)
-class MapsRequest:
-    prompt: str
-    scheduler: str = "ddim"
-    steps: int = 20
-    guidance: float = 7.5
-    seed: int = 0
-
-    def check(self) -> "MapsRequest":
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise InvalidParameter("prompt", "a prompt of at least one word", self.prompt)
-        v.choice("scheduler", self.scheduler, NAMES)
-        v.integer("steps", self.steps, 1, MAX_STEPS)
-        v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
-        v.seed("seed", self.seed)
-        return self
-
 
 def attention_maps(backbone: Backbone, request: MapsRequest) -> tuple[Generated, dict, list[str]]:
     """The image, {(h, w): (words, h, w)} each word's cross-attention map averaged over the layers of that

@@ -1,4 +1,4 @@
-"""Training the shapes-world analyser (evaluation/analyser.py) on exact ground truth: the segmenter and the
+"""Training the shapes-world analyser (models/analyser.py) on exact ground truth: the segmenter and the
 instance classifier.
 
 Batch ``index`` renders world seeds index·B … index·B + B − 1 (training seeds; held-out attribute
@@ -22,9 +22,8 @@ from torch.nn import functional as F
 
 from .. import validation as v
 from ..decompose.metrics import match_masks
-from ..evaluation.analyser import (COLOUR_NAMES, OFFSET_SCALE, SHAPE_NAMES, SIZE, STYLE_NAMES, Analyser,
-                                   InstanceClassifier, WorldAnalyser, crops, to_input)
-from ..evaluation.judges import reads_nearer
+from ..models.analyser import (COLOUR_NAMES, OFFSET_SCALE, SHAPE_NAMES, SIZE, STYLE_NAMES, Analyser,
+                               InstanceClassifier, WorldAnalyser, crops, reads_nearer, to_input)
 from ..world.dataset import eval_seeds
 from ..world.render import occlusions, pixel_centres, render
 from ..world.scene import Scene, WorldConfig, sample_scene

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..decompose.palette import colour_histogram
+from ..colour import colour_histogram
 from .captions import caption, describe_object
-from .ellipse import Ellipse
+from ..ellipse import Ellipse
 from .render import Rendered, blobs, render
 from .scene import Scene, WorldConfig, sample_scene
 
@@ -28,7 +28,7 @@ class WorldSample:
     caption: str
     descriptions: tuple[str, ...]  # one sentence per object, back to front
     blobs: tuple[Ellipse, ...]  # one ellipse per object, pixels at this size
-    palette: np.ndarray  # (180,) Composer's colour histogram of the image (decompose.palette)
+    palette: np.ndarray  # (180,) Composer's colour histogram of the image (colour.py)
 
     def tensors(self) -> dict:
         """Model-ready tensors: image in [-1, 1] (3, S, S); depth, sketch, intensity (1, S, S); labels (S, S)."""

@@ -223,7 +223,7 @@ def outlines(labels: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=None)
 def canonical_blob(shape: str) -> tuple[float, float, float, float, float]:
     """The IoU-maximising ellipse of a shape in shape space (cx, cy, a, b, θ), from a 256-px render."""
-    from .ellipse import fit_ellipse
+    from ..ellipse import fit_ellipse
 
     n = 256
     grid = (np.arange(n) + 0.5) / n * 2.4 - 1.2  # shape units [-1.2, 1.2]
@@ -240,7 +240,7 @@ def blobs(scene: Scene, size: int) -> list:
     A shape-space offset v lands at image offset r·R(−rotation)·v, so a shape-space angle φ (x towards y)
     becomes φ − rotation on the image.
     """
-    from .ellipse import Ellipse
+    from ..ellipse import Ellipse
 
     out = []
     for obj in scene.objects:

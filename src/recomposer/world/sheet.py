@@ -6,18 +6,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .dataset import WorldSample
-from .ellipse import ellipse_mask
+from ..conditions.instances import label_colours
+from ..ellipse import ellipse_mask
 
 COLUMNS = ("image", "instances", "depth", "sketch", "intensity", "blobs")
-
-
-def label_colours(n: int) -> np.ndarray:
-    """Distinct colours for instance labels (0 = background black)."""
-    hues = (np.arange(n) * 0.618034) % 1.0
-    import colorsys
-
-    return np.array([(0, 0, 0)] + [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.75, 0.95)) for h in hues],
-                    np.uint8)
 
 
 def layers(sample: WorldSample) -> list[np.ndarray]:

@@ -348,3 +348,8 @@ def load_bundled_analyser(device: torch.device | str = "cpu", folder=None) -> An
 
     weights = load_part(AnalyserWeights(), "analyser", folder or WEIGHTS)
     return Analyser(weights.to(torch.device(device)))
+
+
+def reads_nearer(depth: np.ndarray, front: np.ndarray, back: np.ndarray) -> bool:
+    """Whether a depth reading puts the ``front`` mask nearer than the ``back`` one (median depth; 0 = near)."""
+    return bool(np.median(depth[front]) < np.median(depth[back]))

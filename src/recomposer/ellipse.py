@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from scipy.optimize import minimize  # scipy is a dependency of scikit-image
 
-from ..errors import InvalidParameter, RecomposerError
+from .errors import InvalidParameter, RecomposerError
 
 
 @dataclass(frozen=True)

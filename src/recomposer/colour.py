@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 from skimage.color import hsv2rgb, rgb2lab
 
-from ..errors import InvalidParameter
+from .errors import InvalidParameter
 
 NUM_HUES, SAT_RANGE, LIGHT_RANGE = 11, 5, 5
 ROWS = 1 + SAT_RANGE + (2 * LIGHT_RANGE - 1)  # 15 rows per hue (and 15 greys)

@@ -1,0 +1,220 @@
+"""Every task's request: what a user asks for, as a plain value built the same way from CLI options or JSON.
+
+Nothing here imports torch or a model: a request is checked (``check``) before anything heavy loads, so a
+bad value is refused in well under a second, naming the field and what is allowed. Provenance stores the
+request (``dataclasses.asdict``), and ``recall`` rebuilds it (``from_json``) to make the image again.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from . import validation as v
+from .errors import InvalidParameter
+from .schedulers import NAMES
+
+GLOBAL_KINDS = ("caption", "image_embedding", "palette")  # Composer's kinds (models/composer.py)
+LOCAL_KINDS = ("sketch", "instances", "depth", "intensity", "masked_image")
+MAX_SIDE = 4096
+MAX_BATCH = 64
+MAX_STEPS = 1000
+GUIDANCE_MAX = 100.0
+
+
+def from_json(cls, data: dict, source: str = "request"):
+    """A request of class ``cls`` from a JSON object: unknown keys are refused by name, missing ones take their
+    defaults (nested requests too); the result is checked."""
+    if not isinstance(data, dict):
+        raise InvalidParameter(source, f"a JSON object of {cls.__name__} fields", type(data).__name__)
+    known = {f.name: f for f in fields(cls)}
+    if unknown := sorted(set(data) - set(known)):
+        raise InvalidParameter(source, f"fields of {cls.__name__} ({', '.join(known)})", unknown)
+    values = {}
+    for name, value in data.items():
+        nested = NESTED.get((cls.__name__, name))
+        if nested is not None and isinstance(value, dict):
+            value = from_json(nested, value, f"{source}.{name}")
+        elif nested is not None and isinstance(value, list):
+            value = tuple(from_json(nested, item, f"{source}.{name}") if isinstance(item, dict) else item
+                          for item in value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    try:
+        request = cls(**values)
+    except TypeError as e:
+        raise InvalidParameter(source, f"a complete {cls.__name__}", str(e)) from None
+    return request.check() or request
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str
+    negative: str = ""  # negative prompt: the base of classifier-free guidance
+    scheduler: str = "dpmpp_2m"  # one of schedulers.NAMES
+    steps: int = 20  # sampling steps over the whole schedule
+    guidance: float = 7.5  # classifier-free guidance scale (1 = no guidance, 0 = unconditional)
+    seed: int = 0  # sample k of the batch uses seed + k
+    batch: int = 1  # images per call
+    width: int | None = None  # None: the image's width, else the model's native size
+    height: int | None = None
+    strength: float | None = None  # with an image: the share of the schedule re-run (None: 0.8, inpainting 1.0)
+    allow_flat: bool = False  # keep an image of one flat colour (otherwise an error: R5)
+
+    def check(self) -> None:
+        """Validate everything that needs no model (before any loading or compute)."""
+        if not isinstance(self.prompt, str):
+            raise InvalidParameter("prompt", "a string", self.prompt)
+        if not isinstance(self.negative, str):
+            raise InvalidParameter("negative", "a string", self.negative)
+        v.choice("scheduler", self.scheduler, NAMES)
+        v.integer("steps", self.steps, 1, MAX_STEPS)
+        v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
+        v.seed("seed", self.seed)
+        v.integer("batch", self.batch, 1, MAX_BATCH)
+        if self.seed + self.batch - 1 > 2**63 - 1:
+            raise InvalidParameter("seed", f"at most {2**63 - self.batch} for a batch of {self.batch}", self.seed)
+        for name in ("width", "height"):
+            if getattr(self, name) is not None:
+                v.integer(name, getattr(self, name), 8, MAX_SIDE)
+        v.boolean("allow_flat", self.allow_flat)
+        if self.strength is not None:
+            v.real("strength", self.strength, 0.0, 1.0)
+            if self.steps * self.strength < 1:
+                raise InvalidParameter("strength", f"at least 1/steps = {1 / self.steps:g} so that one step runs",
+                                       self.strength)
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A per-condition guidance term: push towards ``kind`` with ``scale`` inside [start, end] of the schedule."""
+
+    kind: str
+    scale: float
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass(frozen=True)
+class ComposeRequest:
+    scheduler: str = "dpmpp_2m"  # one of schedulers.NAMES
+    steps: int = 20
+    guidance: float = 3.0  # w in Composer's Eq. 2 (1: no guidance)
+    seed: int = 0  # sample k uses seed + k
+    batch: int = 1
+    base: tuple[str, ...] = ()  # kinds of the conditions that form c₂ (default ∅)
+    weights: tuple[Weight, ...] = ()  # extra per-condition terms
+    allow_flat: bool = False  # keep an image of one flat colour (otherwise an error: R5)
+
+    def check(self) -> "ComposeRequest":
+        v.choice("scheduler", self.scheduler, NAMES)
+        v.integer("steps", self.steps, 1, MAX_STEPS)
+        v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
+        v.seed("seed", self.seed)
+        v.integer("batch", self.batch, 1, MAX_BATCH)
+        v.boolean("allow_flat", self.allow_flat)
+        for weight in self.weights:
+            v.real("guidance", weight.scale, -GUIDANCE_MAX, GUIDANCE_MAX)
+            v.fraction_window("guidance", weight.start, weight.end)
+        return self
+
+
+@dataclass(frozen=True)
+class Edit:
+    """The settings of a Prompt-to-Prompt edit (typical: cross 0.8 / self 0.4 for swaps, 0.5-0.8 / 0.2-0.4 for
+    refinements)."""
+
+    cross_replace: float = 0.8  # share of the steps (from the noisiest) using the source's cross-attention maps
+    cross_replace_words: Mapping[str, float] = field(default_factory=dict)  # word of P* -> its own share
+    self_replace: float = 0.4  # share of the steps using the source's self-attention maps
+    self_max_queries: int = 16 * 16  # self-attention injected only in layers with at most this many queries
+    reweight: Mapping[str, float] = field(default_factory=dict)  # word of P* -> scale c of its maps (-2 < c < 2)
+    blend: tuple[str, ...] = ()  # local blend words (of P or P*); empty: no blend
+    blend_threshold: float = 0.3
+    blend_start: float = 0.0  # share of the steps after which the blend applies
+
+    def check(self) -> "Edit":
+        v.real("cross-replace", self.cross_replace, 0.0, 1.0)
+        v.real("self-replace", self.self_replace, 0.0, 1.0)
+        v.integer("self-max-queries", self.self_max_queries, 1)
+        v.real("blend-threshold", self.blend_threshold, 0.0, 1.0)
+        v.real("blend-start", self.blend_start, 0.0, 1.0)
+        for word, share in self.cross_replace_words.items():
+            v.real(f"cross-replace.{word}", share, 0.0, 1.0)
+        for word, c in self.reweight.items():
+            v.real(f"reweight.{word}", c, -2.0, 2.0)
+        return self
+
+
+@dataclass(frozen=True)
+class P2PRequest:
+    source: str  # the source prompt P (with an inversion: the prompt the image was inverted with)
+    edited: str  # the edited prompt P*
+    scheduler: str = "ddim"  # the reference's sampler; an inversion is always followed with DDIM
+    steps: int = 50
+    guidance: float = 7.5
+    seed: int = 0  # both rows start from this seed's noise
+    edit: Edit = field(default_factory=Edit)
+    width: int | None = None  # None: the backbone's native size (or the inversion's)
+    height: int | None = None
+    allow_flat: bool = False
+
+    def check(self) -> "P2PRequest":
+        for name in ("source", "edited"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise InvalidParameter(name, "a prompt of at least one word", getattr(self, name))
+        v.choice("scheduler", self.scheduler, NAMES)
+        v.integer("steps", self.steps, 1, MAX_STEPS)
+        v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
+        v.seed("seed", self.seed)
+        v.boolean("allow_flat", self.allow_flat)
+        self.edit.check()
+        return self
+
+
+@dataclass(frozen=True)
+class MapsRequest:
+    prompt: str
+    scheduler: str = "ddim"
+    steps: int = 20
+    guidance: float = 7.5
+    seed: int = 0
+
+    def check(self) -> "MapsRequest":
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InvalidParameter("prompt", "a prompt of at least one word", self.prompt)
+        v.choice("scheduler", self.scheduler, NAMES)
+        v.integer("steps", self.steps, 1, MAX_STEPS)
+        v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
+        v.seed("seed", self.seed)
+        return self
+
+
+def edit_kind(source: str, edited: str) -> str:
+    """"swap" (same word count), "refine" (edited keeps the source's words in order and adds some), or an error."""
+    a, b = source.split(), edited.split()
+    if len(a) == len(b):
+        return "swap"
+    it = iter(b)
+    if len(b) > len(a) and all(word in it for word in a):
+        return "refine"
+    raise InvalidParameter("edited", f"a prompt of the source's {len(a)} words (a word swap) or one that keeps "
+                                     "every source word in order and adds words (a refinement)", edited)
+
+
+NESTED = {("ComposeRequest", "weights"): Weight, ("P2PRequest", "edit"): Edit}
+
+
+def readable(field: str, path, folder: bool = False):
+    """An input path that exists and can be read (a folder where ``folder``), checked without opening it as an
+    image or model: one line naming the option otherwise."""
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise InvalidParameter(field, f"an existing {'folder' if folder else 'file'}", str(path))
+    if folder != p.is_dir():
+        raise InvalidParameter(field, "a folder" if folder else "a file, not a folder", str(path))
+    if not os.access(p, os.R_OK):
+        raise InvalidParameter(field, "a path this user can read", str(path))
+    return p
