@@ -160,3 +160,41 @@ def test_world_commands_write_sheets_samples_and_renders(tmp_path, capsys):
     assert code == 2 and err.startswith("error: scene.objects[0].colour:") and not (tmp_path / "bad.png").exists()
     code, out, err = run(capsys, "world", "sheet", "--size", 8, "-o", tmp_path / "small.png")
     assert code == 2 and err.startswith("error: size:") and not (tmp_path / "small.png").exists()
+
+
+# ---------------------------------------------------------------- recall replays any task
+
+def test_recall_replays_composer_p2p_and_attention_pngs(tiny_dir, photo, tmp_path, capsys):
+    photo.save(tmp_path / "photo.png")
+    runs = [("p2p", "a red circle", "a blue circle", "--model", tiny_dir, "--steps", 3, "-o", tmp_path / "p"),
+            ("attention", "a red circle", "--model", tiny_dir, "--steps", 2, "-o", tmp_path / "m"),
+            ("generate", "x", "--model", tiny_dir, "--steps", 2, "--batch", 2, "--image", tmp_path / "photo.png",
+             "--strength", 0.5, "-o", tmp_path / "g")]
+    for args in runs:
+        code, out, err = run(capsys, *args)
+        assert code == 0, err
+    for png in (tmp_path / "p" / "edited.png", tmp_path / "m" / "image.png", sorted((tmp_path / "g").glob("*.png"))[1]):
+        assert read_provenance(png)["invocation"]["command"] in ("p2p", "attention", "generate")
+        code, out, err = run(capsys, "recall", png, "-o", tmp_path / f"again-{png.parent.name}.png")
+        assert code == 0 and out.strip().endswith("identical pixels"), (png, err)
+    assert read_provenance(tmp_path / "again-g.png")["invocation"]["options"]["seed"] is not None  # the seed chosen
+
+
+def test_recall_refuses_changed_inputs_and_reports_differences(tiny_dir, photo, tmp_path, capsys):
+    photo.save(tmp_path / "photo.png")
+    code, out, err = run(capsys, "generate", "x", "--model", tiny_dir, "--steps", 2, "--image", tmp_path / "photo.png",
+                         "--strength", 0.5, "--seed", 1, "-o", tmp_path / "g.png")
+    assert code == 0, err
+    photo.rotate(90).save(tmp_path / "photo.png")
+    code, out, err = run(capsys, "recall", tmp_path / "g.png", "-o", tmp_path / "again.png")
+    assert code == 2 and "--image" in err and "changed" in err and not (tmp_path / "again.png").exists()
+    photo.save(tmp_path / "photo.png")
+    from PIL import Image
+
+    original = Image.open(tmp_path / "g.png")
+    tampered = original.point(lambda v: 255 - v)  # other pixels under the same provenance
+    from recomposer.provenance import write_png
+
+    write_png(tmp_path / "h.png", tampered, read_provenance(tmp_path / "g.png"))
+    code, out, err = run(capsys, "recall", tmp_path / "h.png", "-o", tmp_path / "again.png")
+    assert code == 1 and "DIFFER" in out and "levels" in out

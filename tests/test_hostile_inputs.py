@@ -541,10 +541,10 @@ def test_files_follow_the_users_umask(tmp_path):
 
 def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_starts(tiny_dir, tmp_path, capsys, monkeypatch):
     import recomposer.models.memory as memory
-    import recomposer.sampling as sampling
+    import recomposer.tasks.run as run_module
 
     monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)  # a machine with 1 MiB free
-    monkeypatch.setattr(sampling, "sample", lambda *a, **k: pytest.fail("sampling started"))
+    monkeypatch.setattr(run_module, "sample", lambda *a, **k: pytest.fail("sampling started"))
     code, out, err = run(capsys, "generate", "x", "--model", tiny_dir, "--steps", 1, "--width", 512, "--height",
                          512, "-o", tmp_path / "o.png")
     line = one_line(err)
@@ -552,13 +552,13 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_starts(tiny_dir, t
 
 
 def test_out_of_memory_during_a_run_is_one_line(tiny_dir, tmp_path, capsys, monkeypatch):
-    import recomposer.tasks.generate as generate
+    import recomposer.tasks.run as run_module
 
     def oom(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 8589934592 bytes")
 
-    monkeypatch.setattr(generate, "sample", oom)
+    monkeypatch.setattr(run_module, "sample", oom)
     code, out, err = run(capsys, "generate", "x", "--model", tiny_dir, "--steps", 1, "-o", tmp_path / "o.png")
     assert code == 1 and "out of memory" in one_line(err) and not (tmp_path / "o.png").exists()
 

@@ -117,7 +117,7 @@ def recall(
             import io
 
             with contextlib.redirect_stdout(io.StringIO()):  # the replay's own output lines are not ours
-                command(**options, output=tmp / "out")
+                recorded(invocation["command"], command)(**options, output=tmp / "out")
             made_path = _matching(tmp / "out", record, png)
             made = np.asarray(Image.open(made_path).convert("RGB"))
             import os
