@@ -119,6 +119,8 @@ def evaluate(args) -> None:
             continue
         steps = checkpoints(run)
         chosen = sorted({steps[max(0, round(len(steps) * k / args.points) - 1)] for k in range(1, args.points + 1)})
+        if args.at:  # checkpoints named by step (a long run's curve)
+            chosen = sorted(set(args.at) & set(steps))
         for step in chosen:
             report = run / f"bench-{step:06d}"
             if (report / "report.json").is_file():
@@ -228,12 +230,15 @@ def plot(results: dict, path: Path) -> None:
     d.text(((x0 + x1) // 2 - 40, h - 28), "CPU-minutes", fill="black", font=font)
     d.text((x0, 2), "score (mean progress floor -> ceiling)", fill="black", font=font)
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    for (name, result), colour in zip(results.items(), colours):
+    label_y = []
+    for (name, result), colour in sorted(zip(results.items(), colours), key=lambda rc: -rc[0][1]["points"][-1]["score"]):
         points = [at(0, 0)] + [at(p["cpu_minutes"], p["score"]) for p in result["points"]]
         d.line(points, fill=colour, width=3)
         for x, y in points[1:]:
             d.ellipse((x - 4, y - 4, x + 4, y + 4), fill=colour)
-        d.text((x1 + 10, points[-1][1] - 7), name, fill=colour, font=font)
+        y = max([points[-1][1] - 7] + [prev + 16 for prev in label_y])  # labels never overlap
+        label_y.append(y)
+        d.text((x1 + 10, y), name, fill=colour, font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)
 
@@ -249,6 +254,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="recipes to run (default: all)")
     parser.add_argument("--scenes", type=int, default=12, help="held-out scenes of each kind (evaluate)")
     parser.add_argument("--points", type=int, default=2, help="checkpoints judged per run (evaluate)")
+    parser.add_argument("--at", type=int, nargs="*", help="judge exactly these checkpoint steps (evaluate)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/recipes.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/images/recipes.png"))
     args = parser.parse_args()

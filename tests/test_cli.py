@@ -23,7 +23,7 @@ def test_generate_writes_provenance_and_recall_reproduces(tiny_dir, tmp_path, ca
                          "--steps", 4, "--seed", 9, "--batch", 2, "--width", 32, "--height", 40, "-o", tmp_path)
     assert code == 0, err
     paths = out.split()
-    assert [p.rsplit("/", 1)[-1] for p in paths] == ["9.png", "10.png"]
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["9.png", "10.png", "9-grid.png"]  # a batch gets a grid too
     record = read_provenance(paths[1])
     assert record["seed"] == 10 and record["batch_index"] == 1
     assert record["params"] | {} == {**record["params"], "prompt": "a red circle", "steps": 4, "width": 32,
@@ -173,9 +173,11 @@ def test_recall_replays_composer_p2p_and_attention_pngs(tiny_dir, photo, tmp_pat
     for args in runs:
         code, out, err = run(capsys, *args)
         assert code == 0, err
-    for png in (tmp_path / "p" / "edited.png", tmp_path / "m" / "image.png", sorted((tmp_path / "g").glob("*.png"))[1]):
+    second = sorted(p for p in (tmp_path / "g").glob("*.png") if "grid" not in p.name)[1]
+    for png in (tmp_path / "p" / "edited.png", tmp_path / "m" / "image.png", second):
         assert read_provenance(png)["invocation"]["command"] in ("p2p", "attention", "generate")
-        code, out, err = run(capsys, "recall", png, "-o", tmp_path / f"again-{png.parent.name}.png")
+        assert str(tmp_path) not in json.dumps(read_provenance(png)["invocation"]["inputs"])  # names, not folders
+        code, out, err = run(capsys, "recall", png, "--inputs", tmp_path, "-o", tmp_path / f"again-{png.parent.name}.png")
         assert code == 0 and out.strip().endswith("identical pixels"), (png, err)
     assert read_provenance(tmp_path / "again-g.png")["invocation"]["options"]["seed"] is not None  # the seed chosen
 
@@ -186,7 +188,7 @@ def test_recall_refuses_changed_inputs_and_reports_differences(tiny_dir, photo, 
                          "--strength", 0.5, "--seed", 1, "-o", tmp_path / "g.png")
     assert code == 0, err
     photo.rotate(90).save(tmp_path / "photo.png")
-    code, out, err = run(capsys, "recall", tmp_path / "g.png", "-o", tmp_path / "again.png")
+    code, out, err = run(capsys, "recall", tmp_path / "g.png", "-o", tmp_path / "again.png")  # beside it, changed
     assert code == 2 and "--image" in err and "changed" in err and not (tmp_path / "again.png").exists()
     photo.save(tmp_path / "photo.png")
     from PIL import Image

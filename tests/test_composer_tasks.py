@@ -195,12 +195,12 @@ def test_compose_command_mixes_sources_and_saved_conditions(tiny_dir, adapter_fi
     for name, image in (("small", tmp_path / "small.png"), ("large", a)):
         code, out, err = run(capsys, "decompose", image, "-o", tmp_path / name, "--only", "sketch")
         assert code == 0, err
-    common = ("--model", tiny_dir, "--adapter", adapter_file, "--steps", 2, "--device", "cpu")
+    common = ("--model", tiny_dir, "--adapter", adapter_file, "--steps", 2, "--device", "cpu", "--seed", 0)
     code, out, err = run(capsys, "compose", "--sketch-from", tmp_path / "small", "--palette-from", b,
                          "--intensity-from", a, "--caption", "a red circle", "--batch", 2, *common,
                          "-o", tmp_path / "out")
     assert code == 0, err
-    assert out.split() == [str(tmp_path / "out" / "0.png"), str(tmp_path / "out" / "1.png")]
+    assert out.split() == [str(tmp_path / "out" / n) for n in ("0.png", "1.png", "0-grid.png")]
     record = json.loads(Image.open(tmp_path / "out" / "1.png").text["recomposer"])
     assert set(record["conditions"]) == {"caption", "palette", "sketch", "intensity"} and record["seed"] == 1
     code, out, err = run(capsys, "compose", "--sketch-from", tmp_path / "large", "--intensity-from", a, *common,
@@ -246,13 +246,13 @@ def test_wrong_kind_of_condition_file_is_refused(tiny_dir, adapter_file, scene_f
 
 def test_interpolate_and_edit_commands_write_their_files(tiny_dir, adapter_file, scene_files, tmp_path, capsys):
     a, b = scene_files
-    common = ("--model", tiny_dir, "--adapter", adapter_file, "--steps", 2, "--device", "cpu")
+    common = ("--model", tiny_dir, "--adapter", adapter_file, "--steps", 2, "--device", "cpu", "--seed", 0)
     code, out, err = run(capsys, "interpolate", a, b, "--frames", 3, "--kinds", "palette", *common,
                          "-o", tmp_path / "interp")
     assert code == 0, err
     names = sorted(p.name for p in (tmp_path / "interp").iterdir())
-    assert names == ["0.png", "1.png", "2.png", "interpolation.gif", "strip.png"]
-    with Image.open(tmp_path / "interp" / "interpolation.gif") as gif:
+    assert names == ["0-1.png", "0-2.png", "0-interpolation.gif", "0-strip.png", "0.png"]  # every frame: seed 0
+    with Image.open(tmp_path / "interp" / "0-interpolation.gif") as gif:
         assert gif.n_frames == 3
     source = Image.open(a).resize((32, 32))
     source.save(tmp_path / "src.png")

@@ -23,7 +23,24 @@ from .errors import Cancelled, InvalidParameter, RecomposerError
 from .invocation import recorded
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   rich_markup_mode=None, help="Decompose images into conditions; recompose any mix into new images.")
+
+@app.callback(invoke_without_command=True)
+def _options(
+    record_paths: Annotated[bool, typer.Option("--record-paths", help="Record inputs' absolute paths in provenance "
+                                                                      "(default: their names and hashes only).")]
+    = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    from . import __version__
+    from .invocation import record_paths as recording
+
+    if version:
+        typer.echo(f"recomposer {__version__}")
+        raise typer.Exit(0)
+    recording.set(record_paths)
+
 
 app.add_typer(world_app, name="world")
 app.add_typer(train_app, name="train")
@@ -78,6 +95,9 @@ def generate(
     for field, path in (("image", image), ("mask", mask)):
         if path is not None:
             readable(field, path)
+    from .io.output import check_output
+
+    check_output(output, (image, mask))
     results = _run_generate(request, model, config, device, dtype, image, mask)
     for path in _save(results, output):
         typer.echo(str(path))
@@ -93,6 +113,9 @@ def recall(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the reproduction "
                                                                           "(default: beside it, -recall.png).")] = None,
     device: Annotated[Optional[str], typer.Option(help="Override the recorded device.")] = None,
+    inputs: Annotated[Optional[Path], typer.Option("--inputs", help="A folder holding the inputs the PNG was made "
+                                                                    "from (default: beside the PNG, or here).")]
+    = None,
 ) -> None:
     """Re-run the command recorded in a PNG's provenance and check the pixels come out the same."""
     import numpy as np
@@ -109,7 +132,8 @@ def recall(
         (path,) = _save([result], target)
         made = np.asarray(result.image)
     else:
-        command, options = _replayable(invocation, png, device)
+        search = [p for p in (inputs, png.resolve().parent, Path.cwd()) if p is not None]
+        command, options = _replayable(invocation, png, device, search)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_folder(target)
         try:
@@ -141,11 +165,11 @@ def recall(
     raise typer.Exit(1)
 
 
-def _replayable(invocation: object, png: Path, device: str | None):
-    """The command function and its options from a (possibly forged) recorded invocation."""
+def _replayable(invocation: object, png: Path, device: str | None, search: list[Path]):
+    """The command function and its options from a (possibly forged) recorded invocation, its inputs found."""
     import typing
 
-    from .invocation import OUTPUT, check_inputs
+    from .invocation import OUTPUT, find_inputs
 
     if not isinstance(invocation, dict) or not isinstance(invocation.get("options"), dict) \
             or not isinstance(invocation.get("inputs", {}), dict):
@@ -158,8 +182,10 @@ def _replayable(invocation: object, png: Path, device: str | None):
     options = dict(invocation["options"])
     if unknown := sorted(set(options) - set(hints) | ({OUTPUT} & set(options))):
         raise RecomposerError("image", f"{png} records options that {name} does not take: {unknown}")
-    if problems := check_inputs(invocation):
+    located, problems = find_inputs(invocation, search)
+    if problems:
         raise RecomposerError("image", f"recall needs the inputs {png.name} was made from: " + "; ".join(problems))
+    options.update({key: path for key, path in located.items() if key in options})
     for key, value in options.items():
         wants_path = "Path" in str(hints[key])
         if wants_path and isinstance(value, str):
@@ -269,10 +295,12 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
             bar.update(task, total=step.count, completed=step.index + 1)
 
         results = run(backbone, request, image=image, mask=mask, callback=progress)
+    from .invocation import record_paths
+
     paths = {"image": image_path, "mask": mask_path}
-    for r in results:  # recall finds its inputs again by path, and checks them by hash
-        r.provenance["inputs"] = {k: {**v, "path": str(Path(paths[k]).resolve())}
-                                  for k, v in r.provenance["inputs"].items()}
+    for r in results:  # recall finds its inputs again by name (or path, when asked) and checks them by hash
+        r.provenance["inputs"] = {k: {**v, "path": str(Path(paths[k]).resolve()) if record_paths.get() else
+                                      Path(paths[k]).name} for k, v in r.provenance["inputs"].items()}
     return results
 
 
@@ -288,24 +316,10 @@ def _recorded_input(inputs: dict, name: str) -> Optional[Path]:
 
 
 def _save(results, output: Path) -> list[Path]:
-    """A .png path for one image (stem-k.png for several), or a folder of seed-named files never overwritten."""
-    from .provenance import write_png
+    """The output policy (io/output.py): FILE.png (FILE-k.png for several), or seed-named files in a folder."""
+    from .provenance import save_results
 
-    if output.suffix.lower() == ".png":
-        output.parent.mkdir(parents=True, exist_ok=True)
-        paths = [output] if len(results) == 1 else [output.with_name(f"{output.stem}-{k}.png")
-                                                   for k in range(len(results))]
-    else:
-        output.mkdir(parents=True, exist_ok=True)
-        paths = [_free_name(output, str(r.seed)) for r in results]
-    return [write_png(path, r.image, r.provenance) for path, r in zip(paths, results)]
-
-
-def _free_name(folder: Path, stem: str) -> Path:
-    path, n = folder / f"{stem}.png", 1
-    while path.exists():
-        path, n = folder / f"{stem}-{n}.png", n + 1
-    return path
+    return save_results(results, output)
 
 
 def _quiet_libraries() -> None:
@@ -318,6 +332,18 @@ def _quiet_libraries() -> None:
                         ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_OFFLINE", "1")):
         os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    from .errors import Notice
+
+    warnings.filterwarnings("once", category=Notice)
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, Notice):  # ours: one plain line
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
     if "transformers" in sys.modules:  # already imported (as in a test process): tell them directly
         from transformers.utils import logging as tlog
 
@@ -360,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         except typer.TyperException as e:  # usage errors: unknown option, a value that does not parse
             typer.echo(f"error: {e.format_message() if hasattr(e, 'format_message') else e}", err=True)
             return getattr(e, "exit_code", 2)
+        except OSError as e:  # the operating system's word on a file or folder: one line, the path first
+            where = e.filename if e.filename is not None else "file"
+            typer.echo(f"error: {where}: {e.strerror or e.__class__.__name__}", err=True)
+            return 2
         except (MemoryError, RuntimeError) as e:
             from .models.memory import is_out_of_memory
 

@@ -45,3 +45,8 @@ class FlatResult(RecomposerError):
 
 class Cancelled(Exception):
     """Sampling was cancelled between two steps; not an error in the user's input."""
+
+
+class Notice(UserWarning):
+    """Something the user should know that is not an error (a prompt cut to the text encoder's window); the CLI
+    prints each as one ``warning:`` line."""

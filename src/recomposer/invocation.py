@@ -2,10 +2,13 @@
 any task, not only generate.
 
 A command registered through ``recorded`` runs inside an ``Invocation``: its name and its options as the
-user gave them (paths made absolute), each input file's sha256, and any value the command resolved itself
-(a random seed, through ``resolve``). ``provenance.write_png`` stores the current invocation; ``recall``
-re-runs the command with the same options into a temp folder (after checking that every input file still
-has its recorded bytes) and compares the pixels.
+user gave them, each input file's sha256, and any value the command resolved itself (a random seed, through
+``resolve``). Input files are recorded by name and content hash only (a shared PNG does not tell where its
+inputs lay), unless ``record_paths`` is on (``recomposer --record-paths ...``); model options keep their
+absolute path (the model's weights are identified by their own sha256 too). ``provenance.write_png`` stores
+the current invocation; ``recall`` finds every input again (the recorded path, or a file of that name and
+content beside the PNG, in the current folder or in ``--inputs DIR``), re-runs the command with the same
+options into a temp folder, and compares the pixels.
 """
 
 import functools
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _current: ContextVar["Invocation | None"] = ContextVar("invocation", default=None)
+record_paths: ContextVar[bool] = ContextVar("record_paths", default=False)  # absolute input paths in provenance
 OUTPUT = "output"  # the option every command writes to (never recorded: recall chooses its own)
 PATH_OPTIONS = {"model", "config", "adapter", "image_encoder"}  # options given as text that name files or folders
 
@@ -37,7 +41,9 @@ def recorded(name: str, command):
         invocation = Invocation(name)
         for key, value in options.items():
             if key != OUTPUT:
-                invocation.options[key], digest = _plain(Path(value) if key in PATH_OPTIONS and value else value)
+                model = key in PATH_OPTIONS
+                invocation.options[key], digest = _plain(Path(value) if model and value else value,
+                                                         absolute=model or record_paths.get())
                 if digest is not None:
                     invocation.inputs[key] = digest
         token = _current.set(invocation)
@@ -62,12 +68,16 @@ def resolve(option: str, value) -> None:
         invocation.options[option] = value
 
 
-def _plain(value):
+def _plain(value, absolute: bool):
     """(JSON form of an option value, the sha256 record of the input file(s) it names or None)."""
     if isinstance(value, Path):
-        return str(value.resolve()), _digest(value)
+        digest = _digest(value)
+        shown = str(value.resolve()) if absolute else value.name
+        if digest is not None and not absolute:
+            digest["path"] = value.name
+        return shown, digest
     if isinstance(value, (list, tuple)):
-        parts = [_plain(v) for v in value]
+        parts = [_plain(v, absolute) for v in value]
         digests = [d for _, d in parts if d is not None]
         return [p for p, _ in parts], (digests or None)
     return value, None
@@ -91,17 +101,25 @@ def _digest(path: Path) -> dict | None:
     return None
 
 
-def check_inputs(record: dict) -> list[str]:
-    """The recorded inputs that are gone or changed (empty: all as they were)."""
-    problems = []
+def find_inputs(record: dict, search: list[Path]) -> tuple[dict, list[str]]:
+    """Each recorded input found again: ({option: path or [paths]}, problems). A recorded absolute path is taken
+    if its bytes are the recorded ones; otherwise a file (or folder) of that name with those bytes in one of the
+    ``search`` folders."""
+    found, problems = {}, []
     for option, entry in record.get("inputs", {}).items():
+        flag = f"--{option.replace('_', '-')}"
+        located = []
         for e in entry if isinstance(entry, list) else [entry]:
-            if not isinstance(e, dict) or not isinstance(e.get("path"), str):
-                problems.append(f"--{option.replace('_', '-')}: no recorded path")
+            if not isinstance(e, dict) or not isinstance(e.get("path"), str) or not isinstance(e.get("sha256"), str):
+                problems.append(f"{flag}: no recorded name and sha256")
                 continue
-            now = _digest(Path(e["path"]))
-            if now is None:
-                problems.append(f"--{option.replace('_', '-')}: {e['path']} is gone")
-            elif now["sha256"] != e.get("sha256"):
-                problems.append(f"--{option.replace('_', '-')}: {e['path']} has changed")
-    return problems
+            recorded = Path(e["path"])
+            candidates = ([recorded] if recorded.is_absolute() else []) + [folder / recorded.name for folder in search]
+            hit = next((c for c in candidates if (d := _digest(c)) is not None and d["sha256"] == e["sha256"]), None)
+            if hit is None:
+                near = next((c for c in candidates if c.exists()), None)
+                problems.append(f"{flag}: {near} has changed" if near else
+                                f"{flag}: {recorded.name} is not beside the PNG, here, or in --inputs")
+            located.append(hit)
+        found[option] = located if isinstance(entry, list) else (located[0] if located else None)
+    return found, problems

@@ -48,9 +48,38 @@ def write_png(path: str | Path, image: Image.Image, provenance: dict) -> Path:
     if current() is not None and "invocation" not in provenance:
         provenance = {**provenance, "invocation": current()}
     info = PngImagePlugin.PngInfo()
-    info.add_itxt(CHUNK, json.dumps(provenance, sort_keys=True))
+    info.add_itxt(CHUNK, json.dumps(standard(provenance), sort_keys=True, allow_nan=False))
     info.add_text("parameters", a1111_parameters(provenance))
     return atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=info))
+
+
+def standard(value):
+    """The value with every non-finite float written as a string ("inf", "-inf", "nan"): standard JSON that any
+    reader parses (JSON.parse rejects Infinity)."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: standard(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [standard(v) for v in value]
+    return value
+
+
+def save_results(results, output: str | Path, stems: list[str] | None = None, grid: bool = True) -> list[Path]:
+    """Each result's image with its provenance where the output policy puts it (io/output.py: ``-o FILE.png`` or
+    a folder of seed-named files that never overwrite), and a grid beside a batch of several. ``stems``: the
+    names in a folder (default the seeds). Returns the paths written, the grid last."""
+    from .io.files import save_png
+    from .io.output import grid_path, output_paths
+    from .io.sheets import image_grid
+
+    paths = output_paths(Path(output), stems or [str(r.seed) for r in results])
+    written = [write_png(path, r.image, r.provenance) for path, r in zip(paths, results)]
+    if grid and len(results) > 1 and len({r.image.size for r in results}) == 1:
+        written.append(save_png(image_grid([r.image for r in results]), grid_path(paths)))
+    return written
 
 
 def read_provenance(path: str | Path) -> dict:

@@ -16,7 +16,8 @@ from typing import Annotated, Optional
 
 import typer
 
-bench_app = typer.Typer(no_args_is_help=True, help="Measure controllability and speed (reports in a new folder).")
+bench_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+                        help="Measure controllability and speed (reports in a new folder).")
 
 
 @bench_app.command("controllability")

@@ -29,7 +29,8 @@ Scheduler = Annotated[str, typer.Option(help="ddim, ddpm, pndm, euler, euler_a, 
                                              "unipc.")]
 Steps = Annotated[int, typer.Option(help="Sampling steps.")]
 Guidance = Annotated[float, typer.Option(help="Composer guidance w (1: none).")]
-Seed = Annotated[int, typer.Option(help="Seed of the first image (image k uses seed + k).")]
+Seed = Annotated[Optional[int], typer.Option(help="Seed of the first image (image k uses seed + k); default: "
+                                                   "random, recorded in the PNG.")]
 Batch = Annotated[int, typer.Option(help="Number of images.")]
 Caption = Annotated[Optional[str], typer.Option(help="The caption condition.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="A folder for the images.")]
@@ -41,8 +42,14 @@ AllowFlat = Annotated[bool, typer.Option("--allow-flat", help="Keep images of on
 
 def _request(scheduler, steps, guidance, seed, batch, base: str | None = None, weights: list[str] | None = None,
              allow_flat: bool = False):
+    import secrets
+
+    from ..invocation import resolve
     from ..requests import ComposeRequest, Weight
 
+    if seed is None:
+        seed = secrets.randbelow(2**32)
+    resolve("seed", seed)
     parsed = []
     for text in weights or ():
         parts = text.split(":")
@@ -96,20 +103,31 @@ def _model(model, adapter, image_encoder, device):
 
 
 def _write(results, output: Path, extra: dict | None = None) -> list[Path]:
-    """The images as 0.png, 1.png, ... (with provenance) and any extra files, all or nothing."""
-    from ..io.files import write_folder
-    from ..provenance import write_png
+    """The images (with provenance) by the output policy (io/output.py), and any extra pictures beside them."""
+    from ..io.files import save_png
+    from ..provenance import save_results
 
-    files = {f"{k}.png": (lambda folder, r=r, k=k: write_png(folder / f"{k}.png", r.image, r.provenance))
-             for k, r in enumerate(results)}
-    write_folder(output, {**files, **(extra or {})})
-    return [output / name for name in files]
+    paths = save_results(results, output, grid=extra is None)
+    base = paths[0].parent
+    for name, picture in (extra or {}).items():
+        stem = paths[0].stem
+        paths.append(save_png(picture, base / f"{stem}-{name}"))
+    return paths
+
+
+def _guard(arguments: dict) -> None:
+    """The output policy, checked before anything loads: ``arguments`` are a command's (its locals()); every path
+    among them but the output is an input the output must not overwrite."""
+    from ..io.output import check_output
+
+    output = arguments["output"]
+    check_output(output, tuple(v for k, v in arguments.items() if isinstance(v, Path) and k != "output"))
 
 
 def _echo(paths, results=None) -> None:
     for k, path in enumerate(paths):
         note = ""
-        if results is not None and "psnr_outside_mask" in results[k].provenance:
+        if results is not None and k < len(results) and "psnr_outside_mask" in results[k].provenance:
             note = f"  (PSNR outside the mask {results[k].provenance['psnr_outside_mask']:.2f} dB)"
         typer.echo(f"{path}{note}")
 
@@ -134,11 +152,12 @@ def compose_command(
     weight: Annotated[Optional[list[str]], typer.Option(help="Per-condition guidance KIND:SCALE[:START:END]; "
                                                              "repeatable.")] = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("composed"), allow_flat: AllowFlat = False,
 ) -> None:
     """Generate from any mix of conditions, each from its own image or file."""
     request = _request(scheduler, steps, guidance, seed, batch, base, weight, allow_flat)
+    _guard(locals())
     from ..conditions import Caption as CaptionCondition
     from ..conditions import ConditionSet
     from ..io.images import open_image, open_mask
@@ -178,11 +197,12 @@ def variations_command(
     image: Annotated[Path, typer.Argument(help="The image to vary.")],
     keep: Kinds = "image_embedding,palette", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
     batch: Batch = 4, device: Device = "auto", output: Output = Path("variations"), allow_flat: AllowFlat = False,
 ) -> None:
     """New images that keep some of an image's conditions (default: semantics/style and palette)."""
     request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    _guard(locals())
     from ..io.images import open_image
     from ..tasks.composer import variations
 
@@ -195,11 +215,12 @@ def reconstruct_command(
     image: Annotated[Path, typer.Argument(help="The image to rebuild.")],
     kinds: Kinds = "palette,sketch,instances,intensity", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("reconstructed"), allow_flat: AllowFlat = False,
 ) -> None:
     """An image generated again from a subset of its own conditions."""
     request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    _guard(locals())
     from ..io.images import open_image
     from ..tasks.composer import reconstruct
 
@@ -216,7 +237,7 @@ def interpolate_command(
     sketch_from: Annotated[Optional[Path], typer.Option(help="A sketch shared by every frame (image or "
                                                              "file).")] = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
     device: Device = "auto", output: Output = Path("interpolation"),
     fps: Annotated[int, typer.Option(help="Frames per second of the GIF.")] = 8, allow_flat: AllowFlat = False,
 ) -> None:
@@ -224,6 +245,7 @@ def interpolate_command(
     from .. import validation as v
 
     request, chosen = _request(scheduler, steps, guidance, seed, 1, allow_flat=allow_flat), _split("kinds", kinds)
+    _guard(locals())
     v.integer("frames", frames, 2, 256)
     v.integer("fps", fps, 1, 60)
     from ..conditions import Caption as CaptionCondition
@@ -239,8 +261,12 @@ def interpolate_command(
         fixed += [shared[1]] if shared[0] == "condition" else list(composer.decompose(shared[1], ("sketch",)).values())
     results = interpolate(composer, a, b, frames, chosen, request, ConditionSet(tuple(fixed)))
     images = [r.image for r in results]
-    _echo(_write(results, output, {"strip.png": strip(images), "interpolation.gif": lambda folder: (folder / "interpolation.gif").write_bytes(gif_bytes(images, fps))}))
-    typer.echo(str(output / "interpolation.gif"))
+    paths = _write(results, output, {"strip.png": strip(images)})
+    gif = paths[0].with_name(f"{paths[0].stem}-interpolation.gif")
+    from ..io.files import atomic_write
+
+    atomic_write(gif, lambda f: f.write(gif_bytes(images, fps)))
+    _echo(paths + [gif])
 
 
 def edit_command(
@@ -252,7 +278,7 @@ def edit_command(
     image_embedding_from: Annotated[Optional[Path], typer.Option(help="Semantics/style from this image or file.")]
     = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("edited"), allow_flat: AllowFlat = False,
 ) -> None:
     """Change only the masked region (inpainting with conditions); pixels outside stay exactly as they were."""
@@ -269,11 +295,12 @@ def colourise_command(
     palette_from: Annotated[Optional[Path], typer.Option(help="Colours from this image.")] = None,
     caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("colourised"), allow_flat: AllowFlat = False,
 ) -> None:
     """Colourisation: the image's intensity, plus a palette and/or a caption."""
     request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    _guard(locals())
     from ..io.images import open_image
     from ..tasks.composer import colourise
 
@@ -288,11 +315,12 @@ def recolour_command(
     palette_from: Annotated[Path, typer.Option(help="The new colours come from this image.")],
     keep: Kinds = "sketch,instances", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("recoloured"), allow_flat: AllowFlat = False,
 ) -> None:
     """Palette recolouring: the image's layout in another image's colours."""
     request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    _guard(locals())
     from ..io.images import open_image
     from ..tasks.composer import recolour
 
@@ -307,11 +335,12 @@ def style_command(
     style: Annotated[Path, typer.Option(help="The image whose semantics/style and palette are taken.")],
     structure: Kinds = "sketch", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = 0,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("styled"), allow_flat: AllowFlat = False,
 ) -> None:
     """Style transfer through the image embedding: content's structure, style's embedding and palette."""
     request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    _guard(locals())
     from ..io.images import open_image
     from ..tasks.composer import style_transfer
 

@@ -85,7 +85,9 @@ def p2p_command(
     if inversion is not None and edited_prompt is not None:
         raise InvalidParameter("EDITED_PROMPT", "omitted with --inversion (the source is the inverted image's "
                                                 "prompt)", edited_prompt)
-    _new_folder(output)
+    from ..io.output import check_output
+
+    check_output(output)
     edit = Edit(cross_replace=cross_replace, cross_replace_words=_pairs("cross-replace-word", cross_replace_word),
                 self_replace=self_replace, self_max_queries=self_max_queries,
                 reweight=_pairs("reweight", reweight), blend=tuple(blend or ()), blend_threshold=blend_threshold)
@@ -127,13 +129,13 @@ def _read_inversion_info(folder: Path):
 
 
 def _write_pair(output: Path, results: dict) -> None:
-    from ..io.files import write_folder
-    from ..provenance import write_png
+    """source.png and edited.png in the output folder (names that are taken become source-1.png, …), or
+    FILE-0.png and FILE-1.png for ``-o FILE.png``."""
+    from ..provenance import save_results
 
-    write_folder(output, {name: (lambda folder, r=r, name=name: write_png(folder / name, r.image, r.provenance))
-                          for name, r in results.items()})
-    for name in results:
-        typer.echo(str(output / name))
+    for path in save_results(list(results.values()), output, [name.removesuffix(".png") for name in results],
+                             grid=False):
+        typer.echo(str(path))
 
 
 def invert_command(

@@ -17,7 +17,8 @@ import typer
 
 from ..errors import InvalidParameter, RecomposerError
 
-train_app = typer.Typer(no_args_is_help=True, help="Train adapters on the shapes world (resumable).")
+train_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+                        help="Train adapters on the shapes world (resumable).")
 
 Cache = Annotated[Optional[Path], typer.Option(help="A world cache (`recomposer world cache`) built for this "
                                                      "backbone: batches come from it instead of being encoded "

@@ -8,7 +8,8 @@ import typer
 from ..errors import RecomposerError
 from ..io.files import save_png, write_folder
 
-world_app = typer.Typer(no_args_is_help=True, help="The shapes world: procedural scenes with exact ground truth.")
+world_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+                        help="The shapes world: procedural scenes with exact ground truth.")
 HeldOut = Annotated[str, typer.Option("--held-out", help="exclude (training), only (held-out combinations), allow.")]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import InvalidParameter
 from ..ellipse import Ellipse
 from .base import Condition
+from ..io.sheets import label_font
 
 
 @dataclass(frozen=True)
@@ -64,5 +65,5 @@ class Blobs(Condition):
         image = Image.fromarray(canvas)
         draw = ImageDraw.Draw(image)
         for k, e in enumerate(self.ellipses):
-            draw.text((e.cx, e.cy), str(k), fill=tuple(int(c) for c in colours[k + 1]))
+            draw.text((e.cx, e.cy), str(k), fill=tuple(int(c) for c in colours[k + 1]), font=label_font())
         return image

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import InvalidParameter
 from .base import Condition
+from ..io.sheets import label_font
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,8 +98,8 @@ class Instances(Condition):
                 left, top, right, bottom = draw.textbbox((0, 0), label)
                 x, y = xs.mean() - (right - left) / 2, ys.mean() - (bottom - top) / 2
                 for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):  # a black outline, then the white text
-                    draw.text((x + dx, y + dy), label, fill="black")
-                draw.text((x, y), label, fill="white")
+                    draw.text((x + dx, y + dy), label, fill="black", font=label_font())
+                draw.text((x, y), label, fill="white", font=label_font())
         return image
 
 

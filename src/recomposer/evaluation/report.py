@@ -6,6 +6,7 @@ from PIL import Image, ImageDraw
 
 from ..io.sheets import stacked, titled_row
 from .controllability import KINDS
+from ..io.sheets import label_font
 
 SETTINGS = ("floor", "single", "pairs", "mixed", "ceiling")
 COLOURS = {"floor": (170, 170, 170), "single": (40, 110, 200), "pairs": (80, 170, 90), "mixed": (230, 150, 40),
@@ -63,7 +64,7 @@ def bars(report: dict, width: int = 900) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for i, (name, colour) in enumerate(COLOURS.items()):
         draw.rectangle((10 + 110 * i, 10, 22 + 110 * i, 22), fill=colour)
-        draw.text((26 + 110 * i, 10), name, fill="black")
+        draw.text((26 + 110 * i, 10), name, fill="black", font=label_font())
     bar = (group - 16) // len(SETTINGS)
     for g, (kind, row) in enumerate(rows.items()):
         db = row["figure"].endswith("_db")
@@ -76,8 +77,8 @@ def bars(report: dict, width: int = 900) -> Image.Image:
             share = max(0.0, min(1.0, share))
             x = x0 + k * bar
             draw.rectangle((x, top + height - round(share * height), x + bar - 2, top + height), fill=COLOURS[setting])
-        draw.text((x0, top + height + 6), kind, fill="black")
-        draw.text((x0, top + height + 22), row["figure"] + (" /50" if db else ""), fill="gray")
+        draw.text((x0, top + height + 6), kind, fill="black", font=label_font())
+        draw.text((x0, top + height + 22), row["figure"] + (" /50" if db else ""), fill="gray", font=label_font())
     draw.line((0, top + height, width, top + height), fill="black")
     return image
 

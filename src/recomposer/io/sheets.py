@@ -1,8 +1,18 @@
-"""Contact sheets: titled pictures in rows, each fitted into a square tile (for people, never read back)."""
+"""Contact sheets: titled pictures in rows, each fitted into a square tile (for people, never read back), and
+plain grids of equally sized images. Labels use Pillow's own scalable font (the bitmap default drops spaces)."""
 
-from PIL import Image, ImageDraw
+import functools
+import math
+
+from PIL import Image, ImageDraw, ImageFont
 
 TITLE = 18  # pixels above each tile for its title
+
+
+@functools.cache
+def label_font(size: int = 13):
+    """Pillow's bundled scalable font at ``size`` pixels (the same on every machine; no font file needed)."""
+    return ImageFont.load_default(size)
 
 
 def titled_row(pictures: list[tuple[str, Image.Image]], tile: int = 256, nearest: bool = False) -> Image.Image:
@@ -16,7 +26,7 @@ def titled_row(pictures: list[tuple[str, Image.Image]], tile: int = 256, nearest
         scale = min(tile / picture.width, tile / picture.height)
         size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
         row.paste(picture.resize(size, resample), (i * tile, TITLE))
-        draw.text((i * tile + 4, 3), name, fill="black")
+        draw.text((i * tile + 4, 2), name, fill="black", font=label_font())
     return row
 
 
@@ -28,6 +38,22 @@ def stacked(rows: list[tuple[str, Image.Image]], label_width: int = 170) -> Imag
     for label, row in rows:
         sheet.paste(row, (label_width, y))
         for k, line in enumerate(label.split("\n")):
-            draw.text((6, y + TITLE + 4 + 14 * k), line, fill="black")
+            draw.text((6, y + TITLE + 4 + 15 * k), line, fill="black", font=label_font())
         y += row.height
     return sheet
+
+
+def image_grid(images: list, columns: int | None = None):
+    """Tile equally sized PIL images into one grid image, row by row (columns: ceil(sqrt(n)) by default)."""
+    from ..errors import InvalidParameter
+
+    if not images:
+        raise InvalidParameter("images", "at least one image", images)
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    w, h = images[0].size
+    grid = Image.new("RGB", (columns * w, math.ceil(len(images) / columns) * h))
+    for i, image in enumerate(images):
+        if image.size != (w, h):
+            raise InvalidParameter(f"images[{i}]", f"the size of images[0], {w}x{h}", "{}x{}".format(*image.size))
+        grid.paste(image.convert("RGB"), ((i % columns) * w, (i // columns) * h))
+    return grid

@@ -110,6 +110,7 @@ class Backbone:
         token), as unCLIP and Composer use it; other encoders (BERT-style, e.g. MiniLM): the mean of the
         token states over the real tokens, as sentence-transformers pools them.
         """
+        self._warn_if_cut(texts)
         if self.mask_padding:
             return self._encode_real_tokens(texts)
         length = self.max_text_tokens or self.tokenizer.model_max_length
@@ -121,6 +122,19 @@ class Backbone:
         else:
             sentence = _mean_over(out[0], tokens.attention_mask.to(self.device))
         return Prompts(out[0].to(self.dtype), None, sentence.to(self.dtype))
+
+    def _warn_if_cut(self, texts: list[str]) -> None:
+        """A prompt longer than the text encoder's window is cut to it: say so once per prompt, with its length."""
+        import warnings
+
+        from ..errors import Notice
+
+        length = self.max_text_tokens or self.tokenizer.model_max_length
+        for text in set(texts):
+            n = len(self.tokenizer(text, truncation=False).input_ids)
+            if n > length:
+                warnings.warn(Notice(f"prompt: {n} tokens; the text encoder reads the first {length}, the rest is cut "
+                                     f"({text[:40]!r}...)"), stacklevel=3)
 
     def _encode_real_tokens(self, texts: list[str]) -> Prompts:
         """``encode_prompts`` for ``mask_padding`` backbones: each distinct text once, texts of similar length

@@ -38,6 +38,7 @@ from torch import nn
 from .. import validation
 from ..errors import InvalidParameter, ModelError, NonFiniteResult, RecomposerError
 from ..io.files import atomic_write, save_png
+from ..io.sheets import image_grid  # noqa: F401 (re-exported)
 from .checkpoint import copy_into, latest_complete, load_checkpoint, save_checkpoint
 from .lock import run_lock
 
@@ -390,22 +391,6 @@ def _progress(total: int, start: int, main: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-
-
-def image_grid(images: list, columns: int | None = None):
-    """Tile equally sized PIL images into one grid image, row by row (columns: ceil(sqrt(n)) by default)."""
-    from PIL import Image
-
-    if not images:
-        raise InvalidParameter("images", "at least one image", images)
-    columns = columns or math.ceil(math.sqrt(len(images)))
-    w, h = images[0].size
-    grid = Image.new("RGB", (columns * w, math.ceil(len(images) / columns) * h))
-    for i, image in enumerate(images):
-        if image.size != (w, h):
-            raise InvalidParameter(f"images[{i}]", f"the size of images[0], {w}x{h}", "{}x{}".format(*image.size))
-        grid.paste(image.convert("RGB"), ((i % columns) * w, (i // columns) * h))
-    return grid
 
 
 class EMA:

@@ -8,6 +8,7 @@ from PIL import Image, ImageDraw
 from .dataset import WorldSample
 from ..conditions.instances import label_colours
 from ..ellipse import ellipse_mask
+from ..io.sheets import label_font
 
 COLUMNS = ("image", "instances", "depth", "sketch", "intensity", "blobs")
 
@@ -32,7 +33,7 @@ def contact_sheet(samples: list[WorldSample], text_height: int = 54) -> Image.Im
     sheet = Image.new("RGB", (width, 16 + len(samples) * (size + text_height)), "white")
     draw = ImageDraw.Draw(sheet)
     for j, name in enumerate(COLUMNS):
-        draw.text((j * size + 4, 2), name, fill="black")
+        draw.text((j * size + 4, 2), name, fill="black", font=label_font())
     for i, sample in enumerate(samples):
         top = 16 + i * (size + text_height)
         sheet.paste(Image.fromarray(np.concatenate(layers(sample), axis=1)), (0, top))
