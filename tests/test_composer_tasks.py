@@ -222,7 +222,7 @@ def test_compose_command_errors_are_one_line_and_write_nothing(tiny_dir, adapter
         (("compose", "--caption", "x", "--model", tiny_dir), "adapter"),
         (("compose", "--image", a, *common), "mask"),
         (("compose", "--image", a, "--mask", tmp_path / "small-mask.png", *common), "mask"),
-        (("compose", "--depth-from", a, *common), "depth"),
+        (("compose", "--depth-from", a, *common), "depth-from"),
         (("variations", a, "--keep", "nothing", *common), "keep"),
         (("interpolate", a, b, "--frames", 1, *common), "frames"),
     ]

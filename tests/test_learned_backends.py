@@ -377,7 +377,7 @@ def test_depth_refuses_unsupported_models_and_images(models, small_left):
 # --- loading safety, for every learned backend ---------------------------------------------------------
 
 LOADERS = [(TransformersDepth, "depth-model"), (ClipImageEncoder, "image-encoder"),
-           (TransformersCaptioner, "captioner")]
+           (TransformersCaptioner, "caption-model")]
 
 
 class _Canary:
@@ -506,4 +506,4 @@ def test_captioner_options_and_absence(models):
             TransformersCaptioner(models["blip"], max_new_tokens=bad)
     with pytest.raises(ModelError, match="supported captioners") as info:
         TransformersCaptioner(models["clip"])
-    assert info.value.field == "captioner"
+    assert info.value.field == "caption-model"

@@ -83,7 +83,7 @@ def generate(
     = Path("outputs"),
 ) -> None:
     """Generate images from a prompt (text-to-image, img2img, inpainting)."""
-    from .requests import GenerateRequest, readable
+    from .requests import GenerateRequest, device_name, dtype_name, readable
 
     from .invocation import resolve
 
@@ -91,6 +91,11 @@ def generate(
                               seed=secrets.randbelow(2**32) if seed is None else seed, batch=batch, width=width,
                               height=height, strength=strength, allow_flat=allow_flat)
     request.check()  # before torch is imported or anything loads
+    device_name(device), dtype_name(dtype)
+    if model is not None:
+        from .requests import model_kind
+
+        model_kind(model)
     resolve("seed", request.seed)
     for field, path in (("image", image), ("mask", mask)):
         if path is not None:

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field, fields
 from . import validation as v
 from .errors import InvalidParameter
 from .schedulers import NAMES
+from .validation import MAX_SIDE
 
 GLOBAL_KINDS = ("caption", "image_embedding", "palette")  # Composer's kinds (models/composer.py)
 LOCAL_KINDS = ("sketch", "instances", "depth", "intensity", "masked_image")
-MAX_SIDE = 4096
 MAX_BATCH = 64
 MAX_STEPS = 1000
 GUIDANCE_MAX = 100.0
@@ -218,3 +218,40 @@ def readable(field: str, path, folder: bool = False):
     if not os.access(p, os.R_OK):
         raise InvalidParameter(field, "a path this user can read", str(path))
     return p
+
+
+def device_name(value: str, field: str = "device") -> str:
+    """A device as the CLI takes it, checked by its form before torch loads: auto, cpu, cuda, cuda:N or mps
+    (whether this machine has it is checked when the model loads)."""
+    import re
+
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise InvalidParameter(field, "auto, cpu, cuda, cuda:N or mps", value)
+    return value
+
+
+def dtype_name(value: str, field: str = "dtype") -> str:
+    return v.choice(field, value, ("fp32", "fp16", "bf16"))
+
+
+def model_kind(path, field: str = "model") -> str:
+    """What ``--model PATH`` is, by its files, before anything loads: "parts" (bundled-format parts: vae.json,
+    unet.json, …), "diffusers" (model_index.json and its component folders) or "single-file" (a .safetensors
+    file); anything else is refused, saying which files each kind would have."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_file():
+        if p.suffix.lower() not in (".safetensors", ".ckpt"):
+            raise InvalidParameter(field, "a model folder or a single-file .safetensors checkpoint", str(path))
+        return "single-file"
+    if not p.is_dir():
+        raise InvalidParameter(field, "an existing model folder or checkpoint file", str(path))
+    if (p / "model_index.json").is_file():
+        return "diffusers"
+    parts = [name for name in ("vae.json", "unet.json") if not (p / name).is_file()]
+    if not parts:
+        return "parts"
+    raise InvalidParameter(field, "a diffusers model folder (model_index.json, unet/, vae/, text_encoder/, "
+                                  "tokenizer/, scheduler/) or a folder of bundled parts (vae.json, unet.json, ...)",
+                           f"{path}: it has neither model_index.json nor {', '.join(parts)}")

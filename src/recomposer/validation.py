@@ -53,7 +53,10 @@ def choice(field: str, value: object, allowed: tuple[str, ...]) -> str:
     return value  # type: ignore[return-value]
 
 
-def multiple_of(field: str, value: object, factor: int, low: int = 8, high: int = 8192) -> int:
+MAX_SIDE = 4096  # the largest image side any command accepts
+
+
+def multiple_of(field: str, value: object, factor: int, low: int = 8, high: int = MAX_SIDE) -> int:
     """An image side: an integer in [low, high] divisible by the model's size factor."""
     value = integer(field, value, low, high)
     if value % factor:

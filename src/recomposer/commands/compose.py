@@ -119,7 +119,11 @@ def _guard(arguments: dict) -> None:
     """The output policy, checked before anything loads: ``arguments`` are a command's (its locals()); every path
     among them but the output is an input the output must not overwrite."""
     from ..io.output import check_output
+    from ..requests import device_name, model_kind
 
+    device_name(arguments["device"])
+    if arguments.get("model") is not None:
+        model_kind(arguments["model"])
     output = arguments["output"]
     check_output(output, tuple(v for k, v in arguments.items() if isinstance(v, Path) and k != "output"))
 
@@ -167,6 +171,13 @@ def compose_command(
                                   intensity_from)))
     sources = {kind: _source(f"{kind.replace('_', '-')}-from", kind, path)
                for kind, path in given.items() if path is not None}
+    if sources.get("depth", ("",))[0] == "image":
+        from ..decompose.depth import bundled_depth_estimator
+
+        if bundled_depth_estimator() is None:  # compose takes no depth model: say what it does take
+            raise InvalidParameter("depth-from", "a saved depth (a decompose folder or depth.json): compose has no "
+                                                 "depth model to estimate one from an image; or use --depth-map FILE",
+                                   str(depth_from))
     if depth_map is not None:
         if depth_from is not None:
             raise InvalidParameter("depth-map", "or --depth-from, not both", str(depth_map))

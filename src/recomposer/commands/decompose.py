@@ -36,6 +36,9 @@ def decompose_command(
     """Decompose an image into caption, image embedding, palette, sketch, instances, depth, intensity,
     masked image and blobs; write each (JSON + safetensors + PNG) and a contact sheet."""
     from .. import validation as v
+    from ..requests import device_name
+
+    device_name(device)
     from ..conditions import Depth, Palette
     from ..conditions.files import save_condition
     from ..conditions.sketch import Sketch

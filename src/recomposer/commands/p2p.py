@@ -17,6 +17,10 @@ Dtype = Annotated[str, typer.Option("--dtype", help="fp32, fp16 (GPU) or bf16.")
 
 
 def _load(model, config, device, dtype):
+    from ..requests import model_kind
+
+    if model is not None:
+        model_kind(model)
     from ..models.device import resolve_device, resolve_dtype
     from ..models.loading import load_bundled, load_model
 
@@ -78,7 +82,9 @@ def p2p_command(
 ) -> None:
     """Prompt-to-Prompt: an image and its edit by an edited prompt (word swap, refinement, re-weighting, local
     blend), or an edit of an inverted real image."""
-    from ..requests import Edit, P2PRequest, edit_kind, readable
+    from ..requests import Edit, P2PRequest, device_name, dtype_name, edit_kind, readable
+
+    device_name(device), dtype_name(dtype)
 
     if inversion is None and edited_prompt is None:
         raise InvalidParameter("EDITED_PROMPT", "given (or --inversion INV with one prompt, the edited one)", None)
@@ -153,8 +159,9 @@ def invert_command(
     """Invert a real image (DDIM, null-text, or negative-prompt inversion) so that `recomposer p2p --inversion`
     can edit it; writes inversion.safetensors + inversion.json and the reconstruction."""
     from .. import validation as v
-    from ..requests import readable
+    from ..requests import device_name, dtype_name, readable
 
+    device_name(device), dtype_name(dtype)
     v.choice("method", method, ("ddim", "null-text", "negative-prompt"))
     v.integer("steps", steps, 1, 1000)
     v.real("guidance", guidance, 0.0, 100.0)
@@ -189,9 +196,10 @@ def attention_command(
 ) -> None:
     """Each word's cross-attention map, averaged over the layers of each resolution and over the steps, beside the
     image it made."""
-    from ..requests import MapsRequest
+    from ..requests import MapsRequest, device_name, dtype_name
 
     request = MapsRequest(prompt, scheduler, steps, guidance, seed).check()
+    device_name(device), dtype_name(dtype)
     _new_folder(output)
     backbone = _load(model, config, device, dtype)
     from ..io.files import write_folder

@@ -81,7 +81,7 @@ def train_composer(
                          sample_every=sample_every, seed=seed, ema_decay=ema_decay, mixed_precision=mixed_precision,
                          cpu=cpu, max_minutes=max_minutes).check()
     if size is not None:
-        v.integer("size", size, 16, 4096)
+        v.integer("size", size, 16)
     fresh = _fresh_unet(unet_shape, parameterisation, min_snr_gamma, cache)
     _check_output(output)
     if image_encoder is not None and not Path(image_encoder).is_dir():
@@ -125,7 +125,7 @@ def train_composer(
     else:
         backbone = load_model(model, cpu_device, torch.float32)
     size = size if size is not None else backbone.native_size
-    v.multiple_of("size", size, backbone.vae_factor, 16, 4096)
+    v.multiple_of("size", size, backbone.vae_factor, 16)
     if image_encoder is not None:
         encoder = ClipImageEncoder(image_encoder)
     elif model is None and has_part("image_encoder", folder):
@@ -403,7 +403,7 @@ def _check_size(model: str, size: int | None) -> int | None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError("model", f"{root / 'vae'} has no readable config ({e.__class__.__name__})") from None
     if size is not None:
-        v.multiple_of("size", size, factor, 16, 4096)
+        v.multiple_of("size", size, factor, 16)
     return size
 
 

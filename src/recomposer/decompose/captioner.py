@@ -44,7 +44,7 @@ class TransformersCaptioner:
                  max_new_tokens: int = 40):
         from transformers import AutoModelForImageTextToText
 
-        field = "captioner"
+        field = "caption-model"
         if type(max_new_tokens) is not int or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
             raise InvalidParameter("max_new_tokens", f"an integer in 1..{MAX_NEW_TOKENS}", max_new_tokens)
         self.max_new_tokens = max_new_tokens

@@ -27,10 +27,9 @@ class DepthEstimator(Protocol):
 
 
 def no_depth_backend() -> RecomposerError:
-    """The error for "depth was asked for but nothing can estimate it" (raise it)."""
+    """The error for "depth was asked for but nothing can estimate it" (raise it); decompose's own options."""
     return RecomposerError("depth", "no depth backend: pass --depth-model DIR (a transformers depth-estimation "
-                                    "model, e.g. DPT or Depth Anything, saved locally) or provide a depth map "
-                                    "(decompose --depth FILE, compose --depth-map FILE)")
+                                    "model, e.g. DPT or Depth Anything, saved locally) or --depth FILE (a depth map)")
 
 
 def bundled_depth_estimator() -> DepthEstimator | None:

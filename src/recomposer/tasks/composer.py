@@ -90,7 +90,7 @@ def plan(conds: ConditionSet, request: ComposeRequest) -> GuidancePlan:
     it says what to keep, and is not guided."""
     for kind in request.base + tuple(w.kind for w in request.weights):
         if kind not in conds:
-            raise InvalidParameter("base" if kind in request.base else "weights",
+            raise InvalidParameter("base" if kind in request.base else "weight",
                                    "kinds among the given conditions: " + ", ".join(conds), kind)
     kept = tuple(k for k in ("masked_image",) if k in conds)
     base = ConditionSet.of(*(conds[k] for k in (*request.base, *kept) if k in conds))

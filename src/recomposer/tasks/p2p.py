@@ -46,7 +46,7 @@ def prompt_to_prompt(backbone: Backbone, request: P2PRequest, inversion=None, ca
     else:
         size = (request.width or b.native_size, request.height or b.native_size)
     for name, side in zip(("width", "height"), size):
-        v.multiple_of(name, side, b.vae_factor, 8, 4096)
+        v.multiple_of(name, side, b.vae_factor, 8)
     kind = edit_kind(request.source, request.edited)
     e = request.edit
     tokenizer = b.tokenizer
