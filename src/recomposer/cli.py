@@ -268,16 +268,12 @@ def demo(
 
 def _run_generate(request, model, config, device, dtype, image_path, mask_path, expect_sha256=None,
                   expect_inputs=None):
-    """Open inputs, load the model, check everything, then run with a progress bar."""
-    from contextlib import nullcontext
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    """Open inputs, load the model, check everything, then run."""
     from .io.images import open_image, open_mask
     from .models.device import resolve_device, resolve_dtype
     from .models.loading import load_bundled, load_model
-    from .tasks.generate import generate as run, pixel_hash
+    from .models.facts import check_fits, peek
+    from .tasks.generate import generate as run, pixel_hash, resolve
 
     image = open_image(image_path, "image") if image_path is not None else None
     mask = open_mask(mask_path, image.size, "mask") if mask_path is not None and image is not None else None
@@ -287,19 +283,15 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
         raise RecomposerError("image", f"{image_path} is not the start image that was recorded (pixels differ)")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    with Console(stderr=True).status("loading model") if sys.stderr.isatty() else nullcontext():
-        backbone = load_bundled(torch_device, torch_dtype) if model is None else load_model(
-            model, torch_device, torch_dtype, config)
+    shape = peek(model, config)  # sides and memory are checked from the configs, before the model loads
+    if shape is not None:
+        sized = resolve(shape, request, image, mask)
+        check_fits(shape, sized.width, sized.height, 2 * sized.batch, str(torch_device), torch_dtype.itemsize)
+    backbone = load_bundled(torch_device, torch_dtype) if model is None else load_model(
+        model, torch_device, torch_dtype, config)
     if expect_sha256 is not None and backbone.identity() != expect_sha256:
         raise RecomposerError("model", "weights differ from those that made this image (sha256 mismatch)")
-    with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("sampling", total=None)
-
-        def progress(step, x):
-            bar.update(task, total=step.count, completed=step.index + 1)
-
-        results = run(backbone, request, image=image, mask=mask, callback=progress)
+    results = run(backbone, request, image=image, mask=mask)
     from .invocation import record_paths
 
     paths = {"image": image_path, "mask": mask_path}
@@ -368,9 +360,12 @@ class Terminated(BaseException):
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns (and, as a script, exits with) the exit code."""
     _quiet_libraries()
+    from .commands.terminal import progress_shown
+
     with _process_scope():
         try:
-            code = app(args=argv, prog_name="recomposer", standalone_mode=False)
+            with progress_shown():
+                code = app(args=argv, prog_name="recomposer", standalone_mode=False)
             if code == 130:  # click turns Ctrl-C into Abort, and in non-standalone mode returns 130 for it
                 typer.echo("cancelled", err=True)
             return code if isinstance(code, int) else 0

@@ -33,6 +33,7 @@ from .guidance import Guided, cfg
 from .io.files import write_folder
 from .io.weights import load_safetensors
 from .models.backbone import Backbone
+from .progress import stage
 from .sampling import StepState, sample
 from .schedulers import make_scheduler
 
@@ -124,7 +125,9 @@ def ddim_path(backbone: Backbone, image: torch.Tensor, prompt: str, steps: int) 
         path.append(state.x_next)
         return state.x_next
 
-    sample(denoiser, inputs, scheduler, x0, [torch.Generator("cpu").manual_seed(0)], hooks=[record])
+    with stage("inverting (DDIM)", total=steps) as advance:
+        sample(denoiser, inputs, scheduler, x0, [torch.Generator("cpu").manual_seed(0)], hooks=[record],
+               callback=lambda step, x: advance(step.index + 1))
     return path
 
 
@@ -184,7 +187,9 @@ def null_text(backbone: Backbone, path: list[torch.Tensor], prompt: str, steps: 
         inputs.per_step[(0, 0, step.position)] = ModelInputs(current.to(b.dtype), null.context_mask)
         return x
 
-    sample(guided, inputs, scheduler, path[-1], [torch.Generator("cpu").manual_seed(0)], before=[optimise])
+    with stage("null-text optimisation", total=steps) as advance:
+        sample(guided, inputs, scheduler, path[-1], [torch.Generator("cpu").manual_seed(0)], before=[optimise],
+               callback=lambda step, x: advance(step.index + 1))
     masks = None if null.context_mask is None else null.context_mask.float().repeat(steps, 1)
     return torch.stack(found), masks
 

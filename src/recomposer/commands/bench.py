@@ -10,11 +10,12 @@ figures come from (benchmarks/controllability.py and benchmarks/speed.py call th
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from ..progress import stage
 
 bench_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                         help="Measure controllability and speed (reports in a new folder).")
@@ -55,8 +56,8 @@ def controllability(
     from ..tasks.composer import load_composer
 
     composer = load_composer(model, adapter)
-    with typer.progressbar(length=generations(config), label="generating", file=sys.stderr) as bar:
-        report, examples = run(composer, load_bundled_analyser(), config, lambda done, total: bar.update(1))
+    with stage("generating", total=generations(config)) as advance:
+        report, examples = run(composer, load_bundled_analyser(), config, lambda done, total: advance(done))
     files = {"report.json": _json(report), "report.md": markdown(report), "bars.png": bars(report)}
     if examples:
         files["examples.png"] = example_grid(examples)

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import RecomposerError
+from ..progress import stage
 from ..io.files import save_png, write_folder
 
 world_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
@@ -109,7 +110,6 @@ def world_cache(
 ) -> None:
     """Encode shapes-world scenes once for training (VAE moments, caption tokens, conditions) into a sharded,
     memory-mapped cache that `recomposer train base|composer --cache` read."""
-    import time
     from functools import partial
 
     from .. import validation as v
@@ -126,12 +126,8 @@ def world_cache(
     make = partial(bundled_encoders, parts, str(resolve_device(device)))
     backbone, encoder = make()
     spec = wc.spec_for(backbone, encoder, size, scenes, shard_size)
-    started = time.monotonic()
-
-    def progress(done: int, total: int) -> None:
-        typer.echo(f"shards {done}/{total} ({time.monotonic() - started:.0f} s)", err=True)
-
-    wc.build(output, spec, make, workers=workers, progress=progress)
+    with stage("caching shards", total=spec.shards) as advance:
+        wc.build(output, spec, make, workers=workers, progress=lambda done, total: advance(done))
     typer.echo(str(output))
 
 

@@ -4,7 +4,7 @@ Three ways in (plus ``Backbone(...)`` from components already in memory):
 - a diffusers-format directory (``model_index.json`` + unet/ vae/ text_encoder/ tokenizer/ scheduler/);
 - a single-file ``.safetensors`` checkpoint (original Stable Diffusion layout) plus a local
   diffusers-format directory that supplies the configs;
-- the bundled shapes-world model (arrives with its own issue; the seam is ``load_bundled``).
+- the bundled shapes-world model, or a folder of parts in its format (models/bundled.py).
 Every weights file is checked by its bytes (io.weights) before a library touches it, and
 missing or mis-shaped weights are errors, never silently random.
 """
@@ -17,8 +17,10 @@ from diffusers.loaders.single_file_utils import SingleFileComponentError
 
 from ..errors import ModelError, RecomposerError
 from ..io.weights import check_finite
+from ..progress import stage
 from . import library
 from .backbone import Backbone, ModelSource
+from .facts import is_parts_dir
 from .inpainting import InpaintingChannels
 from .local import first_line
 
@@ -41,20 +43,14 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype, config: str 
     p = Path(path)
     if p.is_dir() and is_parts_dir(p):
         return load_bundled(device, dtype, p)
-    if p.is_dir():
-        return load_diffusers_dir(path, device, dtype)
-    if p.is_file():
-        if config is None:
-            raise ModelError("config", "a single-file checkpoint needs --config DIR (a diffusers-format directory "
-                                       "with the matching configs)")
-        return load_single_file(path, config, device, dtype)
-    raise ModelError("model", f"no such file or directory: {path}")
-
-
-def is_parts_dir(path: Path) -> bool:
-    """A folder of bundled-format parts (``recomposer train vae/base/composer --parts``), not a diffusers one."""
-    return not (path / "model_index.json").is_file() and (path / "vae.json").is_file() \
-        and (path / "unet.json").is_file()
+    if p.is_file() and config is None:
+        raise ModelError("config", "a single-file checkpoint needs --config DIR (a diffusers-format directory "
+                                   "with the matching configs)")
+    if not p.exists():
+        raise ModelError("model", f"no such file or directory: {path}")
+    with stage("loading model"):
+        return load_diffusers_dir(path, device, dtype) if p.is_dir() else load_single_file(path, config, device,
+                                                                                           dtype)
 
 
 def check_diffusers_dir(path: str | Path, field: str = "model") -> Path:
@@ -155,7 +151,8 @@ def load_bundled(device: torch.device, dtype: torch.dtype, folder: str | Path | 
     """The shapes-world model shipped in the package (models/bundled.py), or one in a parts ``folder``."""
     from .bundled import WEIGHTS, load_bundled_backbone
 
-    return load_bundled_backbone(device, dtype, Path(folder) if folder else WEIGHTS)
+    with stage("loading model"):
+        return load_bundled_backbone(device, dtype, Path(folder) if folder else WEIGHTS)
 
 
 # Pipelines whose UNet takes declared extra input channels: model_index.json's _class_name -> the adapter that

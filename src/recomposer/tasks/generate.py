@@ -71,7 +71,8 @@ def generate(backbone: Backbone, request: GenerateRequest, image: Image.Image | 
 
 def resolve(backbone: Backbone, request: GenerateRequest, image: Image.Image | None,
             mask: torch.Tensor | None) -> GenerateRequest:
-    """Fill defaults that depend on the model or the image; check what needs them. No compute."""
+    """Fill defaults that depend on the model or the image; check what needs them. No compute. ``backbone``
+    may be a models.facts.ModelShape (its configs, read before the model loads)."""
     request.check()
     if mask is not None and image is None:
         raise InvalidParameter("mask", "given together with an image", "a mask without an image")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.backbone import Backbone
+from ..progress import stage
 from ..sampling import BeforeHook, StepCallback, StepHook, decode_checked, inpaint_blend, noise, sample, strength_start
 from ..schedulers import make_scheduler
 
@@ -88,8 +89,10 @@ def run(denoise, inputs, backbone: Backbone, sampling: Sampling, size: tuple[int
             latent_mask = keep_at_latent_size(keep, shape[-2:], cells).to(b.device, b.dtype)
             hooks.append(inpaint_blend(scheduler, known, eps, latent_mask))
     evaluations = []
-    x = sample(denoise, inputs, scheduler, x, generators, first=first, before=before, hooks=hooks,
-               callback=_counting(callback, evaluations), cancel=cancel, positions=positions)
+    total = len(positions) if positions is not None else len(scheduler.timesteps) - first
+    with stage("sampling", total=total) as advance:
+        x = sample(denoise, inputs, scheduler, x, generators, first=first, before=before, hooks=hooks,
+                   callback=_counting(callback, evaluations, advance), cancel=cancel, positions=positions)
     return Run(x, decode_checked(b, x, sampling.allow_flat), len(evaluations))
 
 
@@ -101,9 +104,10 @@ def keep_at_latent_size(mask: torch.Tensor, size: tuple[int, int], cells: str = 
     return torch.nn.functional.interpolate(mask.float(), size=size)
 
 
-def _counting(callback: StepCallback | None, seen: list) -> StepCallback:
+def _counting(callback: StepCallback | None, seen: list, advance) -> StepCallback:
     def counted(step, x):
         seen.append(step.index)
+        advance(len(seen))
         if callback is not None:
             callback(step, x)
 

@@ -24,7 +24,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from torch import nn
 from .. import validation
 from ..errors import InvalidParameter, ModelError, NonFiniteResult, RecomposerError
 from ..io.files import atomic_write, save_png
+from ..progress import stage
 from ..io.sheets import image_grid  # noqa: F401 (re-exported)
 from .checkpoint import copy_into, latest_complete, load_checkpoint, save_checkpoint
 from .lock import run_lock
@@ -180,7 +181,8 @@ def _train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Call
     latest = newest
 
     # 2. the loop
-    bar = _progress(config.steps, start, accelerator.is_main_process)
+    shown = ExitStack()  # progress (progress.py): the main process's steps, with the loss
+    advance = shown.enter_context(stage("training", total=config.steps)) if accelerator.is_main_process else None
     samples, last_loss, done = [], log.last_loss() if log else None, start
     started, cpu_before = time.monotonic(), (log.last("cpu_seconds") or 0.0) if log else 0.0
     try:
@@ -223,9 +225,8 @@ def _train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Call
                     log.append({"step": done, "loss": last_loss, "lr": lr, "time": round(time.time(), 3),
                                 "cpu_seconds": round(cpu_before + time.process_time(), 2)})
                 window = []
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
-                bar.update(1)
+            if advance is not None:
+                advance(done, f"loss {loss_value:.4g}")
             if config.sample_every and done % config.sample_every == 0 and accelerator.is_main_process:
                 samples.append(_sample(sample_fn, inner, params, ema, done, output))
             out_of_time = _past(config.max_minutes, started, accelerator)
@@ -241,8 +242,7 @@ def _train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Call
             if out_of_time:
                 break
     finally:
-        if bar is not None:
-            bar.close()
+        shown.close()
         if log:
             log.close()
     if keep_ema and ema is not None:
@@ -382,15 +382,6 @@ def _eval_mode(module: nn.Module):
 @contextmanager
 def _nothing():
     yield
-
-
-def _progress(total: int, start: int, main: bool):
-    """A tqdm bar with the loss, on an interactive terminal only."""
-    if not main or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
 
 class EMA:
