@@ -7,7 +7,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "recomposer"
 
 LAYERS = [  # low to high: each may import its own layer and those before it
-    {"__init__", "errors", "validation"},
+    {"__init__", "errors", "validation", "progress"},  # progress: named stages, reported to a listener
     {"colour", "ellipse", "io", "schedulers", "requests", "invocation", "provenance", "attention"},  # maths, files,
     #                                       names, requests, attention control
     {"conditions"},  # typed values
