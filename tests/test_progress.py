@@ -61,13 +61,13 @@ def test_sizes_are_checked_from_the_configs_before_loading(tiny_dir, tmp_path):
 
 
 def test_a_size_that_cannot_fit_is_refused_before_anything_loads(tmp_path):
-    shape = ModelShape(8, 512, 4, (320, 640, 1280, 1280), 2, 128, 2 * 2**30)
-    assert shape.memory(4096, 4096, 2) > 30 * 2**30 > 4 * 2**30 > shape.memory(512, 512, 2)  # SD's VAE decoder
-    with pytest.raises(Exception, match="width: 4096x4096 .* GiB"):
-        check_fits(shape, 4096, 4096, 2, "cpu", 4)
-    check_fits(shape, 64, 64, 2, "cpu", 4)
+    shape = ModelShape(8, 512, 128, 320)  # Stable Diffusion's VAE and UNet widths
+    assert shape.memory(4096, 4096, 1, 2) > 30 * 2**30 > 2 * 2**30 > shape.memory(512, 512, 1, 2)
+    with pytest.raises(Exception, match="size: .* 4096x4096 x 1 needs about .* GiB"):
+        check_fits(shape, 4096, 4096, 1, 2, torch.device("cpu"), torch.float32)
+    check_fits(shape, 64, 64, 1, 2, torch.device("cpu"), torch.float32)
     done = subprocess.run([sys.executable, "-m", "recomposer", "generate", "x", "--width", "2048", "--height",
                            "2048", "--batch", "64", "-o", str(tmp_path / "c.png")], capture_output=True, text=True,
                           timeout=120)
-    assert done.returncode == 2 and done.stderr.startswith("error: width: 2048x2048 with 128 UNet rows needs")
+    assert done.returncode == 2 and done.stderr.startswith("error: size: must be a size and batch that fit in memory")
     assert "loading model" not in done.stderr and not (tmp_path / "c.png").exists()

@@ -286,7 +286,7 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
     shape = peek(model, config)  # sides and memory are checked from the configs, before the model loads
     if shape is not None:
         sized = resolve(shape, request, image, mask)
-        check_fits(shape, sized.width, sized.height, 2 * sized.batch, str(torch_device), torch_dtype.itemsize)
+        check_fits(shape, sized.width, sized.height, sized.batch, 2, torch_device, torch_dtype)
     backbone = load_bundled(torch_device, torch_dtype) if model is None else load_model(
         model, torch_device, torch_dtype, config)
     if expect_sha256 is not None and backbone.identity() != expect_sha256:

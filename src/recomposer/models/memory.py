@@ -16,13 +16,19 @@ VAE_TENSORS = 8  # full-resolution tensors of block_out_channels[0] channels ali
 UNET_TENSORS = 12  # latent-resolution tensors of block_out_channels[0] channels per row at the UNet's peak
 
 
+def estimate(factor: int, vae_channels: int, unet_channels: int, item: int, width: int, height: int, batch: int,
+             rows: int) -> int:
+    """Bytes of a run from the model's shape alone (models/facts.py has it before the model loads)."""
+    vae = batch * width * height * vae_channels * item * VAE_TENSORS
+    unet = rows * batch * (width // factor) * (height // factor) * unet_channels * item * UNET_TENSORS
+    return max(vae, unet)
+
+
 def run_bytes(backbone, width: int, height: int, batch: int, rows: int) -> int:
     """Bytes a sampling run of ``batch`` images with ``rows`` condition sets per step needs on top of the model."""
-    item = torch.finfo(backbone.dtype).bits // 8
-    f = backbone.vae_factor
-    vae = batch * width * height * backbone.vae.config.block_out_channels[0] * item * VAE_TENSORS
-    unet = rows * batch * (width // f) * (height // f) * backbone.unet.config.block_out_channels[0] * item * UNET_TENSORS
-    return max(vae, unet)
+    return estimate(backbone.vae_factor, backbone.vae.config.block_out_channels[0],
+                    backbone.unet.config.block_out_channels[0], torch.finfo(backbone.dtype).bits // 8,
+                    width, height, batch, rows)
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -39,10 +45,14 @@ def available_bytes(device: torch.device) -> int | None:
 
 def check_fits(backbone, width: int, height: int, batch: int, rows: int) -> None:
     """Refuse a run that needs more memory than the device has free, naming what to change."""
-    need, free = run_bytes(backbone, width, height, batch, rows), available_bytes(backbone.device)
+    refuse_over(run_bytes(backbone, width, height, batch, rows), backbone.device, width, height, batch)
+
+
+def refuse_over(need: int, device: torch.device, width: int, height: int, batch: int) -> None:
+    free = available_bytes(device)
     if free is not None and need > free:
         raise InvalidParameter("size", f"a size and batch that fit in memory: {width}x{height} x {batch} needs about "
-                                       f"{need / 2**30:.1f} GiB, {backbone.device} has {free / 2**30:.1f} GiB free",
+                                       f"{need / 2**30:.1f} GiB, {device} has {free / 2**30:.1f} GiB free",
                                f"{width}x{height}, batch {batch}")
 
 
