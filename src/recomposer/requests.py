@@ -234,6 +234,14 @@ def dtype_name(value: str, field: str = "dtype") -> str:
     return v.choice(field, value, ("fp32", "fp16", "bf16"))
 
 
+PARTS_FILES = ("vae.json", "unet.json")  # what makes a folder one of bundled-format parts
+
+
+def is_parts_dir(path) -> bool:
+    """A folder of bundled-format parts (``recomposer train vae/base/composer --parts``), not a diffusers one."""
+    return not (path / "model_index.json").is_file() and all((path / name).is_file() for name in PARTS_FILES)
+
+
 def model_kind(path, field: str = "model") -> str:
     """What ``--model PATH`` is, by its files, before anything loads: "parts" (bundled-format parts: vae.json,
     unet.json, …), "diffusers" (model_index.json and its component folders) or "single-file" (a .safetensors
@@ -249,9 +257,9 @@ def model_kind(path, field: str = "model") -> str:
         raise InvalidParameter(field, "an existing model folder or checkpoint file", str(path))
     if (p / "model_index.json").is_file():
         return "diffusers"
-    parts = [name for name in ("vae.json", "unet.json") if not (p / name).is_file()]
-    if not parts:
+    if is_parts_dir(p):
         return "parts"
+    parts = [name for name in PARTS_FILES if not (p / name).is_file()]
     raise InvalidParameter(field, "a diffusers model folder (model_index.json, unet/, vae/, text_encoder/, "
                                   "tokenizer/, scheduler/) or a folder of bundled parts (vae.json, unet.json, ...)",
                            f"{path}: it has neither model_index.json nor {', '.join(parts)}")

@@ -89,43 +89,46 @@ def decompose(image: Image.Image, kinds: tuple[str, ...] | None = None, *, capti
             raise why
         skipped[kind] = why.message
 
+    def make(kind: str) -> None:
+        if kind == "caption":
+            if caption is not None:
+                made[kind] = Caption(caption)
+            elif backends.captioner is not None:
+                made[kind] = backends.captioner(image)
+            else:
+                absent(kind, RecomposerError("caption", "no caption text and no captioner (--caption TEXT or "
+                                                        "--caption-model DIR)"))
+        elif kind == "image_embedding":
+            if backends.encoder is not None:
+                made[kind] = backends.encoder(image)
+            else:
+                absent(kind, RecomposerError("image_embedding", "no image encoder: pass --image-encoder DIR (a "
+                                                                "local CLIP vision model)"))
+        elif kind == "palette":
+            made[kind] = Palette.from_image(rgb)
+        elif kind == "sketch":
+            made[kind] = Sketch(backends.sketcher(rgb))
+        elif kind in ("instances", "blobs"):
+            if "instances" not in made:
+                made["instances"] = backends.segmenter(rgb)
+            if kind == "blobs":
+                made[kind] = blobs_from_instances(made["instances"])
+        elif kind == "depth":
+            if backends.depth is not None:
+                made[kind] = backends.depth(image)
+            else:
+                absent(kind, no_depth_backend())
+        elif kind == "intensity":
+            made[kind] = intensity(rgb, rng=rng)
+        elif kind == "masked_image":
+            if mask is not None:
+                made[kind] = masked_image(image, mask)
+            else:
+                absent(kind, RecomposerError("mask", "no mask: pass --mask FILE, --box or --ellipse"))
+
     with stage("decomposing", total=len(wanted)) as advance:
         for done, kind in enumerate(wanted, 1):
-            if kind == "caption":
-                if caption is not None:
-                    made[kind] = Caption(caption)
-                elif backends.captioner is not None:
-                    made[kind] = backends.captioner(image)
-                else:
-                    absent(kind, RecomposerError("caption", "no caption text and no captioner (--caption TEXT or "
-                                                            "--caption-model DIR)"))
-            elif kind == "image_embedding":
-                if backends.encoder is not None:
-                    made[kind] = backends.encoder(image)
-                else:
-                    absent(kind, RecomposerError("image_embedding", "no image encoder: pass --image-encoder DIR (a "
-                                                                    "local CLIP vision model)"))
-            elif kind == "palette":
-                made[kind] = Palette.from_image(rgb)
-            elif kind == "sketch":
-                made[kind] = Sketch(backends.sketcher(rgb))
-            elif kind in ("instances", "blobs"):
-                if "instances" not in made:
-                    made["instances"] = backends.segmenter(rgb)
-                if kind == "blobs":
-                    made[kind] = blobs_from_instances(made["instances"])
-            elif kind == "depth":
-                if backends.depth is not None:
-                    made[kind] = backends.depth(image)
-                else:
-                    absent(kind, no_depth_backend())
-            elif kind == "intensity":
-                made[kind] = intensity(rgb, rng=rng)
-            elif kind == "masked_image":
-                if mask is not None:
-                    made[kind] = masked_image(image, mask)
-                else:
-                    absent(kind, RecomposerError("mask", "no mask: pass --mask FILE, --box or --ellipse"))
+            make(kind)
             advance(done, kind)
     order = [k for k in KINDS if k in made and (k in wanted)]
     return Decomposition(ConditionSet(tuple(made[k] for k in order)), skipped)

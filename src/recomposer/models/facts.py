@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..requests import is_parts_dir
 from .memory import estimate, refuse_over
 
 
@@ -22,12 +23,6 @@ class ModelShape:
     def memory(self, width: int, height: int, batch: int, rows: int, item: int = 4) -> int:
         """Peak bytes of one run above the loaded model (models/memory.py)."""
         return estimate(self.vae_factor, self.vae_channels, self.unet_channels, item, width, height, batch, rows)
-
-
-def is_parts_dir(path: Path) -> bool:
-    """A folder of bundled-format parts (``recomposer train vae/base/composer --parts``), not a diffusers one."""
-    return not (path / "model_index.json").is_file() and (path / "vae.json").is_file() \
-        and (path / "unet.json").is_file()
 
 
 def _config(path: Path) -> dict:

@@ -20,7 +20,7 @@ from ..io.weights import check_finite
 from ..progress import stage
 from . import library
 from .backbone import Backbone, ModelSource
-from .facts import is_parts_dir
+from ..requests import is_parts_dir
 from .inpainting import InpaintingChannels
 from .local import first_line
 
