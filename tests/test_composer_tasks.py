@@ -204,8 +204,10 @@ def test_compose_command_mixes_sources_and_saved_conditions(tiny_dir, adapter_fi
     record = json.loads(Image.open(tmp_path / "out" / "1.png").text["recomposer"])
     assert set(record["conditions"]) == {"caption", "palette", "sketch", "intensity"} and record["seed"] == 1
     code, out, err = run(capsys, "compose", "--sketch-from", tmp_path / "large", "--intensity-from", a, *common,
-                         "-o", tmp_path / "out2")  # a 64 px sketch file beside an image fitted to 32 px
-    assert code == 2 and "64x64 pixels like the sketch" in err and not (tmp_path / "out2").exists(), err
+                         "-o", tmp_path / "out2")  # a 64 px sketch file is fitted to 32 px like the image
+    assert code == 0, err
+    record = json.loads(Image.open(tmp_path / "out2" / "0.png").text["recomposer"])
+    assert record["conditions"]["sketch"]["size"] == [32, 32] and Image.open(tmp_path / "out2" / "0.png").size == (32, 32)
 
 
 def test_compose_command_errors_are_one_line_and_write_nothing(tiny_dir, adapter_file, scene_files, tmp_path,

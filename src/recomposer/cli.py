@@ -170,6 +170,41 @@ def recall(
     raise typer.Exit(1)
 
 
+@app.command()
+def info(
+    png: Annotated[Path, typer.Argument(help="A PNG written by recomposer.")],
+) -> None:
+    """Print what recomposer recorded in a PNG, as standard JSON: a result's provenance (what ``recall`` replays),
+    or what a picture is (a grid, a contact sheet, a world layer, a condition's picture) and which command made
+    it."""
+    import json
+
+    from PIL import Image
+
+    from .errors import BadImage
+    from .io.files import ABOUT
+    from .provenance import CHUNK, read_provenance, standard
+
+    try:
+        with Image.open(png, formats=("PNG",)) as im:
+            text = dict(getattr(im, "text", {}))
+    except FileNotFoundError:
+        raise BadImage("image", f"{png} does not exist") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImage("image", f"{png} is not a readable PNG ({e})") from None
+    if CHUNK in text:
+        record = read_provenance(png)
+    elif ABOUT in text:
+        try:
+            record = json.loads(text[ABOUT])
+        except (ValueError, RecursionError):
+            raise BadImage("image", f"{png} has a damaged {ABOUT} chunk (not JSON)") from None
+    else:
+        raise BadImage("image", f"{png} carries no recomposer record (not written by recomposer, or its text "
+                                "chunks were stripped)")
+    typer.echo(json.dumps(standard(record), indent=2, sort_keys=True, allow_nan=False))
+
+
 def _replayable(invocation: object, png: Path, device: str | None, search: list[Path]):
     """The command function and its options from a (possibly forged) recorded invocation, its inputs found."""
     import typing

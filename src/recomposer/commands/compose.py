@@ -5,10 +5,14 @@ Conditions come from images or from saved condition files, each named by its kin
 
     recomposer compose --sketch-from a.png --palette-from b.png --caption "..." -o out/
 
-``--KIND-from PATH``: PATH is an image (the kind is decomposed from it, after fitting it to the
-generation size), a folder holding a saved KIND.json (``recomposer decompose`` writes them), or that
-KIND.json itself. Everything is read and checked before the model loads; results are PNGs with their
-provenance, written all together at the end.
+``--KIND-from PATH`` and every image a task reads conditions from follow one rule (conditions/sources.py): PATH
+is an image (decomposed), a folder holding a saved KIND.json (``recomposer decompose``) or a world sample's
+KIND.png layer (``recomposer world sample``), that KIND.json, or such a layer PNG itself.
+
+Sizes: a task generates at the model's native size (``compose`` and ``edit``: ``--width/--height``); every input,
+image or saved condition, is fitted to it by one resize mode, a centre crop to the aspect and then a resize
+(conditions/fitting.py), and a size off the model's native one is said once. Everything is read and checked
+before the model loads; results are PNGs with their provenance, written all together at the end.
 """
 
 from pathlib import Path
@@ -36,6 +40,9 @@ Caption = Annotated[Optional[str], typer.Option(help="The caption condition.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="A folder for the images.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 Kinds = Annotated[str, typer.Option(help="Comma-separated condition kinds.")]
+Width = Annotated[Optional[int], typer.Option(help="Image width in pixels (default: the model's native size); "
+                                                    "inputs are fitted to it.")]
+Height = Annotated[Optional[int], typer.Option(help="Image height in pixels (default: the model's native size).")]
 AllowFlat = Annotated[bool, typer.Option("--allow-flat", help="Keep images of one flat colour (otherwise an "
                                                                "error: the model drew nothing).")]
 
@@ -77,21 +84,20 @@ def _split(field: str, text: str) -> tuple[str, ...]:
     return kinds
 
 
-def _source(field: str, kind: str, path: Path):
-    """What ``--KIND-from PATH`` names: ("condition", Condition) for saved files, ("image", PIL image)."""
-    from ..conditions.files import load_condition
-    from ..io.images import open_image
+def _source(field: str, kinds: str | tuple[str, ...], path: Path):
+    """What PATH gives for ``kinds``: a PIL image to decompose, or the saved conditions (conditions/sources.py)."""
+    from ..conditions.sources import read_source
 
-    if path.is_dir():
-        if not (path / f"{kind}.json").is_file():
-            others = sorted(p.stem for p in path.glob("*.json"))
-            raise InvalidParameter(field, f"a folder holding {kind}.json", f"{path} holds {others or 'none'}")
-        return "condition", load_condition(path, kind)
-    if path.suffix.lower() == ".json":
-        if path.stem != kind:
-            raise InvalidParameter(field, f"a saved {kind} condition ({kind}.json)", path.name)
-        return "condition", load_condition(path.parent, kind)
-    return "image", open_image(path, field)
+    return read_source(path, (kinds,) if isinstance(kinds, str) else tuple(kinds), field)
+
+
+def _size(width: int | None, height: int | None, composer) -> tuple[int, int]:
+    """The generation size: the model's native square unless --width/--height say otherwise."""
+    from .. import validation as v
+
+    b = composer.backbone
+    return (v.multiple_of("width", width or b.native_size, b.vae_factor),
+            v.multiple_of("height", height or b.native_size, b.vae_factor))
 
 
 def _model(model, adapter, image_encoder, device):
@@ -146,8 +152,8 @@ def compose_command(
     depth_from: Annotated[Optional[Path], typer.Option(help="Depth from this image (needs a depth model) or "
                                                             "file.")] = None,
     intensity_from: Annotated[Optional[Path], typer.Option(help="Intensity from this image or file.")] = None,
-    depth_map: Annotated[Optional[Path], typer.Option(help="A depth map image (bright = near) of the generation "
-                                                           "size.")] = None,
+    depth_map: Annotated[Optional[Path], typer.Option(help="A depth map image (bright = near), fitted to the "
+                                                           "generation size.")] = None,
     image: Annotated[Optional[Path], typer.Option(help="Image to keep outside --mask (region editing).")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="Region to generate, white = generate (with --image).")]
     = None,
@@ -158,12 +164,14 @@ def compose_command(
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("composed"), allow_flat: AllowFlat = False,
+    width: Width = None, height: Height = None,
 ) -> None:
     """Generate from any mix of conditions, each from its own image or file."""
     request = _request(scheduler, steps, guidance, seed, batch, base, weight, allow_flat)
     _guard(locals())
     from ..conditions import Caption as CaptionCondition
     from ..conditions import ConditionSet
+    from ..conditions.fitting import fit_image, fit_mask
     from ..io.images import open_image, open_mask
     from ..tasks.composer import compose, edit_region
 
@@ -171,7 +179,7 @@ def compose_command(
                                   intensity_from)))
     sources = {kind: _source(f"{kind.replace('_', '-')}-from", kind, path)
                for kind, path in given.items() if path is not None}
-    if sources.get("depth", ("",))[0] == "image":
+    if "depth" in sources and not isinstance(sources["depth"], ConditionSet):
         from ..decompose.depth import bundled_depth_estimator
 
         if bundled_depth_estimator() is None:  # compose takes no depth model: say what it does take
@@ -183,7 +191,7 @@ def compose_command(
             raise InvalidParameter("depth-map", "or --depth-from, not both", str(depth_map))
         from ..conditions import Depth
 
-        sources["depth"] = ("condition", Depth.from_image(depth_map))
+        sources["depth"] = ConditionSet.of(Depth.from_image(depth_map, "depth-map"))
     if (image is None) != (mask is None):
         raise InvalidParameter("mask", "given together with --image", "only one of them")
     picture = open_image(image, "image") if image is not None else None
@@ -192,20 +200,21 @@ def compose_command(
         raise InvalidParameter("conditions", "at least one of --caption, --KIND-from, --image/--mask", "none")
 
     composer = _model(model, adapter, image_encoder, device)
-    size = picture.size if picture is not None else None
+    size = _size(width, height, composer)
     conds = [CaptionCondition(caption)] if caption is not None else []
-    for kind, (what, value) in sources.items():
-        conds += [value] if what == "condition" else list(composer.decompose(value, (kind,), size=size).values())
+    for kind, source in sources.items():
+        conds += list(composer.decompose(source, (kind,), size=size).values())
     conds = ConditionSet(tuple(conds))
     if picture is not None:
+        picture, region = fit_image(picture, size), fit_mask(region, size)
         results = edit_region(composer, picture, region, conds, request)
     else:
-        results = compose(composer, conds, request)
+        results = compose(composer, conds, request, size=size)
     _echo(_write(results, output), results)
 
 
 def variations_command(
-    image: Annotated[Path, typer.Argument(help="The image to vary.")],
+    image: Annotated[Path, typer.Argument(help="The image to vary (or a decompose folder holding the kept kinds).")],
     keep: Kinds = "image_embedding,palette", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
@@ -214,10 +223,10 @@ def variations_command(
     """New images that keep some of an image's conditions (default: semantics/style and palette)."""
     request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     _guard(locals())
-    from ..io.images import open_image
     from ..tasks.composer import variations
 
-    kinds, picture = _split("keep", keep), open_image(image, "image")
+    kinds = _split("keep", keep)
+    picture = _source("image", kinds, image)
     results = variations(_model(model, adapter, image_encoder, device), picture, kinds, request, caption)
     _echo(_write(results, output))
 
@@ -232,10 +241,10 @@ def reconstruct_command(
     """An image generated again from a subset of its own conditions."""
     request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     _guard(locals())
-    from ..io.images import open_image
     from ..tasks.composer import reconstruct
 
-    chosen, picture = _split("kinds", kinds), open_image(image, "image")
+    chosen = _split("kinds", kinds)
+    picture = _source("image", chosen, image)
     results = reconstruct(_model(model, adapter, image_encoder, device), picture, chosen, request, caption)
     _echo(_write(results, output))
 
@@ -261,15 +270,14 @@ def interpolate_command(
     v.integer("fps", fps, 1, 60)
     from ..conditions import Caption as CaptionCondition
     from ..conditions import ConditionSet
-    from ..io.images import open_image
     from ..tasks.composer import interpolate
 
-    a, b = open_image(first, "first"), open_image(last, "last")
+    a, b = _source("first", chosen, first), _source("last", chosen, last)
     shared = _source("sketch-from", "sketch", sketch_from) if sketch_from is not None else None
     composer = _model(model, adapter, image_encoder, device)
     fixed = [CaptionCondition(caption)] if caption is not None else []
     if shared is not None:
-        fixed += [shared[1]] if shared[0] == "condition" else list(composer.decompose(shared[1], ("sketch",)).values())
+        fixed += list(composer.decompose(shared, ("sketch",)).values())
     results = interpolate(composer, a, b, frames, chosen, request, ConditionSet(tuple(fixed)))
     images = [r.image for r in results]
     paths = _write(results, output, {"strip.png": strip(images)})
@@ -281,7 +289,7 @@ def interpolate_command(
 
 
 def edit_command(
-    image: Annotated[Path, typer.Argument(help="The image to edit.")],
+    image: Annotated[Path, typer.Argument(help="The image to edit (fitted to the generation size, as its mask).")],
     mask: Annotated[Path, typer.Option(help="Region to change, white = change; the image's size.")],
     caption: Caption = None,
     palette_from: Annotated[Optional[Path], typer.Option(help="Colours for the region from this image or file.")]
@@ -291,6 +299,7 @@ def edit_command(
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("edited"), allow_flat: AllowFlat = False,
+    width: Width = None, height: Height = None,
 ) -> None:
     """Change only the masked region (inpainting with conditions); pixels outside stay exactly as they were."""
     compose_command(caption=caption, image_embedding_from=image_embedding_from, palette_from=palette_from,
@@ -298,12 +307,12 @@ def edit_command(
                     image=image,
                     mask=mask, base=None, weight=None, model=model, adapter=adapter, image_encoder=image_encoder,
                     scheduler=scheduler, steps=steps, guidance=guidance, seed=seed, batch=batch, device=device,
-                    output=output, allow_flat=allow_flat)
+                    output=output, allow_flat=allow_flat, width=width, height=height)
 
 
 def colourise_command(
     image: Annotated[Path, typer.Argument(help="A greyscale (or any) image: its intensity is kept.")],
-    palette_from: Annotated[Optional[Path], typer.Option(help="Colours from this image.")] = None,
+    palette_from: Annotated[Optional[Path], typer.Option(help="Colours from this image or file.")] = None,
     caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
@@ -312,18 +321,17 @@ def colourise_command(
     """Colourisation: the image's intensity, plus a palette and/or a caption."""
     request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     _guard(locals())
-    from ..io.images import open_image
     from ..tasks.composer import colourise
 
-    grey = open_image(image, "image")
-    reference = open_image(palette_from, "palette-from") if palette_from is not None else None
+    grey = _source("image", "intensity", image)
+    reference = _source("palette-from", "palette", palette_from) if palette_from is not None else None
     results = colourise(_model(model, adapter, image_encoder, device), grey, reference, caption, request)
     _echo(_write(results, output))
 
 
 def recolour_command(
     image: Annotated[Path, typer.Argument(help="The image whose layout is kept.")],
-    palette_from: Annotated[Path, typer.Option(help="The new colours come from this image.")],
+    palette_from: Annotated[Path, typer.Option(help="The new colours come from this image or file.")],
     keep: Kinds = "sketch,instances", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
@@ -332,11 +340,10 @@ def recolour_command(
     """Palette recolouring: the image's layout in another image's colours."""
     request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     _guard(locals())
-    from ..io.images import open_image
     from ..tasks.composer import recolour
 
     kinds = _split("keep", keep)
-    picture, reference = open_image(image, "image"), open_image(palette_from, "palette-from")
+    picture, reference = _source("image", kinds, image), _source("palette-from", "palette", palette_from)
     results = recolour(_model(model, adapter, image_encoder, device), picture, reference, kinds, request, caption)
     _echo(_write(results, output))
 
@@ -352,11 +359,10 @@ def style_command(
     """Style transfer through the image embedding: content's structure, style's embedding and palette."""
     request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
     _guard(locals())
-    from ..io.images import open_image
     from ..tasks.composer import style_transfer
 
     kinds = _split("structure", structure)
-    a, b = open_image(content, "content"), open_image(style, "style")
+    a, b = _source("content", kinds, content), _source("style", ("image_embedding", "palette"), style)
     results = style_transfer(_model(model, adapter, image_encoder, device), a, b, kinds, request, caption)
     _echo(_write(results, output))
 

@@ -16,6 +16,7 @@ def run_demo(output: Path, steps: int = 20, model_path: str | None = None) -> Pa
     from ..conditions import Caption, ConditionSet
     from ..errors import RecomposerError
     from ..io.files import write_folder
+    from ..provenance import write_png
     from ..io.sheets import stacked, titled_row
     from ..tasks.composer import ComposeRequest, compose, load_composer
     from ..world.dataset import eval_seeds, make_sample
@@ -34,7 +35,7 @@ def run_demo(output: Path, steps: int = 20, model_path: str | None = None) -> Pa
     cb = model.decompose(b, kinds)
 
     def run(conds, seeds=3):
-        return [r.image for r in compose(model, conds, ComposeRequest(steps=steps, batch=seeds, seed=1))]
+        return compose(model, conds, ComposeRequest(steps=steps, batch=seeds, seed=1))
 
     caption = Caption(scene.caption)
     rows = {
@@ -52,11 +53,13 @@ def run_demo(output: Path, steps: int = 20, model_path: str | None = None) -> Pa
     }
     files, tiles = {}, []
     for label, images in rows.items():
-        named = images if label == "inputs" else [(f"seed {k + 1}", im) for k, im in enumerate(images)]
+        named = images if label == "inputs" else [(f"seed {k + 1}", r.image) for k, r in enumerate(images)]
         tiles.append((label, titled_row(named, tile=128, nearest=True)))
         slug = label.split("\n")[0].replace(" ", "-").replace(",", "").replace(":", "")
         for k, (_, im) in enumerate(named):
-            files[f"{slug}-{k}.png"] = im
+            name = f"{slug}-{k}.png"
+            files[name] = im if label == "inputs" else (  # a result carries its provenance, as every command's do
+                lambda folder, name=name, r=images[k]: write_png(folder / name, r.image, r.provenance))
     files["sheet.png"] = stacked(tiles)
     files["caption.txt"] = scene.caption + "\n"
     write_folder(output, files)

@@ -175,7 +175,7 @@ def invert_command(
     picture = open_image(image, "image")
     backbone = _load(model, config, device, dtype)
     from ..inversion import invert
-    from ..tasks.composer import fit_image
+    from ..conditions.fitting import fit_image
 
     fitted = fit_image(picture, (backbone.native_size, backbone.native_size))
     result = invert(backbone, to_tensor(fitted), prompt, method, steps, guidance, inner)

@@ -48,10 +48,10 @@ def world_sample(
     caption, blobs."""
     import json
 
-    import numpy as np
     from PIL import Image
 
     from .. import validation as v
+    from ..conditions.layers import save_layer
     from ..world.dataset import make_sample
     from ..world.scene import WorldConfig
 
@@ -66,10 +66,9 @@ def world_sample(
                                      "blob": e.to_json()} for o, d, e in
                                     zip(sample.scene.objects, sample.descriptions, sample.blobs)], indent=2),
         "image.png": Image.fromarray(r.image),
-        "instances.png": Image.fromarray(r.labels.astype(np.uint8), "L"),  # pixel value = object index + 1
-        "depth.png": Image.fromarray(np.rint(r.depth * 65535).astype(np.uint16)),  # 16-bit, 0 nearest
-        "sketch.png": Image.fromarray(r.sketch.astype(np.uint8) * 255, "L"),
-        "intensity.png": Image.fromarray(np.rint(r.intensity * 255).astype(np.uint8), "L"),
+        **{f"{kind}.png": (lambda folder, kind=kind, values=values: save_layer(kind, values, folder / f"{kind}.png"))
+           for kind, values in (("instances", r.labels), ("depth", r.depth), ("sketch", r.sketch),
+                                ("intensity", r.intensity))},  # conditions/layers.py: read back as what they are
     }
     write_folder(output, files)
     typer.echo(str(output))

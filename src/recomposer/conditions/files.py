@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidParameter
+from ..io.files import png_about
 from ..io.weights import check_safetensors
 from .base import Condition, ConditionSet
 
@@ -27,7 +28,8 @@ def save_condition(condition: Condition, folder: str | Path) -> None:
     (folder / f"{condition.kind}.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     if arrays:
         save_file(arrays, str(folder / f"{condition.kind}.safetensors"))
-    condition.picture().save(folder / f"{condition.kind}.png")
+    about = png_about({"what": f"the picture of a saved {condition.kind} condition (never read back)"})
+    condition.picture().save(folder / f"{condition.kind}.png", format="PNG", pnginfo=about)
 
 
 def load_condition(folder: str | Path, kind: str) -> Condition:

@@ -37,11 +37,34 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
-def save_png(image, path: str | Path) -> Path:
-    """A plain PNG (no provenance), written atomically; parent folders are created."""
+ABOUT = "recomposer-about"  # the PNG text chunk of every picture that is not a replayable result
+
+
+def png_about(about: dict | None = None):
+    """The PNG text chunk that says what a picture is (a grid, a contact sheet, a world layer, a condition's
+    picture) and which command made it; results carry their full provenance instead (provenance.write_png).
+    ``recomposer info`` prints either."""
+    import json
+    from importlib.metadata import version
+
+    from PIL import PngImagePlugin
+
+    from ..invocation import current
+
+    record = {"format": 1, "what": "picture", **(about or {}), "recomposer": version("recomposer")}
+    if current() is not None:
+        record["invocation"] = current()
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(ABOUT, json.dumps(record, sort_keys=True, default=str))
+    return info
+
+
+def save_png(image, path: str | Path, about: dict | None = None) -> Path:
+    """A PNG with its ``png_about`` chunk, written atomically; parent folders are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda f: image.save(f, format="PNG"))
+    info = png_about(about)
+    return atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=info))
 
 
 def write_folder(output: str | Path, files: dict) -> Path:
@@ -62,7 +85,7 @@ def write_folder(output: str | Path, files: dict) -> Path:
             elif callable(content):
                 content(tmp)
             else:
-                content.save(tmp / name, format="PNG")
+                content.save(tmp / name, format="PNG", pnginfo=png_about())
         for path in sorted(tmp.rglob("*"), reverse=True):  # files first, then their folders
             _fsync_dir(path) if path.is_dir() else _fsync_file(path)
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())

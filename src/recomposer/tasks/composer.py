@@ -22,6 +22,7 @@ from PIL import Image
 
 from .. import validation as v
 from ..conditions import ConditionSet, ImageEmbedding, Palette
+from ..conditions.fitting import fit_image, fit_set  # noqa: F401 (fit_image re-exported)
 from ..decompose.decomposer import Backends, decompose
 from ..denoiser import BackboneDenoiser
 from ..errors import InvalidParameter
@@ -65,24 +66,25 @@ class ComposerModel:
         return self.backbone.native_size
 
     def fit(self, image: Image.Image, size: tuple[int, int] | None = None) -> Image.Image:
-        """The image fitted to ``size`` (default the model's square): ``fit_image``."""
+        """The image fitted to ``size`` (default the model's square) by the one resize mode (conditions/fitting.py)."""
         return fit_image(image, size or (self.size, self.size))
 
-    def decompose(self, image: Image.Image, kinds: tuple[str, ...], caption: str | None = None,
+    def decompose(self, source: "Image.Image | ConditionSet", kinds: tuple[str, ...], caption: str | None = None,
                   size: tuple[int, int] | None = None) -> ConditionSet:
-        """The named conditions of ``image`` at the generation size (fitted first)."""
+        """The named conditions of ``source`` at the generation size (default the model's square): an image is
+        fitted, then decomposed; saved conditions (a ``decompose`` folder, a world layer: ``Source``) are taken
+        as they are and fitted the same way."""
+        size = size or (self.size, self.size)
+        if isinstance(source, ConditionSet):
+            given = caption is not None and "caption" in kinds  # a caption given as text wins over a saved one
+            missing = [k for k in kinds if k not in source and not (k == "caption" and given)]
+            if missing:
+                raise InvalidParameter("kinds", "kinds the saved conditions hold: " + ", ".join(source), missing[0])
+            chosen = ConditionSet(tuple(source[k] for k in kinds if not (k == "caption" and given)))
+            return _with_caption(fit_set(chosen, size), caption if given else None)
         backends = Backends(encoder=self.encoder)
-        return decompose(self.fit(image, size), tuple(kinds), caption=caption, backends=backends).conditions
-
-
-def fit_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """The image centre-cropped to the aspect of ``size`` (width, height) and resized to it (Lanczos)."""
-    width, height = size
-    scale = max(width / image.width, height / image.height)
-    w, h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
-    image = image.convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
-    left, top = (w - width) // 2, (h - height) // 2
-    return image.crop((left, top, left + width, top + height))
+        return decompose(self.fit(source, size), tuple(kinds), caption=caption,
+                         backends=backends).conditions
 
 
 def plan(conds: ConditionSet, request: ComposeRequest) -> GuidancePlan:

@@ -61,6 +61,7 @@ def run(denoise, inputs, backbone: Backbone, sampling: Sampling, size: tuple[int
     """
     b = backbone
     width, height = size
+    off_native(b, size)
     scheduler = make_scheduler(sampling.scheduler, b.scheduler_config)
     scheduler.set_timesteps(sampling.steps, device=b.device)
     generators = sampling.generators()
@@ -94,6 +95,19 @@ def run(denoise, inputs, backbone: Backbone, sampling: Sampling, size: tuple[int
         x = sample(denoise, inputs, scheduler, x, generators, first=first, before=before, hooks=hooks,
                    callback=_counting(callback, evaluations, advance), cancel=cancel, positions=positions)
     return Run(x, decode_checked(b, x, sampling.allow_flat), len(evaluations))
+
+
+def off_native(backbone: Backbone, size: tuple[int, int]) -> None:
+    """One notice (printed once per run of the CLI) when a backbone samples at another size than it was made for:
+    a model trained at 64 px draws worse at 256 px, and a user should not have to guess why."""
+    import warnings
+
+    from ..errors import Notice
+
+    native = backbone.native_size
+    if tuple(size) != (native, native):
+        warnings.warn(Notice(f"size: the model was trained at {native}x{native} px; {size[0]}x{size[1]} is off its "
+                             "native size (expect weaker images)"), stacklevel=3)
 
 
 def keep_at_latent_size(mask: torch.Tensor, size: tuple[int, int], cells: str = "nearest") -> torch.Tensor:
