@@ -268,3 +268,27 @@ def test_interpolate_and_edit_commands_write_their_files(tiny_dir, adapter_file,
     assert np.array_equal(edited[mask == 0], np.asarray(source)[mask == 0])
     record = json.loads(Image.open(tmp_path / "edit" / "0.png").text["recomposer"])
     assert record["task"] == "edit" and set(record["conditions"]) == {"caption", "masked_image"}
+
+
+def test_a_condition_the_model_barely_follows_is_said_once_per_kind(model, tmp_path):
+    """The notice comes from the model's own benchmark figures, shipped beside its parts only for these weights."""
+    from recomposer.errors import Notice
+    from recomposer.models.bundled import read_figures
+    from recomposer.models.local import weights_sha256
+
+    conditions = {"palette": {"figure": "intersection", "floor": 0.27, "single": 0.28, "ceiling": 0.96},
+                  "sketch": {"figure": "edge_f1", "floor": 0.1, "single": 0.8, "ceiling": 0.9}}
+    figures = {"format": 1, "conditions": conditions,
+               "model": {"backbone": model.backbone.describe(), "adapter_sha256": weights_sha256(model.adapter)}}
+    (tmp_path / "benchmark.json").write_text(json.dumps(figures))
+    assert read_figures(tmp_path, model.backbone, model.adapter) == figures
+    figures["model"]["adapter_sha256"] = "0" * 64  # figures of other weights are not these weights' figures
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "benchmark.json").write_text(json.dumps(figures))
+    assert read_figures(tmp_path / "other", model.backbone, model.adapter) is None
+    known = ComposerModel(model.backbone, model.encoder, read_figures(tmp_path, model.backbone, model.adapter))
+    assert list(tasks.weak_conditions(known, ["palette", "sketch", "caption"])) == ["palette"]
+    conds = known.decompose(Image.fromarray(make_sample(3, size=32).rendered.image), ("palette", "sketch"))
+    with pytest.warns(Notice, match="palette: this model barely follows this condition yet .* 0.28, against 0.27"):
+        tasks.compose(known, conds, ComposeRequest(steps=1, seed=0))
+    assert tasks.weak_conditions(model, ["palette"]) == {}  # no figures: nothing is claimed

@@ -51,14 +51,15 @@ def controllability(
 
     from ..models.analyser import load_bundled_analyser
     from ..evaluation.controllability import generations, run
-    from ..evaluation.report import bars, example_grid, markdown
+    from ..evaluation.report import bars, example_grid, figures, markdown
     from ..io.files import write_folder
     from ..tasks.composer import load_composer
 
     composer = load_composer(model, adapter)
     with stage("generating", total=generations(config)) as advance:
         report, examples = run(composer, load_bundled_analyser(), config, lambda done, total: advance(done))
-    files = {"report.json": _json(report), "report.md": markdown(report), "bars.png": bars(report)}
+    files = {"report.json": _json(report), "report.md": markdown(report), "bars.png": bars(report),
+             "figures.json": _json(figures(report))}  # shipped beside the weights as benchmark.json
     if examples:
         files["examples.png"] = example_grid(examples)
     typer.echo(str(write_folder(output, files)))

@@ -234,9 +234,13 @@ def train_vae(
     mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
     max_minutes: MaxMinutes = None,
+    evaluate: Annotated[int, typer.Option(help="Held-out renders the written figures are measured on.")] = 256,
 ) -> None:
     """Train the bundled model's VAE (64 px, latent factor 4) on shapes-world renders; writes PARTS/vae.*"""
+    from .. import validation as v
     from ..training import TrainConfig
+
+    v.integer("evaluate", evaluate, 1, 100_000)
 
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=100,
                          checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed,
@@ -254,7 +258,7 @@ def train_vae(
     train(config, VAETraining(vae, decoder_only=decoder_only), vae_step, world_images(batch_size, SIZE),
           vae_sampler(SIZE) if sample_every else None)
     vae = vae.eval().half().float()  # the bundled precision: the figures are those of what ships
-    figures = summary(vae)
+    figures = summary(vae, evaluate)
     if decoder_only:  # the encoder, its latents and their scale are the init's: models (and caches) stay valid
         figures["scaling_factor"] = read_part("vae", init)[1]["scaling_factor"]
     typer.echo(str(write_part(vae, "vae", parts or output, figures)))

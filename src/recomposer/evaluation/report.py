@@ -97,3 +97,12 @@ def example_grid(examples: dict) -> Image.Image:
             [("scene", examples[i, "scene"]), ("floor", examples[i, "floor"])]
             + [(kind, examples[i, kind]) for kind in KINDS], tile=96, nearest=True)))
     return stacked(rows, label_width=90)
+
+
+def figures(report: dict) -> dict:
+    """The report's single-condition figures beside their floor and ceiling, with the model they belong to: what a
+    parts folder ships as ``benchmark.json`` so that the tasks can say when a condition is barely heard
+    (tasks/composer.py, ``weak_conditions``)."""
+    keys = ("figure", "floor", "single", "ceiling")
+    return {"format": 1, "model": report["settings"]["model"],
+            "conditions": {kind: {k: c[k] for k in keys} for kind, c in report["conditions"].items()}}

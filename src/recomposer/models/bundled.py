@@ -201,5 +201,24 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+FIGURES = "benchmark.json"  # `recomposer bench controllability`'s figures.json for these very weights
+
+
+def read_figures(folder: Path, backbone: Backbone, adapter: torch.nn.Module) -> dict | None:
+    """The benchmark figures shipped beside a folder's parts, when they were measured on exactly these weights
+    (backbone and adapter hashes match); None otherwise: figures of other weights would mislead."""
+    from .local import weights_sha256
+
+    path = Path(folder) / FIGURES
+    try:
+        figures = json.loads(path.read_text())
+        model = figures["model"]
+        same = model["backbone"]["sha256"] == backbone.describe()["sha256"] and \
+            model["adapter_sha256"] == weights_sha256(adapter)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return figures if same and isinstance(figures.get("conditions"), dict) else None
+
+
 def has_part(name: str, folder: Path = WEIGHTS) -> bool:
     return (folder / f"{name}.safetensors").is_file() and (folder / f"{name}.json").is_file()

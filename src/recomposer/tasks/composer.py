@@ -46,6 +46,7 @@ class ComposerModel:
 
     backbone: Backbone
     encoder: object | None = None  # decompose.embedding.ImageEncoder
+    figures: dict | None = None  # this very model's benchmark figures (evaluation/report.py ``figures``), if known
 
     def __post_init__(self) -> None:
         if self.backbone.adapter(ComposerAdapter) is None:
@@ -54,8 +55,9 @@ class ComposerModel:
             raise ModelError("adapter", "a Composer adapter in the backbone's stack (Backbone.with_adapters)")
 
     @classmethod
-    def of(cls, backbone: Backbone, adapter: ComposerAdapter, encoder=None) -> "ComposerModel":
-        return cls(backbone.with_adapters(adapter), encoder)
+    def of(cls, backbone: Backbone, adapter: ComposerAdapter, encoder=None, figures: dict | None = None
+           ) -> "ComposerModel":
+        return cls(backbone.with_adapters(adapter), encoder, figures)
 
     @property
     def adapter(self) -> ComposerAdapter:
@@ -109,6 +111,7 @@ def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest =
     request.check()
     if not isinstance(conds, ConditionSet):
         raise InvalidParameter("conditions", "a ConditionSet", type(conds).__name__)
+    say_weak(model, conds)
     b = model.backbone
     width, height = size or generation_size(conds) or (model.size, model.size)
     guidance = plan(conds, request)
@@ -132,6 +135,34 @@ def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest =
             "versions": dict(library_versions())}
     return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k})
             for k, im in enumerate(images)]
+
+
+WEAK = 0.2  # progress from the floor to the ceiling below which a condition is "barely heard"
+
+
+def weak_conditions(model: ComposerModel, kinds) -> dict[str, str]:
+    """The given kinds this model barely follows by its own benchmark, (single − floor) / (ceiling − floor) <
+    ``WEAK``, each with a sentence saying so; nothing when the model's figures are not known."""
+    found = {}
+    for kind in kinds:
+        c = (model.figures or {}).get("conditions", {}).get(kind)
+        if c is None or c["ceiling"] <= c["floor"]:
+            continue
+        if (c["single"] - c["floor"]) / (c["ceiling"] - c["floor"]) < WEAK:
+            found[kind] = (f"{kind}: this model barely follows this condition yet (benchmark {c['figure']} "
+                           f"{c['single']:.2f}, against {c['floor']:.2f} with no condition and {c['ceiling']:.2f} "
+                           "for the real renders; docs/benchmarks.md)")
+    return found
+
+
+def say_weak(model: ComposerModel, conds: ConditionSet) -> None:
+    """One notice per barely-heard condition (the CLI prints each once)."""
+    import warnings
+
+    from ..errors import Notice
+
+    for sentence in weak_conditions(model, conds).values():
+        warnings.warn(Notice(sentence), stacklevel=3)
 
 
 # ---------------------------------------------------------------- the tasks
@@ -284,6 +315,7 @@ def load_composer(model: str | None = None, adapter: str | None = None, image_en
         composer_adapter = bundled.load_bundled_composer(folder) if adapter is None else ComposerAdapter.load(adapter)
         encoder = bundled.load_bundled_image_encoder(device, folder=folder) if image_encoder is None else \
             ClipImageEncoder(image_encoder, device)
+        figures = bundled.read_figures(folder, backbone, composer_adapter)
     else:
         if adapter is None:
             raise ModelError("adapter", "a Composer adapter file (`recomposer train composer` writes "
@@ -291,4 +323,5 @@ def load_composer(model: str | None = None, adapter: str | None = None, image_en
         backbone = load_model(model, device, dtype, config)
         composer_adapter = ComposerAdapter.load(adapter)
         encoder = ClipImageEncoder(image_encoder, device) if image_encoder is not None else None
-    return ComposerModel.of(backbone, composer_adapter, encoder)
+        figures = None
+    return ComposerModel.of(backbone, composer_adapter, encoder, figures)
