@@ -83,7 +83,7 @@ def generate(
     = Path("outputs"),
 ) -> None:
     """Generate images from a prompt (text-to-image, img2img, inpainting)."""
-    from .requests import GenerateRequest, device_name, dtype_name, readable
+    from .requests import GenerateRequest, check_device, check_dtype, readable
 
     from .invocation import resolve
 
@@ -91,7 +91,7 @@ def generate(
                               seed=secrets.randbelow(2**32) if seed is None else seed, batch=batch, width=width,
                               height=height, strength=strength, allow_flat=allow_flat)
     request.check()  # before torch is imported or anything loads
-    device_name(device), dtype_name(dtype)
+    check_device(device), check_dtype(dtype)
     if model is not None:
         from .requests import model_kind
 

@@ -220,7 +220,10 @@ def readable(field: str, path, folder: bool = False):
     return p
 
 
-def device_name(value: str, field: str = "device") -> str:
+DTYPE_NAMES = ("fp32", "fp16", "bf16")  # what --dtype takes (models/device.py maps them to torch dtypes)
+
+
+def check_device(value: str, field: str = "device") -> str:
     """A device as the CLI takes it, checked by its form before torch loads: auto, cpu, cuda, cuda:N or mps
     (whether this machine has it is checked when the model loads)."""
     import re
@@ -230,8 +233,9 @@ def device_name(value: str, field: str = "device") -> str:
     return value
 
 
-def dtype_name(value: str, field: str = "dtype") -> str:
-    return v.choice(field, value, ("fp32", "fp16", "bf16"))
+def check_dtype(value: str, field: str = "dtype") -> str:
+    """A dtype name by its form before torch loads (whether the device supports it: models/device.py)."""
+    return v.choice(field, value, DTYPE_NAMES)
 
 
 PARTS_FILES = ("vae.json", "unet.json")  # what makes a folder one of bundled-format parts

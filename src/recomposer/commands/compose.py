@@ -125,9 +125,9 @@ def _guard(arguments: dict) -> None:
     """The output policy, checked before anything loads: ``arguments`` are a command's (its locals()); every path
     among them but the output is an input the output must not overwrite."""
     from ..io.output import check_output
-    from ..requests import device_name, model_kind
+    from ..requests import check_device, model_kind
 
-    device_name(arguments["device"])
+    check_device(arguments["device"])
     if arguments.get("model") is not None:
         model_kind(arguments["model"])
     output = arguments["output"]

@@ -36,9 +36,9 @@ def decompose_command(
     """Decompose an image into caption, image embedding, palette, sketch, instances, depth, intensity,
     masked image and blobs; write each (JSON + safetensors + PNG) and a contact sheet."""
     from .. import validation as v
-    from ..requests import device_name
+    from ..requests import check_device
 
-    device_name(device)
+    check_device(device)
     from ..conditions import Depth, Palette
     from ..conditions.files import save_condition
     from ..conditions.sketch import Sketch

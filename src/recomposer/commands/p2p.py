@@ -82,9 +82,9 @@ def p2p_command(
 ) -> None:
     """Prompt-to-Prompt: an image and its edit by an edited prompt (word swap, refinement, re-weighting, local
     blend), or an edit of an inverted real image."""
-    from ..requests import Edit, P2PRequest, device_name, dtype_name, edit_kind, readable
+    from ..requests import Edit, P2PRequest, check_device, check_dtype, edit_kind, readable
 
-    device_name(device), dtype_name(dtype)
+    check_device(device), check_dtype(dtype)
 
     if inversion is None and edited_prompt is None:
         raise InvalidParameter("EDITED_PROMPT", "given (or --inversion INV with one prompt, the edited one)", None)
@@ -159,9 +159,9 @@ def invert_command(
     """Invert a real image (DDIM, null-text, or negative-prompt inversion) so that `recomposer p2p --inversion`
     can edit it; writes inversion.safetensors + inversion.json and the reconstruction."""
     from .. import validation as v
-    from ..requests import device_name, dtype_name, readable
+    from ..requests import check_device, check_dtype, readable
 
-    device_name(device), dtype_name(dtype)
+    check_device(device), check_dtype(dtype)
     v.choice("method", method, ("ddim", "null-text", "negative-prompt"))
     v.integer("steps", steps, 1, 1000)
     v.real("guidance", guidance, 0.0, 100.0)
@@ -196,10 +196,10 @@ def attention_command(
 ) -> None:
     """Each word's cross-attention map, averaged over the layers of each resolution and over the steps, beside the
     image it made."""
-    from ..requests import MapsRequest, device_name, dtype_name
+    from ..requests import MapsRequest, check_device, check_dtype
 
     request = MapsRequest(prompt, scheduler, steps, guidance, seed).check()
-    device_name(device), dtype_name(dtype)
+    check_device(device), check_dtype(dtype)
     _new_folder(output)
     backbone = _load(model, config, device, dtype)
     from ..io.files import write_folder

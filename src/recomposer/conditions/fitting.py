@@ -10,6 +10,8 @@ Images are fitted by ``fit_image``; saved conditions (a ``decompose`` folder, a 
 ``fit_condition``, so that a 256 px decompose folder drives a 64 px model at 64 px like a 256 px photo does.
 """
 
+from dataclasses import replace
+
 import numpy as np
 from PIL import Image
 
@@ -77,8 +79,7 @@ def fit_condition(cond: Condition, size: tuple[int, int]) -> Condition:
         return Instances(masks, cond.labels)
     if isinstance(cond, (Depth, Intensity)):
         values = _fit(cond.values, size, "smooth")
-        return cond if values is cond.values else type(cond)(values, *([cond.weights] if isinstance(cond, Intensity)
-                                                                       else []))
+        return cond if values is cond.values else replace(cond, values=values)
     if isinstance(cond, MaskedImage):
         if tuple(cond.image.shape[2:]) == (size[1], size[0]):
             return cond

@@ -3,8 +3,9 @@
 import torch
 
 from ..errors import InvalidParameter
+from ..requests import DTYPE_NAMES
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 
 
 def resolve_device(name: str) -> torch.device:

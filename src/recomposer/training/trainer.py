@@ -226,7 +226,7 @@ def _train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Call
                                 "cpu_seconds": round(cpu_before + time.process_time(), 2)})
                 window = []
             if advance is not None:
-                advance(done, f"loss {loss_value:.4g}")
+                advance(done, f"loss {loss_value:.4g}" + _time_left(config.max_minutes, started))
             if config.sample_every and done % config.sample_every == 0 and accelerator.is_main_process:
                 samples.append(_sample(sample_fn, inner, params, ema, done, output))
             out_of_time = _past(config.max_minutes, started, accelerator)
@@ -447,6 +447,14 @@ class LossLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _time_left(max_minutes: float | None, started: float) -> str:
+    """What the bar's note adds under --max-minutes: the bar's ETA counts to --steps, the run may stop first."""
+    if max_minutes is None:
+        return ""
+    left = max(0.0, max_minutes - (time.monotonic() - started) / 60)
+    return f", --max-minutes stops it in {left:.0f} min"
 
 
 def read_loss_log(path: str | Path) -> list[dict]:

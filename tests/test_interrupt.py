@@ -1,0 +1,73 @@
+"""Ctrl-C while a command works (issue 15, item 1): every long command stops between two steps, prints
+``cancelled``, exits 130 and leaves no output behind. Each runs as a real process whose stderr is a terminal
+(a pseudo-terminal), so it shows its progress bars; the signal is sent once its bar for the long stage shows."""
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+
+def interrupted(args, stage: bytes, cwd) -> tuple[int, str]:
+    """Run ``recomposer ARGS``, send SIGINT once ``stage`` shows on its terminal, and return (exit code, stderr)."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "recomposer", *map(str, args)], stdout=subprocess.DEVNULL,
+                               stderr=slave, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(slave)
+    seen, deadline = b"", time.monotonic() + 180
+    try:
+        while stage not in seen:
+            assert process.poll() is None, seen.decode(errors="replace")
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            if select.select([master], [], [], 0.1)[0]:
+                seen += os.read(master, 4096)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=60)
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+    return code, seen.decode(errors="replace")
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    from recomposer.world.dataset import make_sample
+
+    Image.fromarray(make_sample(1, size=64).rendered.image).save(tmp_path / "a.png")
+    Image.fromarray(make_sample(2, size=64).rendered.image).save(tmp_path / "b.png")
+    Image.fromarray(make_sample(3, size=2048).rendered.image).save(tmp_path / "big.png")  # seconds to decompose
+    return tmp_path
+
+
+COMMANDS = {  # each long enough that the signal lands inside its long stage
+    "generate": (["generate", "a red circle", "--steps", 5000, "--seed", 0, "-o", "out/"], b"sampling"),
+    "compose": (["compose", "--caption", "a red circle", "--steps", 5000, "--seed", 0, "-o", "out/"], b"sampling"),
+    "interpolate": (["interpolate", "a.png", "b.png", "--steps", 5000, "--seed", 0, "-o", "out/"], b"sampling"),
+    "decompose": (["decompose", "big.png", "-o", "out/", "--caption", "x"], b"decomposing"),
+    "train": (["train", "vae", "-o", "out", "--steps", 100000, "--sample-every", 0], b"training"),
+}
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_ctrl_c_says_cancelled_exits_130_and_leaves_nothing(inputs, name):
+    args, stage = COMMANDS[name]
+    code, err = interrupted(args, stage, inputs)
+    assert code == 130, err
+    assert "cancelled" in err and "Traceback" not in err, err
+    if name != "train":  # a training run keeps its checkpoints by design; an image command writes nothing
+        assert not (inputs / "out").exists() or not any((inputs / "out").iterdir())
