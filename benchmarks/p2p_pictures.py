@@ -4,8 +4,8 @@
 
 Rows: a word swap, a refinement, a reweighting, a local blend (each: the source, then its edit, for three
 seeds); one prompt's cross-attention maps per word at each resolution; and a held-out shapes-world render
-(an image the model never saw, from its own world) inverted with null-text inversion, reconstructed, and
-edited. Everything runs through the same functions as `recomposer p2p`, `attention` and `invert`.
+(an image the model never saw, from its own world) and a real photo, each inverted with null-text inversion,
+reconstructed and edited. Everything runs through the same functions as `recomposer p2p`, `attention` and `invert`.
 """
 
 import argparse
@@ -69,7 +69,22 @@ def main():
         changed = scene.caption.replace(old, new, 1)
         _, e = prompt_to_prompt(b, replace(base, source=scene.caption, edited=changed), inversion)
         row.append((f"{old} -> {new}", e.image))
-    tiles.append(("inverted image,\nedited", titled_row(row, tile=96, nearest=True)))
+    tiles.append(("inverted render,\nedited", titled_row(row, tile=96, nearest=True)))
+
+    from skimage import data  # a real photo: far outside the bundled model's world, so its edits say little
+
+    from recomposer.conditions.fitting import fit_image
+
+    photo = fit_image(Image.fromarray(data.coffee()), (b.native_size, b.native_size))
+    pixels = to_tensor(photo)
+    inversion = invert(b, pixels, "a cup of coffee", "null-text", args.steps, 5.0, 10)
+    again, _ = prompt_to_prompt(b, replace(base, source="a cup of coffee", edited="a cup of coffee", edit=same),
+                                inversion)
+    row = [("photo", photo), (f"rebuilt {psnr(to_tensor(again.image), pixels):.1f} dB", again.image)]
+    for edited in ("a red cup of coffee", "a cup of tea"):
+        _, e = prompt_to_prompt(b, replace(base, source="a cup of coffee", edited=edited), inversion)
+        row.append((edited.replace("a cup of ", "").replace("a red cup", "red cup"), e.image))
+    tiles.append(("inverted photo,\nedited", titled_row(row, tile=96, nearest=True)))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     stacked(tiles).save(args.output)
     print(args.output)
