@@ -85,7 +85,7 @@ def fit_condition(cond: Condition, size: tuple[int, int]) -> Condition:
             return cond
         pixels = ((cond.image[0].permute(1, 2, 0).float().numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
         image = fit_image(Image.fromarray(pixels), size)
-        mask = _fit(cond.mask[0, 0].numpy().astype(np.int32), size, "nearest")
+        mask = fit_mask(cond.mask[0, 0].numpy() > 0.5, size)
         tensor = torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
         return MaskedImage(tensor, torch.from_numpy(mask.astype(np.float32))[None, None])
     return cond
