@@ -200,3 +200,35 @@ def test_recall_refuses_changed_inputs_and_reports_differences(tiny_dir, photo, 
     write_png(tmp_path / "h.png", tampered, read_provenance(tmp_path / "g.png"))
     code, out, err = run(capsys, "recall", tmp_path / "h.png", "-o", tmp_path / "again.png")
     assert code == 1 and "DIFFER" in out and "levels" in out
+
+
+def _commands(group, path=()):
+    """Every command of the CLI with its words, e.g. ("world", "sample")."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def _taking(option: str) -> list[tuple[str, ...]]:
+    import typer
+
+    from recomposer.cli import app
+
+    return [words for words, command in _commands(typer.main.get_command(app))
+            if any(option in p.opts for p in command.params)]
+
+
+@pytest.mark.parametrize("option,bad,field", [("--device", "tpu9", "device"), ("--dtype", "fp8", "dtype"),
+                                              ("--model", "MISSING", "model")])
+def test_every_command_with_a_shared_option_checks_it_the_same_way(tmp_path, capsys, option, bad, field):
+    """Issue 15, item 2: a device, dtype or model option is checked by every command that has it, in the same
+    words, before anything else is needed (no other argument given)."""
+    commands = _taking(option)
+    assert len(commands) >= {"--device": 15, "--dtype": 4, "--model": 15}[option], commands
+    value = str(tmp_path / "missing") if bad == "MISSING" else bad
+    for words in commands:
+        code, out, err = run(capsys, *words, option, value)
+        assert code == 2 and err.startswith(f"error: {field}:"), (words, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (words, err)

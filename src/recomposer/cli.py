@@ -16,6 +16,7 @@ import typer
 from .commands.bench import bench_app
 from .commands.compose import COMMANDS as COMPOSER_COMMANDS
 from .commands.decompose import decompose_command
+from .commands.options import Config, Device, Dtype, Model, RecordedDevice, model_option
 from .commands.p2p import COMMANDS as P2P_COMMANDS
 from .commands.train import train_app
 from .commands.world import world_app
@@ -50,12 +51,6 @@ REPLAYABLE: dict = {**COMPOSER_COMMANDS, **P2P_COMMANDS}  # commands whose PNGs 
 for _name, _command in REPLAYABLE.items():
     app.command(_name)(recorded(_name, _command))
 
-Model = Annotated[Optional[str], typer.Option("--model", help="Diffusers model directory, or a .safetensors file "
-                                                               "(with --config). Default: the bundled model.")]
-Config = Annotated[Optional[str], typer.Option("--config", help="Diffusers-format directory with the configs "
-                                                                 "for a single-file checkpoint.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="fp32, fp16 (GPU) or bf16.")]
 
 
 def generate(
@@ -83,19 +78,14 @@ def generate(
     = Path("outputs"),
 ) -> None:
     """Generate images from a prompt (text-to-image, img2img, inpainting)."""
-    from .requests import GenerateRequest, check_device, check_dtype, readable
+    from .requests import GenerateRequest, readable
 
     from .invocation import resolve
 
     request = GenerateRequest(prompt=prompt, negative=negative, scheduler=scheduler, steps=steps, guidance=guidance,
                               seed=secrets.randbelow(2**32) if seed is None else seed, batch=batch, width=width,
                               height=height, strength=strength, allow_flat=allow_flat)
-    request.check()  # before torch is imported or anything loads
-    check_device(device), check_dtype(dtype)
-    if model is not None:
-        from .requests import model_kind
-
-        model_kind(model)
+    request.check()  # before torch is imported or anything loads (--device, --dtype, --model: while parsing)
     resolve("seed", request.seed)
     for field, path in (("image", image), ("mask", mask)):
         if path is not None:
@@ -117,7 +107,7 @@ def recall(
     png: Annotated[Path, typer.Argument(help="A PNG made by recomposer.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the reproduction "
                                                                           "(default: beside it, -recall.png).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="Override the recorded device.")] = None,
+    device: RecordedDevice = None,
     inputs: Annotated[Optional[Path], typer.Option("--inputs", help="A folder holding the inputs the PNG was made "
                                                                     "from (default: beside the PNG, or here).")]
     = None,
@@ -234,6 +224,11 @@ def _replayable(invocation: object, png: Path, device: str | None, search: list[
             options[key] = [Path(v) for v in value]
     if device is not None and "device" in hints:
         options["device"] = device
+    annotated = typing.get_type_hints(command, include_extras=True)
+    for key, value in options.items():  # the checks the command line runs while parsing (commands/options.py)
+        for info in getattr(annotated[key], "__metadata__", ()):
+            if getattr(info, "callback", None) is not None:
+                info.callback(value)
     return command, options
 
 
@@ -288,8 +283,7 @@ def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="A new folder for the demo's images and sheet.")]
     = Path("demo-out"),
     steps: Annotated[int, typer.Option(help="Sampling steps per image.")] = 20,
-    model: Annotated[Optional[str], typer.Option("--model", help="A folder of bundled-format parts (default: "
-                                                                 "the bundled model).")] = None,
+    model: model_option("A folder of bundled-format parts (default: the bundled model).") = None,
 ) -> None:
     """Decompose a shapes-world scene and a photo with the bundled model, recompose them (reconstruction,
     variations, a palette swap, mixed-source compositions) and write a contact sheet."""

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..progress import stage
+from .options import model_option
 
 bench_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                         help="Measure controllability and speed (reports in a new folder).")
@@ -32,9 +33,8 @@ def controllability(
                                                                 "(default 40; quick 1).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampler steps per image (default 20; quick 6).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Composer guidance w (default 3).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="A diffusers Composer model directory or a "
-                                                                 "folder of bundled-format parts (default: the "
-                                                                 "bundled model).")] = None,
+    model: model_option("A diffusers Composer model directory or a folder of bundled-format parts (default: the "
+                        "bundled model).") = None,
     adapter: Annotated[Optional[str], typer.Option("--adapter", help="A Composer adapter .safetensors for "
                                                                      "--model.")] = None,
 ) -> None:

@@ -21,11 +21,11 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InvalidParameter
+from .options import Device, model_option
 
 FROM_KINDS = ("image_embedding", "palette", "sketch", "instances", "depth", "intensity")
 
-Model = Annotated[Optional[str], typer.Option("--model", help="Diffusers model directory (default: the bundled "
-                                                               "model with its own adapter).")]
+Model = model_option("Diffusers model directory (default: the bundled model with its own adapter).")
 Adapter = Annotated[Optional[str], typer.Option("--adapter", help="Composer adapter file for --model.")]
 Encoder = Annotated[Optional[str], typer.Option("--image-encoder", help="Local CLIP vision model directory (the "
                                                                         "adapter's); default: the bundled one.")]
@@ -38,7 +38,6 @@ Seed = Annotated[Optional[int], typer.Option(help="Seed of the first image (imag
 Batch = Annotated[int, typer.Option(help="Number of images.")]
 Caption = Annotated[Optional[str], typer.Option(help="The caption condition.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="A folder for the images.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 Kinds = Annotated[str, typer.Option(help="Comma-separated condition kinds.")]
 Width = Annotated[Optional[int], typer.Option(help="Image width in pixels (default: the model's native size); "
                                                     "inputs are fitted to it.")]
@@ -125,11 +124,7 @@ def _guard(arguments: dict) -> None:
     """The output policy, checked before anything loads: ``arguments`` are a command's (its locals()); every path
     among them but the output is an input the output must not overwrite."""
     from ..io.output import check_output
-    from ..requests import check_device, model_kind
 
-    check_device(arguments["device"])
-    if arguments.get("model") is not None:
-        model_kind(arguments["model"])
     output = arguments["output"]
     check_output(output, tuple(v for k, v in arguments.items() if isinstance(v, Path) and k != "output"))
 

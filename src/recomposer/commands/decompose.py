@@ -8,6 +8,7 @@ import numpy as np
 import typer
 
 from ..errors import InvalidParameter
+from .options import Device
 
 Folder = Annotated[Optional[Path], typer.Option(help="A local model directory (transformers format).")]
 
@@ -31,14 +32,11 @@ def decompose_command(
                                                         "radians).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Draw the intensity weights from the predefined set "
                                                      "with this seed (default: luminance).")] = None,
-    device: Annotated[str, typer.Option(help="Device for learned backends.")] = "cpu",
+    device: Device = "cpu",
 ) -> None:
     """Decompose an image into caption, image embedding, palette, sketch, instances, depth, intensity,
     masked image and blobs; write each (JSON + safetensors + PNG) and a contact sheet."""
     from .. import validation as v
-    from ..requests import check_device
-
-    check_device(device)
     from ..conditions import Depth, Palette
     from ..conditions.files import save_condition
     from ..conditions.sketch import Sketch

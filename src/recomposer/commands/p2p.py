@@ -7,20 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InvalidParameter, RecomposerError
-
-Model = Annotated[Optional[str], typer.Option("--model", help="Diffusers model directory, or a .safetensors file "
-                                                               "(with --config). Default: the bundled model.")]
-Config = Annotated[Optional[str], typer.Option("--config", help="Diffusers-format directory with the configs "
-                                                                 "for a single-file checkpoint.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="fp32, fp16 (GPU) or bf16.")]
-
+from .options import Config, Device, Dtype, Model
 
 def _load(model, config, device, dtype):
-    from ..requests import model_kind
-
-    if model is not None:
-        model_kind(model)
     from ..models.device import resolve_device, resolve_dtype
     from ..models.loading import load_bundled, load_model
 
@@ -82,9 +71,7 @@ def p2p_command(
 ) -> None:
     """Prompt-to-Prompt: an image and its edit by an edited prompt (word swap, refinement, re-weighting, local
     blend), or an edit of an inverted real image."""
-    from ..requests import Edit, P2PRequest, check_device, check_dtype, edit_kind, readable
-
-    check_device(device), check_dtype(dtype)
+    from ..requests import Edit, P2PRequest, edit_kind, readable
 
     if inversion is None and edited_prompt is None:
         raise InvalidParameter("EDITED_PROMPT", "given (or --inversion INV with one prompt, the edited one)", None)
@@ -159,9 +146,8 @@ def invert_command(
     """Invert a real image (DDIM, null-text, or negative-prompt inversion) so that `recomposer p2p --inversion`
     can edit it; writes inversion.safetensors + inversion.json and the reconstruction."""
     from .. import validation as v
-    from ..requests import check_device, check_dtype, readable
+    from ..requests import readable
 
-    check_device(device), check_dtype(dtype)
     v.choice("method", method, ("ddim", "null-text", "negative-prompt"))
     v.integer("steps", steps, 1, 1000)
     v.real("guidance", guidance, 0.0, 100.0)
@@ -196,10 +182,9 @@ def attention_command(
 ) -> None:
     """Each word's cross-attention map, averaged over the layers of each resolution and over the steps, beside the
     image it made."""
-    from ..requests import MapsRequest, check_device, check_dtype
+    from ..requests import MapsRequest
 
     request = MapsRequest(prompt, scheduler, steps, guidance, seed).check()
-    check_device(device), check_dtype(dtype)
     _new_folder(output)
     backbone = _load(model, config, device, dtype)
     from ..io.files import write_folder

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InvalidParameter, RecomposerError
+from .options import model_option
 
 train_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                         help="Train adapters on the shapes world (resumable).")
@@ -39,8 +40,7 @@ RUN_FILE = "composer-run.json"  # the settings that must not change when a run i
 def train_composer(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, samples, loss.jsonl "
                                                                 "and the adapter; a run resumes from it.")],
-    model: Annotated[Optional[str], typer.Option("--model", help="Diffusers model directory (the frozen "
-                                                                 "backbone). Default: the bundled model.")] = None,
+    model: model_option("Diffusers model directory (the frozen backbone). Default: the bundled model.") = None,
     steps: Annotated[int, typer.Option(help="Optimizer updates in all (a resumed run continues up to it).")]
     = 10_000,
     batch_size: Annotated[int, typer.Option(help="Shapes-world scenes per step (per process).")] = 8,

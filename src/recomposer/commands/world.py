@@ -8,6 +8,7 @@ import typer
 from ..errors import RecomposerError
 from ..progress import stage
 from ..io.files import save_png, write_folder
+from .options import Device
 
 world_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                         help="The shapes world: procedural scenes with exact ground truth.")
@@ -104,8 +105,7 @@ def world_cache(
     size: Annotated[int, typer.Option(help="Render side in pixels.")] = 64,
     shard_size: Annotated[int, typer.Option(help="Scenes per shard file.")] = 4096,
     workers: Annotated[int, typer.Option(help="Processes building shards at once.")] = 1,
-    device: Annotated[str, typer.Option(help="Where the encoders run: cpu, cuda or cuda:N (rendering stays on "
-                                             "the CPU).")] = "cpu",
+    device: Device = "cpu",  # where the encoders run; rendering stays on the CPU
 ) -> None:
     """Encode shapes-world scenes once for training (VAE moments, caption tokens, conditions) into a sharded,
     memory-mapped cache that `recomposer train base|composer --cache` read."""
