@@ -277,7 +277,11 @@ def test_a_condition_the_model_barely_follows_is_said_once_per_kind(model, tmp_p
     from recomposer.models.local import weights_sha256
 
     conditions = {"palette": {"figure": "intersection", "floor": 0.27, "single": 0.28, "ceiling": 0.96},
-                  "sketch": {"figure": "edge_f1", "floor": 0.1, "single": 0.8, "ceiling": 0.9}}
+                  "sketch": {"figure": "edge_f1", "floor": 0.1, "single": 0.8, "ceiling": 0.9},
+                  # PSNRs as the bench writes them: "inf" in standard JSON, the ceiling float round-off; both
+                  # count up to 50 dB, so 25.8 dB over an 11.9 dB floor is heard, and an exact one fully
+                  "intensity": {"figure": "psnr_db", "floor": 11.9, "single": 25.8, "ceiling": 154.3},
+                  "masked_image": {"figure": "psnr_outside_db", "floor": 11.0, "single": "inf", "ceiling": "inf"}}
     figures = {"format": 1, "conditions": conditions,
                "model": {"backbone": model.backbone.describe(), "adapter_sha256": weights_sha256(model.adapter)}}
     (tmp_path / "benchmark.json").write_text(json.dumps(figures))
@@ -287,7 +291,9 @@ def test_a_condition_the_model_barely_follows_is_said_once_per_kind(model, tmp_p
     (tmp_path / "other" / "benchmark.json").write_text(json.dumps(figures))
     assert read_figures(tmp_path / "other", model.backbone, model.adapter) is None
     known = ComposerModel(model.backbone, model.encoder, read_figures(tmp_path, model.backbone, model.adapter))
-    assert list(tasks.weak_conditions(known, ["palette", "sketch", "caption"])) == ["palette"]
+    assert list(tasks.weak_conditions(known, ["palette", "sketch", "caption", "intensity", "masked_image"])) \
+        == ["palette"]
+    assert tasks.progress(conditions["masked_image"]) == 1.0
     conds = known.decompose(Image.fromarray(make_sample(3, size=32).rendered.image), ("palette", "sketch"))
     with pytest.warns(Notice, match="palette: this model barely follows this condition yet .* 0.28, against 0.27"):
         tasks.compose(known, conds, ComposeRequest(steps=1, seed=0))

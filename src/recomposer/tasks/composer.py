@@ -138,17 +138,33 @@ def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest =
 
 
 WEAK = 0.2  # progress from the floor to the ceiling below which a condition is "barely heard"
+PSNR_TOP = 50.0  # dB: a PSNR figure's ceiling for progress (the render's own is float round-off, or "inf")
+
+
+def progress(row: dict) -> float | None:
+    """(single − floor) / (ceiling − floor) of one condition's benchmark figures; PSNRs are capped at PSNR_TOP
+    dB (the report's bars do the same); None where the figures do not say (missing, or no room above the floor)."""
+    def value(x):
+        if isinstance(x, str) and x in ("inf", "Infinity"):
+            x = float("inf")
+        if not isinstance(x, (int, float)) or isinstance(x, bool) or x != x:
+            return None
+        return min(x, PSNR_TOP) if str(row.get("figure", "")).endswith("_db") else x
+
+    single, floor, ceiling = (value(row.get(k)) for k in ("single", "floor", "ceiling"))
+    if None in (single, floor, ceiling) or ceiling <= floor or abs(ceiling) == float("inf"):
+        return None
+    return (single - floor) / (ceiling - floor)
 
 
 def weak_conditions(model: ComposerModel, kinds) -> dict[str, str]:
-    """The given kinds this model barely follows by its own benchmark, (single − floor) / (ceiling − floor) <
-    ``WEAK``, each with a sentence saying so; nothing when the model's figures are not known."""
+    """The given kinds this model barely follows by its own benchmark (``progress`` < ``WEAK``), each with a
+    sentence saying so; nothing when the model's figures are not known."""
     found = {}
     for kind in kinds:
         c = (model.figures or {}).get("conditions", {}).get(kind)
-        if c is None or c["ceiling"] <= c["floor"]:
-            continue
-        if (c["single"] - c["floor"]) / (c["ceiling"] - c["floor"]) < WEAK:
+        share = progress(c) if isinstance(c, dict) else None
+        if share is not None and share < WEAK:
             found[kind] = (f"{kind}: this model barely follows this condition yet (benchmark {c['figure']} "
                            f"{c['single']:.2f}, against {c['floor']:.2f} with no condition and {c['ceiling']:.2f} "
                            "for the real renders; docs/benchmarks.md)")
