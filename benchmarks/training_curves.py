@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from recomposer.io.sheets import label_font
+
 W, H, MARGIN = 420, 260, 46
 
 
@@ -30,11 +32,13 @@ def panel(name: str, steps: np.ndarray, loss: np.ndarray) -> Image.Image:
 
     d.line([xy(s, l) for s, l in zip(steps, loss)], fill=(190, 190, 190))
     d.line([xy(s, l) for s, l in zip(steps[len(steps) - len(smooth):], smooth)], fill="black", width=2)
-    d.text((x0, 6), f"{name}: loss vs step (last mean {smooth[-1]:.4f})", fill="black")
+    d.text((x0, 6), f"{name}: loss vs step (last mean {smooth[-1]:.4f})", fill="black", font=label_font())
     for value in (lo, (lo + hi) / 2, hi):
-        d.text((4, xy(steps[0], value)[1] - 6), f"{value:.3f}", fill="black")
+        d.text((4, xy(steps[0], value)[1] - 6), f"{value:.3f}", fill="black", font=label_font())
     for s in (steps[0], steps[len(steps) // 2], steps[-1]):
-        d.text((xy(s, lo)[0] - 10, y1 + 6), str(int(s)), fill="black")
+        label = str(int(s))
+        left = min(xy(s, lo)[0] - 10, W - 4 - d.textlength(label, font=label_font()))  # the last one stays inside
+        d.text((left, y1 + 6), label, fill="black", font=label_font())
     return im
 
 
