@@ -410,6 +410,12 @@ def test_a_flat_image_is_an_error_unless_asked_for(flat_model, tmp_path):
 
 # ---------------------------------------------------------------- 6. kills leave nothing behind
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C does what it does at a terminal, even when these tests run in a background job
+    (whose shell starts it with SIGINT ignored, which a child would inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _temps(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
@@ -417,7 +423,7 @@ def _temps(folder: Path) -> list[str]:
 def _start_and_catch_writing(args, folder: Path) -> subprocess.Popen:
     """Start the CLI, and return once a temp file or folder of its writing appears in ``folder``."""
     process = subprocess.Popen([sys.executable, "-m", "recomposer", *map(str, args)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 240
     while not _temps(folder):
         assert process.poll() is None, process.communicate()

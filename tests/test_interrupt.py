@@ -18,7 +18,9 @@ def interrupted(args, stage: bytes, cwd) -> tuple[int, str]:
     """Run ``recomposer ARGS``, send SIGINT once ``stage`` shows on its terminal, and return (exit code, stderr)."""
     master, slave = pty.openpty()
     process = subprocess.Popen([sys.executable, "-m", "recomposer", *map(str, args)], stdout=subprocess.DEVNULL,
-                               stderr=slave, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               stderr=slave, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as at a terminal,
+    # even when the tests run in a background job (its shell starts it with SIGINT ignored; children inherit that)
     os.close(slave)
     seen, deadline = b"", time.monotonic() + 180
     try:

@@ -19,6 +19,7 @@ NEEDS_MODELS = {  # line prefix -> why it cannot run in a test (its options are 
     "recomposer decompose photo.jpg -o parts-models/": "needs real DPT, CLIP and BLIP directories",
 }
 STEP_OPTIONS = ("--steps", "--classifier-steps")
+COUNTS = {"--scenes": "64", "--workers": "1"}  # a world cache of 64 scenes in this process, not 32,768 in two
 SAMPLES = {"generate", "p2p", "attention", "invert", "compose", "variations", "interpolate", "reconstruct", "edit",
            "colourise", "recolour", "style", "train"}  # commands that take --steps
 SD_MODELS = {"path/to/sd-1.5", "sd-1.5", "sd-inpainting"}  # diffusers directories the README names
@@ -41,6 +42,8 @@ def adapted(line: str, tiny_dir: Path, single_file: Path) -> list[str]:
     for k, arg in enumerate(args[:-1]):
         if arg in STEP_OPTIONS:
             args[k + 1] = "2"
+        elif arg in COUNTS:
+            args[k + 1] = COUNTS[arg]
         elif arg == "--model" and args[k + 1] in SD_MODELS:
             args[k + 1] = str(tiny_dir)
         elif arg == "--model" and args[k + 1] == "model.safetensors":
