@@ -88,10 +88,10 @@ def test_psnr_is_measured_on_the_8_bit_scale():
     assert abs(float(psnr(a, b)) - expected) < 1e-3 and float(psnr(a, a)) > 100
 
 
-def test_bad_training_input_names_the_field(tmp_path, capsys):
+def test_bad_training_input_names_the_field(tmp_path, tiny_dir, capsys):
     for args, field in ((("vae", "--steps", 0), "steps"), (("encoder", "--pool", 2), "pool"),
                         (("base", "--batch-size", 0, "--parts", tmp_path), "batch_size"),
-                        (("composer", "--parts", tmp_path, "--model", tmp_path), "parts")):
+                        (("composer", "--parts", tmp_path, "--model", tiny_dir), "parts")):
         code, out, err = run(capsys, "train", *args, "-o", tmp_path / "run")
         assert code == 2 and err.startswith(f"error: {field}"), err
         assert not (tmp_path / "run").exists()
