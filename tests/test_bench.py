@@ -14,7 +14,8 @@ SETTINGS = ("floor", "single", "pairs", "mixed", "ceiling")
 def test_bench_controllability_quick_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["bench", "controllability", "--quick", "-o", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["bars.png", "examples.png", "figures.json", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["bars.png", "examples.png", "figures.json", "report.json",
+                                                     "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert set(report["conditions"]) == set(KINDS)
     in_pairs = {k for pair in PAIRS for k in pair}
