@@ -49,6 +49,20 @@ def test_long_stages_report_their_count_and_eta():
     assert "training: 3/10" in text and "left" in text and "loss 3" in text
 
 
+def test_a_stage_run_many_times_in_a_row_is_one_plain_line():
+    stream = io.StringIO()
+    plain = Plain(stream)
+    with listening(plain):
+        for _ in range(12):
+            with stage("decomposing", total=6) as advance:
+                advance(6, "blobs")
+        with stage("sampling", total=4) as advance:
+            advance(4)
+    lines = plain.summary().splitlines()
+    assert lines[0].startswith("decomposing: 12 runs, 72 steps in ") and lines[1].startswith("sampling: 4 steps in ")
+    assert lines[2].startswith("done in ") and len(lines) == 3
+
+
 def test_sizes_are_checked_from_the_configs_before_loading(tiny_dir, tmp_path):
     shape = peek(str(tiny_dir))
     assert shape is not None and shape.vae_factor == 2 and peek(str(tmp_path / "nothing")) is None

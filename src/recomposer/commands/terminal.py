@@ -2,7 +2,8 @@
 
 On a terminal: one bar per open stage, with its count, elapsed time and ETA (rich; gone when the stage ends).
 Off a terminal (a log, a pipe): one plain line per top-level stage (``sampling: 20 steps in 1.2 s``; stages
-inside it, such as each generation of a benchmark, are silent), written when the command succeeds or before
+inside it, such as each generation of a benchmark, are silent; a stage run many times in a row is one line,
+``decomposing: 24 runs, 144 steps in 0.9 s``), written when the command succeeds or before
 the next long-stage line, so that a command that fails says one line, its error; for a stage that runs long,
 a line every ``every`` seconds with its count and ETA; never a control code. When the
 command ends normally, one summary line: ``done in 3.4 s (loading model 0.8 s, sampling 2.6 s)``.
@@ -62,16 +63,26 @@ class Plain(_Stages):
         super().__init__(stream)
         self.every = every
         self.last_line = time.monotonic()
-        self.ended: list[str] = []  # lines of stages that ended, not yet written
+        self.ended: list[dict] = []  # stages that ended, not yet written; repeats of one stage merged
+
+    def _lines(self) -> list[str]:
+        lines = []
+        for e in self.ended:
+            if e["runs"] > 1:  # a stage run many times in a row (each image of a batch job): one line for all
+                lines.append(f"{e['name']}: {e['runs']} runs, {e['steps']} steps in {_seconds(e['took'])}")
+            else:
+                count = f"{e['steps']} steps in " if e["total"] else ""
+                lines.append(f"{e['name']}: {count}{_seconds(e['took'])}" + (f", {e['note']}" if e["note"] else ""))
+        self.ended.clear()
+        return lines
 
     def _line(self, text: str) -> None:
-        for line in [*self.ended, text]:
+        for line in [*self._lines(), text]:
             print(line, file=self.stream, flush=True)
-        self.ended.clear()
         self.last_line = time.monotonic()
 
     def summary(self) -> str:
-        return "\n".join([*self.ended, super().summary()])
+        return "\n".join([*self._lines(), super().summary()])
 
     def update(self, done, note=""):
         super().update(done, note)
@@ -85,8 +96,12 @@ class Plain(_Stages):
     def end(self, ok=True):
         s, took = super().end(ok)
         if not self.open and ok:
-            count = f"{s['done']} steps in " if s["total"] else ""
-            self.ended.append(f"{s['name']}: {count}{_seconds(took)}" + (f", {s['note']}" if s["note"] else ""))
+            last = self.ended[-1] if self.ended else None
+            if last is not None and last["name"] == s["name"]:
+                last.update(runs=last["runs"] + 1, steps=last["steps"] + s["done"], took=last["took"] + took)
+            else:
+                self.ended.append({"name": s["name"], "runs": 1, "steps": s["done"], "total": s["total"],
+                                   "took": took, "note": s["note"]})
 
 
 class Bars(_Stages):
