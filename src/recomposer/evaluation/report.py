@@ -7,11 +7,11 @@ from PIL import Image, ImageDraw
 from ..io.sheets import stacked, titled_row
 from .controllability import KINDS
 from ..io.sheets import label_font
+from ..models.bundled import PSNR_TOP  # dB at the top of the bars (infinite PSNR is drawn there)
 
 SETTINGS = ("floor", "single", "pairs", "mixed", "ceiling")
 COLOURS = {"floor": (170, 170, 170), "single": (40, 110, 200), "pairs": (80, 170, 90), "mixed": (230, 150, 40),
            "ceiling": (40, 40, 40)}
-PSNR_TOP = 50.0  # dB at the top of the bars (infinite PSNR is drawn there)
 
 
 def _cell(value) -> str:

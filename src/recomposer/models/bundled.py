@@ -204,6 +204,25 @@ def _file_sha256(path: Path) -> str:
 FIGURES = "benchmark.json"  # `recomposer bench controllability`'s figures.json for these very weights
 
 
+PSNR_TOP = 50.0  # dB: a PSNR figure's ceiling for progress (the render's own is float round-off, or "inf")
+
+
+def progress(row: dict) -> float | None:
+    """(single − floor) / (ceiling − floor) of one condition's benchmark figures; PSNRs are capped at PSNR_TOP
+    dB (the report's bars do the same); None where the figures do not say (missing, or no room above the floor)."""
+    def value(x):
+        if isinstance(x, str) and x in ("inf", "Infinity"):
+            x = float("inf")
+        if not isinstance(x, (int, float)) or isinstance(x, bool) or x != x:
+            return None
+        return min(x, PSNR_TOP) if str(row.get("figure", "")).endswith("_db") else x
+
+    single, floor, ceiling = (value(row.get(k)) for k in ("single", "floor", "ceiling"))
+    if None in (single, floor, ceiling) or ceiling <= floor or abs(ceiling) == float("inf"):
+        return None
+    return (single - floor) / (ceiling - floor)
+
+
 def read_figures(folder: Path, backbone: Backbone, adapter: torch.nn.Module) -> dict | None:
     """The benchmark figures shipped beside a folder's parts, when they were measured on exactly these weights
     (backbone and adapter hashes match); None otherwise: figures of other weights would mislead."""

@@ -29,6 +29,7 @@ from ..errors import InvalidParameter
 from ..guidance import GuidancePlan, Term, guided
 from ..io.images import to_pil
 from ..models.backbone import Backbone
+from ..models.bundled import progress
 from ..models.composer import ComposerAdapter, generation_size
 from ..models.memory import check_fits
 from ..provenance import FORMAT, library_versions
@@ -138,25 +139,6 @@ def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest =
 
 
 WEAK = 0.2  # progress from the floor to the ceiling below which a condition is "barely heard"
-PSNR_TOP = 50.0  # dB: a PSNR figure's ceiling for progress (the render's own is float round-off, or "inf")
-
-
-def progress(row: dict) -> float | None:
-    """(single − floor) / (ceiling − floor) of one condition's benchmark figures; PSNRs are capped at PSNR_TOP
-    dB (the report's bars do the same); None where the figures do not say (missing, or no room above the floor)."""
-    def value(x):
-        if isinstance(x, str) and x in ("inf", "Infinity"):
-            x = float("inf")
-        if not isinstance(x, (int, float)) or isinstance(x, bool) or x != x:
-            return None
-        return min(x, PSNR_TOP) if str(row.get("figure", "")).endswith("_db") else x
-
-    single, floor, ceiling = (value(row.get(k)) for k in ("single", "floor", "ceiling"))
-    if None in (single, floor, ceiling) or ceiling <= floor or abs(ceiling) == float("inf"):
-        return None
-    return (single - floor) / (ceiling - floor)
-
-
 def weak_conditions(model: ComposerModel, kinds) -> dict[str, str]:
     """The given kinds this model barely follows by its own benchmark (``progress`` < ``WEAK``), each with a
     sentence saying so; nothing when the model's figures are not known."""
