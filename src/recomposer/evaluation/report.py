@@ -77,8 +77,10 @@ def bars(report: dict, width: int = 900) -> Image.Image:
             share = max(0.0, min(1.0, share))
             x = x0 + k * bar
             draw.rectangle((x, top + height - round(share * height), x + bar - 2, top + height), fill=COLOURS[setting])
-        draw.text((x0, top + height + 6), kind, fill="black", font=label_font())
-        draw.text((x0, top + height + 22), row["figure"] + (" /50" if db else ""), fill="gray", font=label_font())
+        small = label_font(11)  # a group's labels fit its width (``image_embedding`` beside ``palette``)
+        draw.text((x0, top + height + 6), kind, fill="black", font=small)
+        draw.text((x0, top + height + 22), row["figure"] + (f" /{PSNR_TOP:.0f}" if db else ""), fill="gray",
+                  font=small)
     draw.line((0, top + height, width, top + height), fill="black")
     return image
 
