@@ -3,6 +3,7 @@ sees, only the adapter learns, it can fit a batch, epsilon and v targets), and `
 with checkpoints, resume and refused parameters."""
 
 import copy
+import json
 import math
 
 import pytest
@@ -52,6 +53,22 @@ def test_dropout_frequencies_match_the_combined_rule():
     assert bool((split.all(1) | (~split).all(1)).all()) and close(split.all(1).double().mean().item(), 0.7, 20_000)
 
 
+def test_caption_alone_keeps_only_the_caption_in_its_share():
+    kept = keep_matrix(DropoutRates(caption_alone=0.3))
+    others = kept[:, 1:]  # KINDS[0] is the caption
+    rest = 0.5  # 1 − all_dropped − all_kept − caption_alone
+    p = torch.tensor([0.7 if k == "intensity" else 0.5 for k in KINDS], dtype=torch.float64)
+    alone = kept[:, 0] & ~others.any(1)  # the share, plus the independent draws that happen to give the same
+    assert close(alone.double().mean().item(), 0.3 + rest * (1 - p[0].item()) * p[1:].prod().item())
+    assert close(kept[:, 0].double().mean().item(), 0.1 + 0.3 + rest * 0.5)
+    for j in range(1, len(KINDS)):  # every other kind loses the share
+        assert close(kept[:, j].double().mean().item(), 0.1 + rest * (1 - p[j].item())), KINDS[j]
+    assert close((~kept).all(1).double().mean().item(), 0.1 + rest * p.prod().item())
+    # without a caption among the kinds, the share drops everything
+    none = keep_matrix(DropoutRates(caption_alone=1.0, all_dropped=0.0, all_kept=0.0), kinds=KINDS[1:], n=64)
+    assert not none.any()
+
+
 def test_dropout_is_independent_across_samples():
     kept = keep_matrix().double()  # neighbouring rows: joint frequency = product of marginals
     for j in (0, KINDS.index("intensity")):
@@ -80,6 +97,7 @@ def test_dropout_is_a_pure_function_of_its_inputs():
 @pytest.mark.parametrize("make, field", [
     (lambda: DropoutRates(all_dropped=0.6, all_kept=0.5), "dropout.all_kept"),
     (lambda: DropoutRates(drop=1.5), "dropout.drop"),
+    (lambda: DropoutRates(caption_alone=0.85), "dropout.caption_alone"),
     (lambda: DropoutRates(per_kind={"depth": -0.1}), "dropout.per_kind.depth"),
     (lambda: condition_keep(("depth", "depth"), 2, DropoutRates(), torch.Generator()), "kinds"),
     (lambda: condition_keep(("depth",), 0, DropoutRates(), torch.Generator()), "batch"),
@@ -246,6 +264,15 @@ def test_train_composer_writes_checkpoints_and_the_adapter_and_resumes(tiny_dir,
     final = ComposerAdapter.load(out / "composer.safetensors").state_dict()
     trained = [n for n in saved if n.startswith("adapter.")]
     assert trained and all(torch.equal(final[n.removeprefix("adapter.")], saved[n]) for n in trained)
+
+    stages = json.loads((out / "composer-run.json").read_text())["stages"]
+    assert stages == [{"after_step": 0, "caption_alone": 0.0}]  # a resume with the same settings adds nothing
+    code, _, err = run(capsys, *common, "--steps", 9, "--caption-alone", 0.25)  # a curriculum: recorded
+    assert code == 0, err
+    stages = json.loads((out / "composer-run.json").read_text())["stages"]
+    assert stages == [{"after_step": 0, "caption_alone": 0.0}, {"after_step": 8, "caption_alone": 0.25}]
+    code, _, err = run(capsys, *common, "--steps", 9, "--caption-alone", 0.9)
+    assert code == 2 and err.startswith("error: caption-alone:") and "0.8" in err
 
     code, _, err = run(capsys, *common, "--steps", 8, "--no-resume")  # an earlier run is never overwritten
     assert code == 2 and err.startswith("error: output:")

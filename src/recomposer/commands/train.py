@@ -31,6 +31,9 @@ MinSnr = Annotated[Optional[float], typer.Option(help="min-SNR-γ loss weighting
 UnetShape = Annotated[str, typer.Option(help="Shape of a fresh bundled UNet: default or attention-16.")]
 Parameterisation = Annotated[str, typer.Option(help="Parameterisation of a fresh bundled UNet: epsilon, or "
                                                     "v-zero-snr (v-prediction, zero terminal SNR).")]
+CaptionAlone = Annotated[float, typer.Option(help="Share of samples that keep the caption alone (every other "
+                                                  "condition dropped), beside Composer's dropout; may change "
+                                                  "when a run resumes (the run file records from which step).")]
 
 ADAPTER_FILE = "composer.safetensors"
 RUN_FILE = "composer-run.json"  # the settings that must not change when a run is resumed
@@ -70,6 +73,7 @@ def train_composer(
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
     cache: Cache = None, max_minutes: MaxMinutes = None, min_snr_gamma: MinSnr = None,
     unet_shape: UnetShape = "default", parameterisation: Parameterisation = "epsilon",
+    caption_alone: CaptionAlone = 0.0,
 ) -> None:
     """Train a Composer adapter on a frozen backbone with the shapes world's exact conditions."""
     from .. import validation as v
@@ -83,6 +87,14 @@ def train_composer(
     if size is not None:
         v.integer("size", size, 16)
     fresh = _fresh_unet(unet_shape, parameterisation, min_snr_gamma, cache)
+    from ..training.dropout import DropoutRates
+
+    try:
+        rates = DropoutRates(caption_alone=caption_alone)
+    except InvalidParameter as e:
+        room = 1 - DropoutRates().all_dropped - DropoutRates().all_kept
+        raise RecomposerError("caption-alone", f"a share in [0, {room:g}] (what Composer's all-dropped and "
+                                               f"all-kept shares leave), got {caption_alone!r}") from e
     _check_output(output)
     if image_encoder is not None and not Path(image_encoder).is_dir():
         raise RecomposerError("image-encoder", f"no such directory: {image_encoder}")
@@ -137,8 +149,9 @@ def train_composer(
            "image_encoder": encoder.identity if encoder else None, "train_unet": train_unet,
            "min_snr_gamma": min_snr_gamma}
     _check_run(output, run)
+    _record_stage(output, {"caption_alone": caption_alone})
     adapter = new_adapter(backbone, encoder.dim if encoder else 768, encoder.identity if encoder else None, seed=seed)
-    trainee = ComposerTraining(backbone, adapter, kinds, train_unet=train_unet, min_snr_gamma=min_snr_gamma)
+    trainee = ComposerTraining(backbone, adapter, kinds, rates, train_unet=train_unet, min_snr_gamma=min_snr_gamma)
     batches = _batches(cache, backbone, encoder, batch_size, size, seed)
     sampler = world_sampler(size, image_encoder=encoder) if sample_every else None
     summary = train(config, trainee, composer_step, batches, sampler, resume=resume, keep_ema=True)
@@ -429,6 +442,26 @@ def _check_run(output: Path, run: dict) -> None:
         return
     output.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write((json.dumps(run, indent=2) + "\n").encode()))
+
+
+def _record_stage(output: Path, stage: dict) -> None:
+    """The settings a resumed run may change (a curriculum), kept in the run file as ``stages``: a list of
+    {"after_step": N, **settings} (they drive the steps after step N); a new entry only when they change."""
+    from ..io.files import atomic_write
+    from ..training import latest_complete
+
+    path = output / RUN_FILE
+    run = json.loads(path.read_text(encoding="utf-8"))
+    stages = run.get("stages") or [{"after_step": 0, "caption_alone": 0.0}]  # a run from before stages existed
+    if {k: v for k, v in stages[-1].items() if k != "after_step"} == stage:
+        if "stages" in run:
+            return
+    else:
+        latest = latest_complete(output)
+        stages.append({"after_step": int(latest.name.split("-")[-1]) if latest else 0, **stage})
+        if stages[-2]["after_step"] == stages[-1]["after_step"]:  # changed again before any step ran: replace
+            del stages[-2]
+    atomic_write(path, lambda f: f.write((json.dumps({**run, "stages": stages}, indent=2) + "\n").encode()))
 
 
 def _fresh_unet(shape: str, parameterisation: str, min_snr_gamma: float | None,
