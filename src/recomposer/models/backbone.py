@@ -92,6 +92,11 @@ class Backbone:
         return self.scheduler_config.get("prediction_type", "epsilon")
 
     @property
+    def prompt_length(self) -> int:
+        """T of ``encode_prompts``' tokens (B, T, D): every prompt is padded to it."""
+        return self.max_text_tokens or self.tokenizer.model_max_length
+
+    @property
     def native_size(self) -> int:
         """The image side the UNet was configured for, in pixels."""
         sample = self.unet.config.sample_size
@@ -113,7 +118,7 @@ class Backbone:
         self._warn_if_cut(texts)
         if self.mask_padding:
             return self._encode_real_tokens(texts)
-        length = self.max_text_tokens or self.tokenizer.model_max_length
+        length = self.prompt_length
         tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
         out = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(
             self.device) if self.text_attention_mask else None)
@@ -129,7 +134,7 @@ class Backbone:
 
         from ..errors import Notice
 
-        length = self.max_text_tokens or self.tokenizer.model_max_length
+        length = self.prompt_length
         for text in set(texts):
             n = len(self.tokenizer(text, truncation=False).input_ids)
             if n > length:
@@ -140,7 +145,7 @@ class Backbone:
         """``encode_prompts`` for ``mask_padding`` backbones: each distinct text once, texts of similar length
         together (sorted, in groups of 8), each group padded only to its own longest text. Padding is masked
         in the encoder's attention, so every real token's state is what one full-length forward gives."""
-        length = self.max_text_tokens or self.tokenizer.model_max_length
+        length = self.prompt_length
         unique = sorted(set(texts))
         lengths = [len(ids) for ids in self.tokenizer(unique, truncation=True, max_length=length).input_ids]
         distinct = [t for _, t in sorted(zip(lengths, unique))]  # one tokenizer call to sort by length

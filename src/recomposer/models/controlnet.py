@@ -1,0 +1,206 @@
+"""ControlNet (Zhang et al. 2023) as a step adapter: a trainable copy of the UNet's encoder and middle block
+reads a hint image and adds its outputs to the frozen UNet's skip connections and middle output (the
+RESIDUALS door, models/adapter.py). Any number of nets stack; their residuals add (diffusers'
+MultiControlNetModel).
+
+One net, at step i of a run of N steps (diffusers' window rule, over the steps this run takes):
+
+    active_i = scale > 0 and not (i / N < start or (i + 1) / N > end)
+    (r_0 … r_{n−1}, r_n) = C(x_t, t, text, hint)       n skip residuals, then the middle one (r_n)
+    r_k ← scale · w_k · r_k ⊙ mask↓_k                  mask↓_k: the mask (1 = control here) area-averaged
+                                                       to residual k's size; no mask: 1
+    with w_k, and the rows the net runs on, by mode:
+      balanced  w_k = 1                    every row (what diffusers' pipeline does)
+      prompt    w_k = 0.825^(n − k)        every row: "my prompt is more important" (sd-webui-controlnet's
+                                           soft injection, InvokeAI's "more prompt")
+      control   w_k = 0.825^(n − k)        conditional rows only, the unconditional ones get 0: "ControlNet is
+                                           more important" (soft injection + CFG injection)
+      guess     w_k = 10^(k/n − 1)         conditional rows only: diffusers' guess mode (logspace(−1, 0, n + 1));
+                                           the net computes this weighting itself, as in diffusers
+An inactive net is not run at all: it adds nothing, so it costs nothing (diffusers runs it at scale 0).
+"Conditional rows" are those of a guidance plan's conditional sets (``RowRole.conditional``); in
+guess and control modes the net runs on those rows only and its residuals are zero elsewhere.
+
+The net attends to the caption's tokens only (the first ``prompt_length`` context positions, the same in
+every row), never to tokens other adapters append. diffusers' ControlNetModel takes no attention mask, so
+with a backbone that masks prompt padding (the bundled MiniLM) the net sees the zero padding states too.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import validation as v
+from ..errors import InvalidParameter, ModelError
+from .adapter import RESIDUALS
+
+MODES = ("balanced", "prompt", "control", "guess")
+SOFT = 0.825  # sd-webui-controlnet's soft-injection base (the paper's reference code uses it for guess mode)
+
+
+@dataclass(frozen=True)
+class Control:
+    """One net's settings for a run. ``hint`` (1, C, H, W) in [0, 1] at the generation size; ``mask`` (1, 1, H, W)
+    in [0, 1], 1 = the net controls this region, or None (everywhere)."""
+
+    hint: torch.Tensor
+    scale: float = 1.0
+    start: float = 0.0  # share of the run's steps before the net starts
+    end: float = 1.0  # share of the run's steps after which it stops
+    mask: torch.Tensor | None = None
+    mode: str = "balanced"  # MODES
+
+    def check(self, field: str = "control") -> "Control":
+        v.real(f"{field}-scale", self.scale, 0.0, 100.0)
+        v.real(f"{field}-start", self.start, 0.0, 1.0)
+        v.real(f"{field}-end", self.end, 0.0, 1.0)
+        if self.start >= self.end:
+            raise InvalidParameter(f"{field}-start", f"below {field}-end ({self.end:g})", self.start)
+        v.choice(f"{field}-mode", self.mode, MODES)
+        if not isinstance(self.hint, torch.Tensor) or self.hint.ndim != 4 or self.hint.shape[0] != 1:
+            raise InvalidParameter(f"{field}-image", "a hint tensor (1, C, H, W)", getattr(self.hint, "shape", None))
+        if self.mask is not None and (not isinstance(self.mask, torch.Tensor)
+                                      or tuple(self.mask.shape) != (1, 1, *self.hint.shape[-2:])):
+            raise InvalidParameter(f"{field}-mask", f"a mask of the hint's size ({self.hint.shape[-1]}x"
+                                                    f"{self.hint.shape[-2]})", tuple(getattr(self.mask, "shape", ())))
+        return self
+
+    def active(self, index: int, count: int) -> bool:
+        """Whether the net runs at step ``index`` of ``count`` (module docstring)."""
+        return self.scale > 0 and not (index / count < self.start or (index + 1) / count > self.end)
+
+
+class ControlNetAdapter:
+    """A diffusers ControlNetModel with its settings for one run, as a step adapter. ``name`` says which net it is
+    in errors and provenance (its folder, or ``bundled:KIND``)."""
+
+    consumes = frozenset()  # it carries its own hint: a condition set says nothing to it
+    doors = frozenset({RESIDUALS})
+    channels = 0
+
+    def __init__(self, net, control: Control, name: str = "controlnet"):
+        self.net, self.control, self.name = net, control.check(), name
+        self.prompt_length: int | None = None
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}
+
+    def attach(self, backbone) -> None:
+        check_fits(self.net, backbone, self.name)
+        self.net.to(backbone.device, backbone.dtype).eval()
+        self.prompt_length = backbone.prompt_length
+
+    def encode(self, backbone, conds, size: tuple[int, int]) -> dict:
+        width, height = size
+        if tuple(self.control.hint.shape[-2:]) != (height, width):
+            raise InvalidParameter("control-image", f"a hint of the generation size {width}x{height}",
+                                   f"{self.control.hint.shape[-1]}x{self.control.hint.shape[-2]}")
+        return {}  # everything happens per step
+
+    def at_step(self, unet, x: torch.Tensor, step, inputs) -> dict:
+        c = self.control
+        if not c.active(step.index, step.count):
+            return {}
+        pooled = bool(self.net.config.global_pool_conditions)  # a pooled net (shuffle) runs as in guess mode
+        everywhere = c.mode in ("balanced", "prompt") and not pooled
+        rows = list(range(len(x))) if everywhere or inputs.rows is None else \
+            [i for i, role in enumerate(inputs.rows) if role.conditional]
+        if not rows:
+            return {}
+        pick = torch.tensor(rows, device=x.device)
+        text = inputs.context[:, :self.prompt_length].index_select(0, pick)
+        hint = c.hint.to(x.device, x.dtype).expand(len(rows), -1, -1, -1)
+        guess = c.mode == "guess" or pooled
+        down, mid = self.net(x.index_select(0, pick), step.timestep, encoder_hidden_states=text, controlnet_cond=hint,
+                             conditioning_scale=c.scale if c.mode in ("balanced", "guess") else 1.0,
+                             guess_mode=guess, return_dict=False)
+        residuals = [*down, mid]
+        if c.mode in ("prompt", "control"):
+            n = len(down)
+            residuals = [r * (c.scale * SOFT ** (n - k)) for k, r in enumerate(residuals)]
+        if c.mask is not None:
+            residuals = [r * self._mask_at(r.shape[-2:]).to(r) for r in residuals]
+        if len(rows) < len(x):  # the other rows get nothing
+            residuals = [r.new_zeros((len(x), *r.shape[1:])).index_copy(0, pick, r) for r in residuals]
+        return {RESIDUALS: (tuple(residuals[:-1]), residuals[-1])}
+
+    def _mask_at(self, size) -> torch.Tensor:
+        size = tuple(int(s) for s in size)
+        if size not in self._masks:
+            self._masks[size] = F.adaptive_avg_pool2d(self.control.mask.float(), size)  # (1, 1, h, w): area average
+        return self._masks[size]
+
+    def describe(self) -> dict:
+        from .local import weights_sha256
+
+        c = self.control
+        return {"name": self.name, "sha256": weights_sha256(self.net), "scale": c.scale, "start": c.start,
+                "end": c.end, "mode": c.mode, "masked": c.mask is not None}
+
+
+def hint_tensor(image, size: tuple[int, int], field: str = "control-image") -> torch.Tensor:
+    """A hint picture as the net reads it: RGB in [0, 1], (1, 3, H, W) at ``size`` (width, height). A picture of
+    another size is resized as diffusers' control-image processor does (Lanczos); one of another shape
+    (aspect ratios more than 1% apart) is refused rather than stretched."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = size
+    if abs(image.width * height - image.height * width) > 0.01 * width * image.height:
+        raise InvalidParameter(field, f"a picture of the output's shape ({width}x{height}, or any size with that "
+                                      "aspect ratio)", f"{image.width}x{image.height}")
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def check_fits(net, backbone, name: str = "controlnet") -> None:
+    """A ControlNet fits a backbone when its residuals have the UNet's shapes and it reads what the backbone has:
+    x_t's channels, the text encoder's width, hints folded by the VAE's factor. One error naming what differs."""
+    unet = backbone.unet.config
+    config = net.config
+    field = "controlnet"
+    checks = [("in_channels", config.in_channels, backbone.latent_channels, "x_t's channels"),
+              ("cross_attention_dim", config.cross_attention_dim, unet.cross_attention_dim, "the text width"),
+              ("block_out_channels", tuple(config.block_out_channels), tuple(unet.block_out_channels),
+               "the UNet's block widths"),
+              ("layers_per_block", config.layers_per_block, unet.layers_per_block, "the UNet's layers per block"),
+              ("down_block_types", len(config.down_block_types), len(unet.down_block_types), "the UNet's depth")]
+    for key, got, want, what in checks:
+        if got != want:
+            raise ModelError(field, f"{name} does not fit this model: its {key} is {got}, {what} is {want}")
+    factor = 2 ** (len(config.conditioning_embedding_out_channels) - 1)
+    if factor != backbone.vae_factor:
+        raise ModelError(field, f"{name} does not fit this model: its hint encoder folds by {factor}, the VAE by "
+                                f"{backbone.vae_factor}")
+
+
+def load_controlnet(path: str | Path, device: torch.device, dtype: torch.dtype):
+    """A diffusers-format ControlNet folder (config.json + safetensors weights), offline, never unpickling."""
+    from diffusers import ControlNetModel
+
+    from . import library
+
+    root = Path(path)
+    config = root / "config.json"
+    if not config.is_file():
+        raise ModelError("controlnet", f"{root} is not a diffusers ControlNet folder (no config.json)")
+    declared = library.read_json(config, "controlnet")
+    if not isinstance(declared, dict) or declared.get("_class_name") not in ("ControlNetModel", None):
+        got = declared.get("_class_name") if isinstance(declared, dict) else None
+        raise ModelError("controlnet", f"{config} describes a {got}, not a ControlNetModel")
+    try:
+        net, info = library.diffusers_model(ControlNetModel, root, "controlnet", dtype)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as e:
+        from ..errors import RecomposerError
+        from .local import first_line
+
+        if isinstance(e, RecomposerError):
+            raise
+        raise ModelError("controlnet", f"{root} could not be loaded: {first_line(e)}") from None
+    missing, mismatched = info.get("missing_keys", []), info.get("mismatched_keys", [])
+    if missing or mismatched:
+        what = f"lacks {len(missing)} weights" if missing else f"has {len(mismatched)} weights of the wrong shape"
+        raise ModelError("controlnet", f"{root} {what}, e.g. {(missing or mismatched)[0]!r}")
+    return net.to(device).eval()

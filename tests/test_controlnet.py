@@ -1,0 +1,185 @@
+"""ControlNet as a step adapter: pixels equal to diffusers' StableDiffusionControlNetPipeline on tiny SD (one net,
+two nets with different windows, guess mode), nets outside their window never run, modes and masks do what
+their formulas say, and nets that do not fit are refused by name."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+from PIL import Image
+
+from recomposer.errors import InvalidParameter, ModelError
+from recomposer.models.controlnet import Control, ControlNetAdapter, check_fits, hint_tensor
+from recomposer.requests import GenerateRequest
+from recomposer.schedulers import make_scheduler
+from recomposer.tasks.generate import generate
+
+
+def make_net(unet, seed: int) -> ControlNetModel:
+    """diffusers' from_unet with the zero convolutions made non-zero (zero ones would prove nothing)."""
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        zeroed = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+        for module in zeroed:
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return net.eval()
+
+
+def hint_image(seed: int, size: int = 32) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def nets(tiny):
+    return make_net(tiny.unet, 1), make_net(tiny.unet, 2)
+
+
+def diffusers_images(tiny, nets, hints, scales, starts, ends, guess=False, scheduler="dpmpp_2m"):
+    pipe = StableDiffusionControlNetPipeline(
+        vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, unet=tiny.unet,
+        controlnet=list(nets) if len(nets) > 1 else nets[0],
+        scheduler=make_scheduler(scheduler, tiny.scheduler_config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    one = len(nets) == 1
+    return pipe("a red circle", negative_prompt="blurry", image=hints[0] if one else list(hints),
+                num_inference_steps=6, guidance_scale=5.0, height=32, width=32, num_images_per_prompt=2,
+                controlnet_conditioning_scale=scales[0] if one else list(scales),
+                control_guidance_start=starts[0] if one else list(starts),
+                control_guidance_end=ends[0] if one else list(ends), guess_mode=guess,
+                generator=[torch.Generator().manual_seed(7 + k) for k in range(2)], output_type="pt").images
+
+
+def our_images(tiny, nets, hints, scales, starts, ends, mode="balanced", scheduler="dpmpp_2m"):
+    adapters = [ControlNetAdapter(net, Control(hint_tensor(h, (32, 32)), s, a, b, mode=mode))
+                for net, h, s, a, b in zip(nets, hints, scales, starts, ends)]
+    request = GenerateRequest("a red circle", negative="blurry", scheduler=scheduler, steps=6, guidance=5.0, seed=7,
+                              batch=2, width=32, height=32)
+    results = generate(tiny.with_adapters(*adapters), request)
+    return torch.stack([r.pixels for r in results])
+
+
+@pytest.mark.parametrize("case", ["one", "two-windows", "guess"])
+def test_controlnets_match_diffusers_pipeline(tiny, nets, case):
+    hints = (hint_image(0), hint_image(1))
+    if case == "one":
+        args = (nets[:1], hints[:1], (0.8,), (0.0,), (1.0,))
+    elif case == "two-windows":
+        args = (nets, hints, (1.0, 0.6), (0.0, 0.3), (0.5, 1.0))
+    else:
+        args = (nets[:1], hints[:1], (0.9,), (0.0,), (1.0,))
+    guess = case == "guess"
+    reference = diffusers_images(tiny, *args, guess=guess)
+    ours = our_images(tiny, *args, mode="guess" if guess else "balanced")
+    plain = our_images(tiny, (), (), (), (), ())
+    assert ours.shape == reference.shape == (2, 3, 32, 32)
+    assert (ours - plain).abs().max().item() > 1e-2  # the nets change the image (or the test proves nothing)
+    assert (ours - reference).abs().max().item() <= 1e-4
+    assert (ours * 255).round().sub((reference * 255).round()).abs().max().item() <= 1
+
+
+class Counting(torch.nn.Module):
+    """A net that counts its forwards."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.inner, self.calls, self.rows = net, 0, []
+
+    @property
+    def config(self):
+        return self.inner.config
+
+    def forward(self, x, *args, **kwargs):
+        self.calls += 1
+        self.rows.append(len(x))
+        return self.inner(x, *args, **kwargs)
+
+
+def test_a_net_outside_its_window_or_at_scale_zero_is_not_run(tiny, nets):
+    hint = hint_tensor(hint_image(0), (32, 32))
+    request = GenerateRequest("a red circle", steps=8, guidance=3.0, width=32, height=32)
+    windowed, idle = Counting(nets[0]), Counting(nets[1])
+    adapters = (ControlNetAdapter(windowed, Control(hint, 1.0, 0.25, 0.75)),
+                ControlNetAdapter(idle, Control(hint, 0.0)))
+    generate(tiny.with_adapters(*adapters), request)
+    assert windowed.calls == 4 and idle.calls == 0  # steps 2..5 of 8: i/8 >= 0.25 and (i+1)/8 <= 0.75
+    assert windowed.rows == [2] * 4  # the unconditional and conditional rows in one forward
+
+
+@pytest.mark.parametrize("mode, rows", [("balanced", 2), ("prompt", 2), ("control", 1), ("guess", 1)])
+def test_modes_weigh_residuals_by_their_formula(tiny, nets, mode, rows):
+    from recomposer.denoiser import ModelInputs, RowRole, Step
+
+    net = Counting(nets[0])
+    adapter = ControlNetAdapter(net, Control(hint_tensor(hint_image(0), (32, 32)), 0.7, mode=mode))
+    backbone = tiny.with_adapters(adapter)
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    context = backbone.encode_prompts(["", "a ring"]).tokens
+    inputs = ModelInputs(context=context, rows=(RowRole(0, 0), RowRole(0, 1)))
+    step = Step(0, 4, 0, 4, torch.tensor(500))
+    down, mid = adapter.at_step(backbone.unet, x, step, inputs)["residuals"]
+    assert net.rows == [rows]
+    raw_down, raw_mid = nets[0](x, step.timestep, encoder_hidden_states=context, controlnet_cond=adapter.control.hint
+                                .expand(2, -1, -1, -1), return_dict=False)
+    n = len(raw_down)
+    weights = {"balanced": [1.0] * (n + 1), "prompt": [0.825 ** (n - k) for k in range(n + 1)],
+               "control": [0.825 ** (n - k) for k in range(n + 1)],
+               "guess": torch.logspace(-1, 0, n + 1).tolist()}[mode]
+    for k, (got, raw) in enumerate(zip([*down, mid], [*raw_down, raw_mid])):
+        want = raw * 0.7 * weights[k]
+        if rows == 1:  # only the conditional row; the unconditional one gets nothing
+            assert torch.equal(got[0], torch.zeros_like(got[0]))
+            got, want = got[1:], want[1:]
+        assert torch.allclose(got, want, atol=1e-5), k
+
+
+def test_a_mask_weighs_residuals_at_each_resolution(tiny, nets):
+    from recomposer.denoiser import ModelInputs, Step
+
+    hint = hint_tensor(hint_image(0), (32, 32))
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :, :16] = 1  # the left half
+    masked = ControlNetAdapter(nets[0], Control(hint, mask=mask))
+    whole = ControlNetAdapter(nets[0], Control(hint))
+    backbone = tiny.with_adapters(masked)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    inputs = ModelInputs(context=backbone.encode_prompts(["a ring"]).tokens)
+    step = Step(0, 4, 0, 4, torch.tensor(500))
+    got, _ = masked.at_step(backbone.unet, x, step, inputs)["residuals"]
+    full, _ = whole.at_step(backbone.unet, x, step, inputs)["residuals"]
+    for g, f in zip(got, full):
+        half = g.shape[-1] // 2
+        assert torch.allclose(g[..., :half], f[..., :half]) and not g[..., half:].any()
+
+
+def test_settings_and_hints_are_checked_by_name():
+    hint = torch.zeros(1, 3, 32, 32)
+    for make, field in [(lambda: Control(hint, scale=float("nan")), "control-scale"),
+                        (lambda: Control(hint, scale=-1), "control-scale"),
+                        (lambda: Control(hint, start=0.6, end=0.5), "control-start"),
+                        (lambda: Control(hint, mode="loud"), "control-mode"),
+                        (lambda: Control(hint, mask=torch.ones(1, 1, 16, 16)), "control-mask"),
+                        (lambda: hint_tensor(Image.new("RGB", (64, 32)), (32, 32)), "control-image")]:
+        with pytest.raises(InvalidParameter) as e:
+            make().check()
+        assert e.value.field == field
+    assert hint_tensor(Image.new("RGB", (64, 64), (255, 0, 0)), (32, 32)).shape == (1, 3, 32, 32)  # same aspect
+
+
+def test_a_net_that_does_not_fit_is_refused(tiny):
+    from diffusers import UNet2DConditionModel
+
+    other = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4,
+                                 out_channels=4, norm_num_groups=32, cross_attention_dim=48,
+                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4))
+    net = ControlNetModel.from_unet(other, conditioning_embedding_out_channels=(16, 32))
+    with pytest.raises(ModelError) as e:
+        check_fits(net, tiny)
+    assert e.value.field == "controlnet" and "cross_attention_dim" in str(e.value)
+    deep = ControlNetModel.from_unet(tiny.unet, conditioning_embedding_out_channels=(16, 32, 96, 256))
+    with pytest.raises(ModelError, match="folds by 8"):
+        check_fits(deep, tiny)
