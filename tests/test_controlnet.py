@@ -183,3 +183,95 @@ def test_a_net_that_does_not_fit_is_refused(tiny):
     deep = ControlNetModel.from_unet(tiny.unet, conditioning_embedding_out_channels=(16, 32, 96, 256))
     with pytest.raises(ModelError, match="folds by 8"):
         check_fits(deep, tiny)
+
+
+# ---------------------------------------------------------------- the command line
+
+def cli(capsys, *args):
+    from recomposer.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def net_dirs(nets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("controlnets")
+    for k, net in enumerate(nets):
+        net.save_pretrained(root / f"net{k}", safe_serialization=True)
+    return root / "net0", root / "net1"
+
+
+def test_generate_with_two_nets_matches_the_task_and_recall_reproduces(tiny, tiny_dir, nets, net_dirs, tmp_path,
+                                                                         capsys):
+    from recomposer.provenance import read_provenance
+
+    for k in range(2):
+        hint_image(k, 64).save(tmp_path / f"hint{k}.png")  # twice the output's size: resized as diffusers does
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, :16] = 255
+    Image.fromarray(mask).save(tmp_path / "left.png")
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(tmp_path / "all.png")
+    code, out, err = cli(capsys, "generate", "a red circle", "-n", "blurry", "--model", tiny_dir, "--steps", 6,
+                         "--guidance", 5, "--seed", 7, "--width", 32, "--height", 32,
+                         "--controlnet", net_dirs[0], "--control-image", tmp_path / "hint0.png",
+                         "--controlnet", net_dirs[1], "--control-image", tmp_path / "hint1.png",
+                         "--control-scale", 1.0, "--control-scale", 0.6, "--control-start", 0, "--control-start", 0.3,
+                         "--control-end", 0.5, "--control-end", 1, "--control-mask", tmp_path / "left.png",
+                         "--control-mask", tmp_path / "all.png", "--control-mode", "balanced", "--control-mode",
+                         "prompt", "-o", tmp_path / "o.png")
+    assert code == 0, err
+    record = read_provenance(tmp_path / "o.png")
+    assert [n["name"] for n in record["controlnets"]] == [str(d.resolve()) for d in net_dirs]
+    assert all(len(n["sha256"]) == 64 for n in record["controlnets"])
+    assert [c["mode"] for c in record["params"]["controls"]] == ["balanced", "prompt"]
+
+    from recomposer.io.images import open_mask
+    from recomposer.tasks.generate import ControlInput
+
+    request = GenerateRequest("a red circle", negative="blurry", steps=6, guidance=5.0, seed=7, width=32, height=32,
+                              controls=tuple(__import__("recomposer.requests", fromlist=["ControlRequest"])
+                                             .ControlRequest(str(d.resolve()), s, a, b, m, masked=True)
+                                             for d, s, a, b, m in zip(net_dirs, (1.0, 0.6), (0.0, 0.3), (0.5, 1.0),
+                                                                      ("balanced", "prompt"))))
+    controls = [ControlInput(net, Image.open(tmp_path / f"hint{k}.png"),
+                             open_mask(tmp_path / name, (32, 32))) for k, (net, name) in
+                enumerate(zip(nets, ("left.png", "all.png")))]
+    direct = generate(tiny, request, controls=controls)[0].image
+    assert np.array_equal(np.asarray(direct), np.asarray(Image.open(tmp_path / "o.png")))
+    code, out, err = cli(capsys, "recall", tmp_path / "o.png", "-o", tmp_path / "again.png")
+    assert code == 0 and "identical pixels" in out, err
+
+
+@pytest.mark.parametrize("args, field", [
+    (("--control-image", "HINT"), "control-image"),  # a hint without a net
+    (("--controlnet", "NET", "--control-image", "HINT", "--control-image", "HINT"), "control-image"),
+    (("--controlnet", "NET", "--control-image", "HINT", "--control-scale", "nan"), "control-scale"),
+    (("--controlnet", "NET", "--control-image", "HINT", "--control-scale", -1), "control-scale"),
+    (("--controlnet", "NET", "--control-image", "HINT", "--control-start", 0.5, "--control-end", 0.5),
+     "control-start"),
+    (("--controlnet", "NET", "--control-image", "HINT", "--control-mode", "loud"), "control-mode"),
+    (("--controlnet", "NET", "--control-image", "HINT", "--control-mode", "prompt", "--guess-mode"), "guess-mode"),
+    (("--controlnet", "NET", "--control-image", "HINT", "--control-mask", "BIG"), "control-mask"),
+    (("--controlnet", "NET", "--control-image", "WIDE"), "control-image"),
+    (("--controlnet", "OTHER", "--control-image", "HINT"), "controlnet"),
+    (("--controlnet", "bundled:sketch", "--control-image", "HINT"), "controlnet"),
+])
+def test_bad_control_options_are_one_line_naming_the_option(tiny_dir, net_dirs, tmp_path, capsys, args, field):
+    from diffusers import UNet2DConditionModel
+
+    hint_image(0).save(tmp_path / "hint.png")
+    hint_image(0, 48).resize((48, 32)).save(tmp_path / "wide.png")
+    Image.new("L", (48, 48), 255).save(tmp_path / "big.png")
+    other = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4,
+                                 out_channels=4, norm_num_groups=32, cross_attention_dim=32,
+                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4))
+    ControlNetModel.from_unet(other, conditioning_embedding_out_channels=(16, 32)).save_pretrained(tmp_path / "other")
+    names = {"NET": net_dirs[0], "HINT": tmp_path / "hint.png", "WIDE": tmp_path / "wide.png",
+             "BIG": tmp_path / "big.png", "OTHER": tmp_path / "other"}
+    code, out, err = cli(capsys, "generate", "x", "--model", tiny_dir, "--steps", 2, "--width", 32, "--height", 32,
+                         *[names.get(a, a) for a in args], "-o", tmp_path / "o.png")
+    assert code == 2 and err.startswith(f"error: {field}:") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o.png").exists() and out == ""

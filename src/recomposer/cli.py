@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .commands import control
 from .commands.bench import bench_app
 from .commands.compose import COMMANDS as COMPOSER_COMMANDS
 from .commands.decompose import decompose_command
@@ -76,24 +77,37 @@ def generate(
                                                                   "error: the model drew nothing).")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="A .png file, or a folder for numbered files.")]
     = Path("outputs"),
+    controlnet: control.ControlNets = None,
+    control_image: control.ControlImages = None,
+    control_scale: control.ControlScales = None,
+    control_start: control.ControlStarts = None,
+    control_end: control.ControlEnds = None,
+    control_mask: control.ControlMasks = None,
+    control_mode: control.ControlModes = None,
+    guess_mode: control.GuessMode = False,
 ) -> None:
-    """Generate images from a prompt (text-to-image, img2img, inpainting)."""
+    """Generate images from a prompt (text-to-image, img2img, inpainting), with any ControlNets."""
     from .requests import GenerateRequest, readable
 
     from .invocation import resolve
 
+    controls = control.control_requests(controlnet, control_image, control_scale, control_start, control_end,
+                                        control_mask, control_mode, guess_mode)
     request = GenerateRequest(prompt=prompt, negative=negative, scheduler=scheduler, steps=steps, guidance=guidance,
                               seed=secrets.randbelow(2**32) if seed is None else seed, batch=batch, width=width,
-                              height=height, strength=strength, allow_flat=allow_flat)
+                              height=height, strength=strength, allow_flat=allow_flat, controls=controls)
     request.check()  # before torch is imported or anything loads (--device, --dtype, --model: while parsing)
     resolve("seed", request.seed)
+    if controls:
+        resolve("controlnet", [c.net for c in controls])  # absolute: a replay from elsewhere finds the nets
     for field, path in (("image", image), ("mask", mask)):
         if path is not None:
             readable(field, path)
     from .io.output import check_output
 
-    check_output(output, (image, mask))
-    results = _run_generate(request, model, config, device, dtype, image, mask)
+    check_output(output, (image, mask, *(control_image or []), *(control_mask or [])))
+    results = _run_generate(request, model, config, device, dtype, image, mask,
+                            control_inputs=(list(control_image or []), list(control_mask or [])))
     for path in _save(results, output):
         typer.echo(str(path))
 
@@ -296,7 +310,7 @@ def demo(
 
 
 def _run_generate(request, model, config, device, dtype, image_path, mask_path, expect_sha256=None,
-                  expect_inputs=None):
+                  expect_inputs=None, control_inputs=((), ())):
     """Open inputs, load the model, check everything, then run."""
     from .io.images import open_image, open_mask
     from .models.device import resolve_device, resolve_dtype
@@ -320,13 +334,21 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
         model, torch_device, torch_dtype, config)
     if expect_sha256 is not None and backbone.identity() != expect_sha256:
         raise RecomposerError("model", "weights differ from those that made this image (sha256 mismatch)")
-    results = run(backbone, request, image=image, mask=mask)
+    hints, masks = control_inputs
+    sized = resolve(backbone, request, image, mask)
+    controls = control.load_controls(request.controls, hints, masks, (sized.width, sized.height), torch_device,
+                                     torch_dtype)
+    results = run(backbone, request, image=image, mask=mask, controls=controls)
     from .invocation import record_paths
 
-    paths = {"image": image_path, "mask": mask_path}
+    paths = {"image": image_path, "mask": mask_path, "control_image": hints, "control_mask": masks}
+
+    def named(entry: dict, path) -> dict:
+        return {**entry, "path": str(Path(path).resolve()) if record_paths.get() else Path(path).name}
+
     for r in results:  # recall finds its inputs again by name (or path, when asked) and checks them by hash
-        r.provenance["inputs"] = {k: {**v, "path": str(Path(paths[k]).resolve()) if record_paths.get() else
-                                      Path(paths[k]).name} for k, v in r.provenance["inputs"].items()}
+        r.provenance["inputs"] = {k: [named(e, p) for e, p in zip(v, paths[k])] if isinstance(v, list) else
+                                  named(v, paths[k]) for k, v in r.provenance["inputs"].items()}
     return results
 
 

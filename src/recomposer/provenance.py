@@ -132,11 +132,12 @@ def check_record(data: object, source: str) -> dict:
         raise bad(f"has batch_index {data['batch_index']!r} outside a batch of {batch!r}")
     if not isinstance(data.setdefault("inputs", {}), dict):
         raise bad(f"has a JSON {_json_type(data['inputs'])} for 'inputs'")
-    for name, entry in data["inputs"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise bad(f"records input {name!r} without a sha256")
-        if "path" in entry and not isinstance(entry["path"], str):
-            raise bad(f"records input {name!r} with a path that is not a string")
+    for name, entry in data["inputs"].items():  # one input, or a list of them (one hint per ControlNet)
+        for one in entry if isinstance(entry, list) else [entry]:
+            if not isinstance(one, dict) or not isinstance(one.get("sha256"), str):
+                raise bad(f"records input {name!r} without a sha256")
+            if "path" in one and not isinstance(one["path"], str):
+                raise bad(f"records input {name!r} with a path that is not a string")
     return data
 
 

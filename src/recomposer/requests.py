@@ -46,6 +46,39 @@ def from_json(cls, data: dict, source: str = "request"):
     return request.check() or request
 
 
+CONTROL_MODES = ("balanced", "prompt", "control", "guess")  # models/controlnet.py defines each by its formula
+CONTROL_SCALE_MAX = 100.0
+
+
+def check_control(scale, start, end, mode, field: str = "control") -> None:
+    """One ControlNet's settings: scale in [0, 100], 0 <= start < end <= 1 (shares of the run's steps), a mode."""
+    v.real(f"{field}-scale", scale, 0.0, CONTROL_SCALE_MAX)
+    v.real(f"{field}-start", start, 0.0, 1.0)
+    v.real(f"{field}-end", end, 0.0, 1.0)
+    if start >= end:
+        raise InvalidParameter(f"{field}-start", f"below {field}-end ({end:g})", start)
+    v.choice(f"{field}-mode", mode, CONTROL_MODES)
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """One ControlNet of a generation: which net (a diffusers ControlNet folder, or bundled:KIND) and its settings;
+    its hint picture and optional mask are inputs beside the request, the k-th to the k-th net."""
+
+    net: str
+    scale: float = 1.0
+    start: float = 0.0  # share of the run's steps before the net starts
+    end: float = 1.0  # share of the run's steps after which it stops
+    mode: str = "balanced"  # CONTROL_MODES
+    masked: bool = False  # a mask goes with its hint
+
+    def check(self) -> None:
+        if not isinstance(self.net, str) or not self.net:
+            raise InvalidParameter("controlnet", "a ControlNet folder or bundled:KIND", self.net)
+        check_control(self.scale, self.start, self.end, self.mode)
+        v.boolean("control-mask", self.masked)
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     prompt: str
@@ -59,9 +92,14 @@ class GenerateRequest:
     height: int | None = None
     strength: float | None = None  # with an image: the share of the schedule re-run (None: 0.8, inpainting 1.0)
     allow_flat: bool = False  # keep an image of one flat colour (otherwise an error: R5)
+    controls: tuple[ControlRequest, ...] = ()  # ControlNets, each with its hint (models/controlnet.py)
 
     def check(self) -> None:
         """Validate everything that needs no model (before any loading or compute)."""
+        if not isinstance(self.controls, tuple) or not all(isinstance(c, ControlRequest) for c in self.controls):
+            raise InvalidParameter("controls", "a list of ControlNet settings", self.controls)
+        for control in self.controls:
+            control.check()
         if not isinstance(self.prompt, str):
             raise InvalidParameter("prompt", "a string", self.prompt)
         if not isinstance(self.negative, str):
@@ -201,7 +239,8 @@ def edit_kind(source: str, edited: str) -> str:
                                      "every source word in order and adds words (a refinement)", edited)
 
 
-NESTED = {("ComposeRequest", "weights"): Weight, ("P2PRequest", "edit"): Edit}
+NESTED = {("ComposeRequest", "weights"): Weight, ("P2PRequest", "edit"): Edit,
+          ("GenerateRequest", "controls"): ControlRequest}
 
 
 def readable(field: str, path, folder: bool = False):

@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import validation as v
 from ..errors import InvalidParameter, ModelError
+from ..requests import CONTROL_MODES as MODES  # noqa: F401 (what each mode means: the module docstring)
+from ..requests import check_control
 from .adapter import RESIDUALS
 
-MODES = ("balanced", "prompt", "control", "guess")
 SOFT = 0.825  # sd-webui-controlnet's soft-injection base (the paper's reference code uses it for guess mode)
 
 
@@ -53,12 +53,7 @@ class Control:
     mode: str = "balanced"  # MODES
 
     def check(self, field: str = "control") -> "Control":
-        v.real(f"{field}-scale", self.scale, 0.0, 100.0)
-        v.real(f"{field}-start", self.start, 0.0, 1.0)
-        v.real(f"{field}-end", self.end, 0.0, 1.0)
-        if self.start >= self.end:
-            raise InvalidParameter(f"{field}-start", f"below {field}-end ({self.end:g})", self.start)
-        v.choice(f"{field}-mode", self.mode, MODES)
+        check_control(self.scale, self.start, self.end, self.mode, field)
         if not isinstance(self.hint, torch.Tensor) or self.hint.ndim != 4 or self.hint.shape[0] != 1:
             raise InvalidParameter(f"{field}-image", "a hint tensor (1, C, H, W)", getattr(self.hint, "shape", None))
         if self.mask is not None and (not isinstance(self.mask, torch.Tensor)

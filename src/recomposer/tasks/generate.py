@@ -4,11 +4,14 @@
 - image: img2img: encode, noise to the level ``strength`` of the schedule, run the rest;
 - image + mask: inpainting. A 9-channel inpainting UNet hears the masked image as extra input
   channels; a 4-channel UNet is kept on the known region by the loop's blend hook.
+Any of them with ControlNets (models/controlnet.py): each net joins the backbone's adapter stack for the run,
+with its hint resized to the output and its settings from the request.
 The order of random draws per sample follows diffusers' pipelines (VAE posterior sample, then
 noise), so with the same seeds the images match theirs.
 """
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -33,6 +36,15 @@ from .run import Sampling, run
 
 
 @dataclass(frozen=True)
+class ControlInput:
+    """What the k-th ``request.controls`` entry needs besides its settings: the net and its hint picture."""
+
+    net: torch.nn.Module  # a diffusers ControlNetModel that fits the backbone
+    hint: Image.Image  # any size of the output's aspect ratio (resized as diffusers does)
+    mask: torch.Tensor | None = None  # (1, 1, H, W) at the output size, 1 = the net controls here
+
+
+@dataclass(frozen=True)
 class Generated:
     image: Image.Image
     pixels: torch.Tensor  # (3, H, W) float in [0, 1], before 8-bit rounding
@@ -42,10 +54,12 @@ class Generated:
 
 def generate(backbone: Backbone, request: GenerateRequest, image: Image.Image | None = None,
              mask: torch.Tensor | None = None, callback: StepCallback | None = None,
-             cancel=None) -> list[Generated]:
-    """Make ``request.batch`` images. ``mask`` (1, 1, H, W) in {0, 1}, 1 = repaint, needs ``image``."""
+             cancel=None, controls: Sequence[ControlInput] = ()) -> list[Generated]:
+    """Make ``request.batch`` images. ``mask`` (1, 1, H, W) in {0, 1}, 1 = repaint, needs ``image``.
+    ``controls``: one per ``request.controls``, in order."""
     request = resolve(backbone, request, image, mask)
-    b, size = backbone, (request.width, request.height)
+    size = (request.width, request.height)
+    b = with_controls(backbone, request, controls, size)
 
     # Conditions and the guidance plan. A model that hears the masked image has it in both sets (it is not
     # guided); for any other model the loop keeps the outside instead (the blend hook).
@@ -61,12 +75,31 @@ def generate(backbone: Backbone, request: GenerateRequest, image: Image.Image | 
                  inpainting=mask is not None, keep=mask if mask is not None and not hears_mask else None,
                  callback=callback, cancel=cancel)
     images = to_pil(result.pixels)
-    base = provenance_base(b, request, image, mask)
+    base = provenance_base(b, request, image, mask, controls)
     floats = (result.pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
     # params keep the whole batch: a batch equals its singles to ~1e-6, yet one 8-bit level can flip,
     # so recall replays the batch and takes image ``batch_index`` to get the very same pixels.
     return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k})
             for k, im in enumerate(images)]
+
+
+def with_controls(backbone: Backbone, request: GenerateRequest, controls: Sequence[ControlInput],
+                  size: tuple[int, int]) -> Backbone:
+    """The backbone with one ControlNet adapter per ``request.controls`` entry on top of its stack."""
+    from ..models.controlnet import Control, ControlNetAdapter, hint_tensor
+
+    if len(controls) != len(request.controls):
+        raise InvalidParameter("control-image", f"one per --controlnet ({len(request.controls)})", len(controls))
+    adapters = []
+    for settings, given in zip(request.controls, controls):
+        if given.mask is not None and tuple(given.mask.shape) != (1, 1, size[1], size[0]):
+            raise BadImage("control-mask", f"must be {size[0]}x{size[1]} like the output")
+        if settings.masked != (given.mask is not None):
+            raise InvalidParameter("control-mask", "given exactly where the request says masked", settings.masked)
+        control = Control(hint_tensor(given.hint, size), settings.scale, settings.start, settings.end, given.mask,
+                          settings.mode)
+        adapters.append(ControlNetAdapter(given.net, control, settings.net))
+    return backbone.with_adapters(*adapters) if adapters else backbone
 
 
 def resolve(backbone: Backbone, request: GenerateRequest, image: Image.Image | None,
@@ -105,12 +138,24 @@ def pixel_hash(image: Image.Image) -> str:
     return hashlib.sha256(f"{a.shape}".encode() + a.tobytes()).hexdigest()
 
 
-def provenance_base(backbone: Backbone, request: GenerateRequest, image, mask) -> dict:
+def provenance_base(backbone: Backbone, request: GenerateRequest, image, mask, controls=()) -> dict:
+    """``backbone`` with its ControlNets (``with_controls``): each net is recorded by name, weights sha256 and
+    settings, each hint and mask by its pixels' sha256."""
+    from ..models.controlnet import ControlNetAdapter
+
     inputs = {}
     if image is not None:
         inputs["image"] = {"sha256": pixel_hash(image)}
     if mask is not None:
-        inputs["mask"] = {"sha256": hashlib.sha256(mask.numpy().astype(np.uint8).tobytes()).hexdigest()}
+        inputs["mask"] = {"sha256": _mask_hash(mask)}
+    if controls:
+        inputs["control_image"] = [{"sha256": pixel_hash(c.hint)} for c in controls]
+        inputs["control_mask"] = [{"sha256": _mask_hash(c.mask)} for c in controls if c.mask is not None]
+    nets = [a.describe() for a in backbone.adapters if isinstance(a, ControlNetAdapter)]
     return {"format": FORMAT, "task": "generate", "params": asdict(request), "inputs": inputs,
-            "model": backbone.describe(), "sampler_label": display_name(request.scheduler),
-            "versions": dict(library_versions())}
+            "model": backbone.describe(), **({"controlnets": nets} if nets else {}),
+            "sampler_label": display_name(request.scheduler), "versions": dict(library_versions())}
+
+
+def _mask_hash(mask: torch.Tensor) -> str:
+    return hashlib.sha256(mask.numpy().astype(np.uint8).tobytes()).hexdigest()

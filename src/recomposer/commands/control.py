@@ -1,0 +1,96 @@
+"""The ControlNet options, shared by ``generate`` and ``compose``: each repeatable, the k-th of each belonging to the
+k-th ``--controlnet``. ``--control-image`` is given once per net; the other per-net options either not at all
+(their defaults) or once per net."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InvalidParameter, ModelError
+
+BUNDLED = "bundled:"
+
+ControlNets = Annotated[Optional[list[str]], typer.Option(
+    "--controlnet", help="A diffusers ControlNet folder (or bundled:KIND); repeat for several nets.")]
+ControlImages = Annotated[Optional[list[Path]], typer.Option(
+    "--control-image", help="The hint picture of the k-th --controlnet (any size of the output's shape).")]
+ControlScales = Annotated[Optional[list[float]], typer.Option(
+    "--control-scale", help="The k-th net's scale, 0 to 100 (default 1).")]
+ControlStarts = Annotated[Optional[list[float]], typer.Option(
+    "--control-start", help="Share of the steps before the k-th net starts (default 0).")]
+ControlEnds = Annotated[Optional[list[float]], typer.Option(
+    "--control-end", help="Share of the steps after which the k-th net stops (default 1).")]
+ControlMasks = Annotated[Optional[list[Path]], typer.Option(
+    "--control-mask", help="Where the k-th net controls (white), as big as the output.")]
+ControlModes = Annotated[Optional[list[str]], typer.Option(
+    "--control-mode", help="The k-th net's mode: balanced, prompt or control (default balanced).")]
+GuessMode = Annotated[bool, typer.Option(
+    "--guess-mode", help="Every net in diffusers' guess mode (on the conditional rows, scales 0.1 to 1 by depth).")]
+
+
+def control_requests(nets, images, scales, starts, ends, masks, modes, guess: bool) -> tuple:
+    """The options as ControlRequests (checked, nets given as absolute paths), before anything loads."""
+    from ..requests import ControlRequest, readable
+
+    nets, images = list(nets or []), list(images or [])
+    if not nets:
+        for flag, given in (("control-image", images), ("control-scale", scales), ("control-start", starts),
+                            ("control-end", ends), ("control-mask", masks), ("control-mode", modes)):
+            if given:
+                raise InvalidParameter(flag, "used with --controlnet", f"{len(given)} without a net")
+        if guess:
+            raise InvalidParameter("guess-mode", "used with --controlnet", True)
+        return ()
+    if len(images) != len(nets):
+        raise InvalidParameter("control-image", f"once per --controlnet ({len(nets)})", f"{len(images)} given")
+
+    def per_net(flag: str, values, default):
+        values = list(values or [])
+        if values and len(values) != len(nets):
+            raise InvalidParameter(flag, f"once per --controlnet ({len(nets)}) or not at all", f"{len(values)} given")
+        return values or [default] * len(nets)
+
+    scales, starts, ends = (per_net(f, x, d) for f, x, d in (("control-scale", scales, 1.0),
+                                                              ("control-start", starts, 0.0),
+                                                              ("control-end", ends, 1.0)))
+    modes = per_net("control-mode", modes, "guess" if guess else "balanced")
+    if guess and any(m != "guess" for m in modes):
+        raise InvalidParameter("guess-mode", "without --control-mode (guess mode is a mode of its own)", modes)
+    if not guess and "guess" in modes:
+        raise InvalidParameter("control-mode", "balanced, prompt or control (guess mode: --guess-mode)", "guess")
+    masks = list(masks or [])
+    if masks and len(masks) != len(nets):
+        raise InvalidParameter("control-mask", f"once per --controlnet ({len(nets)}) or not at all",
+                               f"{len(masks)} given")
+    for path in images + masks:
+        readable("control-image" if path in images else "control-mask", path)
+    requests = []
+    for k, net in enumerate(nets):
+        if not net.startswith(BUNDLED):
+            readable("controlnet", net, folder=True)
+            net = str(Path(net).resolve())
+        request = ControlRequest(net, scales[k], starts[k], ends[k], modes[k], masked=bool(masks))
+        request.check()
+        requests.append(request)
+    return tuple(requests)
+
+
+def load_controls(requests, images, masks, size: tuple[int, int], device, dtype) -> list:
+    """The nets, hints and masks of ``requests`` (``control_requests``), for ``tasks.generate.ControlInput``."""
+    from ..io.images import open_image, open_mask
+    from ..models.controlnet import load_controlnet
+    from ..tasks.generate import ControlInput
+
+    loaded: dict[str, object] = {}  # a net given twice (two hints) loads once
+    controls = []
+    for k, request in enumerate(requests):
+        if request.net.startswith(BUNDLED):
+            raise ModelError("controlnet", f"{request.net}: no bundled ControlNet ships yet; give a diffusers "
+                                           "ControlNet folder")
+        if request.net not in loaded:
+            loaded[request.net] = load_controlnet(request.net, device, dtype)
+        hint = open_image(images[k], "control-image")
+        mask = open_mask(masks[k], size, "control-mask") if masks else None
+        controls.append(ControlInput(loaded[request.net], hint, mask))
+    return controls
