@@ -66,6 +66,28 @@ def test_a_parts_folder_is_a_model(parts, capsys):
     assert code == 0 and out.strip().endswith("composed/7.png"), err
 
 
+def test_a_new_run_on_parts_starts_from_their_adapter_and_unet(parts, tmp_path):
+    """A run folder is lost between machines; a new run on the parts continues what they trained, and the parts
+    it writes count every step they have had."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "parts"
+    shutil.copytree(parts / "parts", folder)
+    before = load_file(folder / "composer.safetensors")
+    args = ["train", "composer", "-o", str(tmp_path / "again"), "--steps", "1", "--batch-size", "2", "--train-unet",
+            "--lr", "1e-9", "--parts", str(folder)]
+    assert main(args) == 0
+    after = load_file(folder / "composer.safetensors")
+    assert all(torch.allclose(before[k], after[k], atol=1e-3) for k in before)  # tiny lr: what it began from
+    assert any(before[k].abs().sum() > 0 for k in before if "channels_in" in k)  # (a fresh one's is zeros)
+    run_file = json.loads((tmp_path / "again" / "composer-run.json").read_text())
+    assert run_file["start"] == {"composer": 1, "unet": 2}  # the UNet had a base step, then a joint one
+    assert json.loads((folder / "composer.json").read_text())["steps"] == 2
+    assert json.loads((folder / "unet.json").read_text())["steps"] == 3
+
+
 def test_prompts_encode_on_real_tokens_only_with_the_same_numbers():
     from recomposer.models.minilm import token_states
     from recomposer.world.dataset import make_sample

@@ -64,8 +64,9 @@ def train_composer(
                                                               "the image-embedding door too (default with "
                                                               "bundled parts: their image encoder).")] = None,
     parts: Annotated[Optional[Path], typer.Option(help="A folder of bundled-format parts (train vae/encoder/base "
-                                                       "write them) to train on instead of --model; the adapter "
-                                                       "(and the UNet) are written back into it.")] = None,
+                                                       "write them) to train on instead of --model; a new run "
+                                                       "starts from its adapter and UNet where it has them, and "
+                                                       "writes them back into it.")] = None,
     train_unet: Annotated[bool, typer.Option("--train-unet", help="Train the UNet with the adapter (the "
                                                                   "paper's setting); with --parts and no "
                                                                   "unet part yet, from a fresh UNet.")] = False,
@@ -148,9 +149,10 @@ def train_composer(
     run = {"model": str(Path(model).resolve()) if model else str(folder), "size": size, "kinds": list(kinds),
            "image_encoder": encoder.identity if encoder else None, "train_unet": train_unet,
            "min_snr_gamma": min_snr_gamma}
-    _check_run(output, run)
-    _record_stage(output, {"caption_alone": caption_alone})
     adapter = new_adapter(backbone, encoder.dim if encoder else 768, encoder.identity if encoder else None, seed=seed)
+    start = _start_from_parts(adapter, folder, train_unet) if parts is not None else {}
+    run = _check_run(output, {**run, "start": start})
+    _record_stage(output, {"caption_alone": caption_alone})
     trainee = ComposerTraining(backbone, adapter, kinds, rates, train_unet=train_unet, min_snr_gamma=min_snr_gamma)
     batches = _batches(cache, backbone, encoder, batch_size, size, seed)
     sampler = world_sampler(size, image_encoder=encoder) if sample_every else None
@@ -158,10 +160,11 @@ def train_composer(
 
     # 3. The results, each all or nothing (with EMA: the averaged weights).
     if parts is not None:
+        before = run.get("start") or {}  # steps the parts had already trained when this run began from them
         typer.echo(str(write_part(adapter, "composer", parts, {"config": adapter.config.__dict__,
-                                                               "steps": summary.step})))
+                                                               "steps": before.get("composer", 0) + summary.step})))
         if train_unet:
-            settings = unet_settings(backbone, steps=summary.step, joint=True)
+            settings = unet_settings(backbone, steps=before.get("unet", 0) + summary.step, joint=True)
             typer.echo(str(write_part(backbone.unet, "unet", parts, settings)))
     else:
         typer.echo(str(save_adapter(adapter, output / ADAPTER_FILE)))
@@ -424,8 +427,10 @@ def _check_size(model: str, size: int | None) -> int | None:
     return size
 
 
-def _check_run(output: Path, run: dict) -> None:
-    """Write the run's settings on a fresh start; on a resume, refuse changed ones (the checkpoint cannot tell)."""
+def _check_run(output: Path, run: dict) -> dict:
+    """Write the run's settings on a fresh start; on a resume, refuse changed ones (the checkpoint cannot tell).
+    The settings the run has: ``run`` on a fresh start, the recorded ones on a resume (where the run began,
+    ``start``, is the fresh start's: a resumed run continues from its checkpoint, whatever the parts hold now)."""
     from ..io.files import atomic_write
 
     path = output / RUN_FILE
@@ -435,13 +440,33 @@ def _check_run(output: Path, run: dict) -> None:
         except ValueError:
             raise RecomposerError("output", f"{path} is not valid JSON; choose a new folder") from None
         for key, value in run.items():
-            if key != "model" and old.get(key) != value:
+            if key not in ("model", "start") and old.get(key) != value:
                 raise RecomposerError(key.replace("_", "-"), f"was {old.get(key)!r} in the run in {output}, "
                                                              f"now {value!r}; resume with the same or choose a new "
                                                              "folder")
-        return
+        return old
     output.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write((json.dumps(run, indent=2) + "\n").encode()))
+    return run
+
+
+def _start_from_parts(adapter, folder: Path, train_unet: bool) -> dict:
+    """Begin from what the parts folder has trained: its Composer adapter's weights go into ``adapter`` (the UNet
+    part was loaded with the backbone). Returns the steps each part records ({} for fresh weights), so the
+    parts written at the end count every step they have had. A checkpoint in the run folder overrides both."""
+    from ..models.bundled import has_part, load_bundled_composer, read_part
+
+    start = {}
+    if has_part("composer", folder):
+        trained = load_bundled_composer(folder)
+        if trained.config != adapter.config:
+            raise RecomposerError("parts", f"{folder / 'composer.json'} is an adapter of other sizes than this "
+                                           "backbone and image encoder need; move it away to train a fresh one")
+        adapter.load_state_dict(trained.state_dict())
+        start["composer"] = int(read_part("composer", folder)[1].get("steps", 0))
+    if train_unet and has_part("unet", folder):
+        start["unet"] = int(read_part("unet", folder)[1].get("steps", 0))
+    return start
 
 
 def _record_stage(output: Path, stage: dict) -> None:
