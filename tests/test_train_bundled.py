@@ -119,3 +119,35 @@ def test_bad_training_input_names_the_field(tmp_path, tiny_dir, capsys):
         assert not (tmp_path / "run").exists()
     code, _, err = run(capsys, "train", "base", "--parts", tmp_path / "empty", "-o", tmp_path / "run")
     assert code == 2 and err.startswith("error: model:") and "vae" in err
+
+
+def test_a_controlnet_part_trains_on_world_hints_and_runs_as_bundled_kind(parts, tmp_path, capsys):
+    """One net for the three world hint kinds, written into the parts folder; `--controlnet bundled:KIND` reads it
+    from the --model parts folder; a resumed parts folder goes on from it and counts its steps."""
+    import shutil
+
+    from recomposer.world.dataset import make_sample
+
+    folder = tmp_path / "parts"
+    shutil.copytree(parts / "parts", folder)
+    args = ["train", "controlnet", "-o", tmp_path / "cn", "--parts", folder, "--steps", 1, "--batch-size", 2]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    settings = json.loads((folder / "controlnet.json").read_text())
+    assert settings["kinds"] == ["sketch", "depth", "instances"] and settings["steps"] == 1
+    assert settings["config"]["conditioning_channels"] == 6  # RGB + one plane per kind
+    sample = make_sample(3, size=64)
+    from PIL import Image
+
+    Image.fromarray(np.where(sample.rendered.sketch, 0, 255).astype(np.uint8)).save(tmp_path / "drawing.png")
+    for kind in ("sketch", "depth"):
+        code, out, err = run(capsys, "generate", "a red circle", "--model", folder, "--steps", 2, "--seed", 1,
+                             "--controlnet", f"bundled:{kind}", "--control-image", tmp_path / "drawing.png",
+                             "-o", tmp_path / f"{kind}.png")
+        assert code == 0 and (tmp_path / f"{kind}.png").is_file(), err
+    code, out, err = run(capsys, "generate", "a red circle", "--model", folder, "--steps", 2, "--controlnet",
+                         "bundled:edges", "--control-image", tmp_path / "drawing.png", "-o", tmp_path / "x.png")
+    assert code == 2 and "bundled:sketch or bundled:depth or bundled:instances" in err, err
+    code, out, err = run(capsys, *args[:3], tmp_path / "cn2", *args[4:])
+    assert code == 0, err
+    assert json.loads((folder / "controlnet.json").read_text())["steps"] == 2

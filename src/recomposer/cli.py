@@ -336,8 +336,7 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
         raise RecomposerError("model", "weights differ from those that made this image (sha256 mismatch)")
     hints, masks = control_inputs
     sized = resolve(backbone, request, image, mask)
-    controls = control.load_controls(request.controls, hints, masks, (sized.width, sized.height), torch_device,
-                                     torch_dtype)
+    controls = control.load_controls(request.controls, hints, masks, (sized.width, sized.height), backbone)
     results = run(backbone, request, image=image, mask=mask, controls=controls)
     from .invocation import record_paths
 

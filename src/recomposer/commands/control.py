@@ -76,21 +76,29 @@ def control_requests(nets, images, scales, starts, ends, masks, modes, guess: bo
     return tuple(requests)
 
 
-def load_controls(requests, images, masks, size: tuple[int, int], device, dtype) -> list:
-    """The nets, hints and masks of ``requests`` (``control_requests``), for ``tasks.generate.ControlInput``."""
+def load_controls(requests, images, masks, size: tuple[int, int], backbone) -> list:
+    """The nets, hints and masks of ``requests`` (``control_requests``), for ``tasks.generate.ControlInput``.
+    ``bundled:KIND`` is the ControlNet part of the backbone's parts folder (the bundled model's, or --model's)."""
     from ..io.images import open_image, open_mask
-    from ..models.controlnet import load_controlnet
+    from ..models.bundled import WEIGHTS
+    from ..models.controlnet import load_bundled_controlnet, load_controlnet
     from ..tasks.generate import ControlInput
 
-    loaded: dict[str, object] = {}  # a net given twice (two hints) loads once
+    loaded: dict[str, tuple] = {}  # a net given twice (two hints) loads once
     controls = []
     for k, request in enumerate(requests):
-        if request.net.startswith(BUNDLED):
-            raise ModelError("controlnet", f"{request.net}: no bundled ControlNet ships yet; give a diffusers "
-                                           "ControlNet folder")
         if request.net not in loaded:
-            loaded[request.net] = load_controlnet(request.net, device, dtype)
+            if request.net.startswith(BUNDLED):
+                if backbone.source.kind != "bundled":
+                    raise ModelError("controlnet", f"{request.net} is a net of the bundled model; this model is "
+                                                   f"{backbone.source.kind}: give a diffusers ControlNet folder")
+                folder = Path(backbone.source.path) if backbone.source.path else WEIGHTS
+                loaded[request.net] = load_bundled_controlnet(folder, request.net[len(BUNDLED):], backbone.device,
+                                                              backbone.dtype)
+            else:
+                loaded[request.net] = (load_controlnet(request.net, backbone.device, backbone.dtype), None)
+        net, kind = loaded[request.net]
         hint = open_image(images[k], "control-image")
         mask = open_mask(masks[k], size, "control-mask") if masks else None
-        controls.append(ControlInput(loaded[request.net], hint, mask))
+        controls.append(ControlInput(net, hint, mask, kind))
     return controls

@@ -3,6 +3,7 @@
 
     recomposer train vae|encoder|base|analyser -o OUT [--parts PARTS ...]   parts of the bundled model
     recomposer train composer (--model DIR | --parts PARTS) -o OUT [--train-unet --steps N ...]
+    recomposer train controlnet (--model DIR | --parts PARTS) -o OUT (--hint KIND ... | --data TRIPLETS)
 
 Every parameter is checked before a model loads; a run resumes from OUT's newest complete checkpoint
 (``--no-resume`` refuses a folder that has one). At the end the adapter is written, all or nothing, to
@@ -37,6 +38,7 @@ CaptionAlone = Annotated[float, typer.Option(help="Share of samples that keep th
 
 ADAPTER_FILE = "composer.safetensors"
 RUN_FILE = "composer-run.json"  # the settings that must not change when a run is resumed
+CONTROLNET_RUN_FILE = "controlnet-run.json"
 
 
 @train_app.command("composer")
@@ -170,6 +172,126 @@ def train_composer(
         typer.echo(str(save_adapter(adapter, output / ADAPTER_FILE)))
         if train_unet:
             typer.echo(str(_save_pretrained(backbone.unet, output / "unet")))
+    loss = "n/a" if summary.loss is None else f"{summary.loss:.4g}"
+    typer.echo(f"step {summary.step}, loss {loss}", err=True)
+
+
+@train_app.command("controlnet")
+def train_controlnet(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, loss.jsonl and the net; a "
+                                                                "run resumes from it.")],
+    model: model_option("Diffusers model directory (the frozen backbone). Default: the bundled model.") = None,
+    parts: Annotated[Optional[Path], typer.Option(help="A folder of bundled-format parts to train on instead of "
+                                                       "--model; the net is written into it as its controlnet "
+                                                       "part (bundled:KIND), and a new run starts from the one it "
+                                                       "has.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Train on your (image, hint, caption) triplets: a JSONL file "
+                                                      "of image / conditioning_image / text records, or a folder "
+                                                      "with a metadata.jsonl (diffusers' train_controlnet "
+                                                      "layout). Default: shapes-world scenes.")] = None,
+    hint: Annotated[Optional[list[str]], typer.Option(help="World hint kind(s) to read: sketch, depth, instances; "
+                                                           "repeat for one net of several kinds (default with "
+                                                           "--parts: all three).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer updates in all (a resumed run continues up to it).")]
+    = 10_000,
+    batch_size: Annotated[int, typer.Option(help="Examples per step (per process).")] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (the paper: 1e-5 for Stable Diffusion).")] = 1e-5,
+    size: Annotated[Optional[int], typer.Option(help="Image side in pixels: a multiple of the VAE factor "
+                                                     "(default: the backbone's native size).")] = None,
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the net's weights (what is written).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps (and at the end).")]
+    = 500,
+    keep_checkpoints: Annotated[int, typer.Option(help="Complete checkpoints kept (older ones are pruned).")] = 2,
+    seed: Annotated[int, typer.Option(help="Seeds the net's hint encoder and every step's draws.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint "
+                                                                      "in --output.")] = True,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    cache: Cache = None, max_minutes: MaxMinutes = None, min_snr_gamma: MinSnr = None,
+) -> None:
+    """Train a ControlNet (Zhang et al. 2023) on a frozen backbone: from shapes-world hints, or your triplets."""
+    from .. import validation as v
+    from ..models.controlnet import HINT_KINDS
+    from ..training import TrainConfig, latest_complete
+
+    # 1. Every parameter, before anything loads.
+    config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, seed=seed,
+                         ema_decay=ema_decay, mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes).check()
+    if size is not None:
+        v.integer("size", size, 16)
+    if min_snr_gamma is not None:
+        v.real("min-snr-gamma", min_snr_gamma, 1e-3, 1e3)
+    _check_output(output)
+    if model is not None and parts is not None:
+        raise RecomposerError("parts", "give --model or --parts, not both")
+    if data is not None and (hint or cache is not None):
+        raise RecomposerError("data", "your triplets carry their own hints: not with --hint or --cache")
+    kinds = tuple(hint or (HINT_KINDS if parts is not None and data is None else ()))
+    for kind in kinds:
+        v.choice("hint", kind, HINT_KINDS)
+    if len(set(kinds)) != len(kinds):
+        raise InvalidParameter("hint", "each kind once", list(kinds))
+    if data is None and not kinds:
+        raise RecomposerError("hint", "the world hint kind to train on (sketch, depth or instances), or --data")
+    if len(kinds) > 1 and parts is None:
+        raise RecomposerError("hint", "one kind with --model (a net of several kinds ships as a parts folder's "
+                                      f"controlnet part; got {', '.join(kinds)})")
+    kinds = kinds or ("image",)
+    if cache is not None and not (cache / "manifest.json").is_file():
+        raise RecomposerError("cache", f"{cache} is not a world cache (no manifest.json); build one with "
+                                       "`recomposer world cache`")
+    from ..training.controlnet import read_triplets
+
+    triplets = read_triplets(data) if data is not None else None
+    if model is not None:
+        size = _check_size(model, size)
+    if not resume and output.is_dir() and latest_complete(output) is not None:
+        raise RecomposerError("output", f"{output} holds checkpoints of an earlier run; resume it (--resume) "
+                                        "or choose a new folder")
+
+    # 2. Load, then train.
+    hold_run_lock(output)
+    import torch
+
+    from ..models.bundled import WEIGHTS, has_part, load_bundled_backbone, read_part, write_part
+    from ..models.loading import load_model
+    from ..training import train
+    from ..training.controlnet import ControlNetTraining, controlnet_step, new_controlnet, triplet_batches
+
+    cpu_device = torch.device("cpu")  # the trainer moves everything to its device
+    folder = parts if parts is not None else WEIGHTS
+    backbone = load_bundled_backbone(cpu_device, torch.float32, folder) if model is None else \
+        load_model(model, cpu_device, torch.float32)
+    size = size if size is not None else backbone.native_size
+    v.multiple_of("size", size, backbone.vae_factor, 16)
+    net = new_controlnet(backbone, kinds, seed)
+    start = {}
+    if parts is not None and has_part("controlnet", folder):  # go on from the net the parts have
+        tensors, settings = read_part("controlnet", folder)
+        if settings.get("kinds") != list(kinds):
+            raise RecomposerError("hint", f"{folder / 'controlnet.json'} is a net for {settings.get('kinds')}; "
+                                          "train those kinds, or move it away for a fresh net")
+        from ..models.composer import check_fits
+
+        check_fits(net, tensors, str(folder / "controlnet.safetensors"))
+        start = {"controlnet": int(settings.get("steps", 0))}
+    run = _check_run(output, {"model": str(Path(model).resolve()) if model else str(folder), "size": size,
+                              "kinds": list(kinds), "data": str(Path(data).resolve()) if data else None,
+                              "min_snr_gamma": min_snr_gamma, "start": start}, CONTROLNET_RUN_FILE)
+    trainee = ControlNetTraining(backbone, net, kinds, min_snr_gamma=min_snr_gamma)
+    batches = triplet_batches(backbone, triplets, batch_size, size, seed) if triplets is not None else \
+        _batches(cache, backbone, None, batch_size, size, seed)
+    summary = train(config, trainee, controlnet_step, batches, resume=resume, keep_ema=True)
+
+    # 3. The net, all or nothing (with EMA: the averaged weights).
+    if parts is not None:
+        before = (run.get("start") or {}).get("controlnet", 0)
+        typer.echo(str(write_part(net, "controlnet", parts, {"config": dict(net.config), "kinds": list(kinds),
+                                                             "steps": before + summary.step})))
+    else:
+        typer.echo(str(_save_pretrained(net, output / "controlnet")))
     loss = "n/a" if summary.loss is None else f"{summary.loss:.4g}"
     typer.echo(f"step {summary.step}, loss {loss}", err=True)
 
@@ -427,13 +549,13 @@ def _check_size(model: str, size: int | None) -> int | None:
     return size
 
 
-def _check_run(output: Path, run: dict) -> dict:
+def _check_run(output: Path, run: dict, name: str = RUN_FILE) -> dict:
     """Write the run's settings on a fresh start; on a resume, refuse changed ones (the checkpoint cannot tell).
     The settings the run has: ``run`` on a fresh start, the recorded ones on a resume (where the run began,
     ``start``, is the fresh start's: a resumed run continues from its checkpoint, whatever the parts hold now)."""
     from ..io.files import atomic_write
 
-    path = output / RUN_FILE
+    path = output / name
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))

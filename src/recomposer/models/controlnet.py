@@ -38,6 +38,7 @@ from ..requests import check_control
 from .adapter import RESIDUALS
 
 SOFT = 0.825  # sd-webui-controlnet's soft-injection base (the paper's reference code uses it for guess mode)
+HINT_KINDS = ("sketch", "depth", "instances")  # the shapes world's hint kinds (training/controlnet.py draws them)
 
 
 @dataclass(frozen=True)
@@ -199,3 +200,38 @@ def load_controlnet(path: str | Path, device: torch.device, dtype: torch.dtype):
         what = f"lacks {len(missing)} weights" if missing else f"has {len(mismatched)} weights of the wrong shape"
         raise ModelError("controlnet", f"{root} {what}, e.g. {(missing or mismatched)[0]!r}")
     return net.to(device).eval()
+
+
+def with_kind_planes(hint: torch.Tensor, kinds: torch.Tensor, count: int) -> torch.Tensor:
+    """RGB hints (B, 3, H, W) and each row's kind index (B,) -> (B, 3 + K, H, W) for a net of K > 1 hint kinds:
+    plane k is all ones where the row's hint is of the net's k-th kind (one net for many kinds, as ControlNet-Union
+    does; its hint encoder's first conv makes the planes a learned kind embedding). A one-kind net: as they are."""
+    if count == 1:
+        return hint
+    planes = F.one_hot(kinds.long().to(hint.device), count).to(hint.dtype)  # (B, K)
+    return torch.cat([hint, planes[:, :, None, None].expand(-1, -1, *hint.shape[-2:])], dim=1)
+
+
+def load_bundled_controlnet(folder: Path, kind: str, device: torch.device, dtype: torch.dtype):
+    """The ControlNet part of a bundled-format folder (``controlnet.safetensors`` + ``controlnet.json``: its diffusers
+    config and the hint kinds it reads) and the place of ``kind`` among them: (net, (k, K))."""
+    from diffusers import ControlNetModel
+
+    from .bundled import has_part, read_part
+    from .composer import check_fits as fill
+
+    if not has_part("controlnet", folder):
+        raise ModelError("controlnet", f"bundled:{kind}: {folder} has no ControlNet part (controlnet.safetensors "
+                                       "and controlnet.json); train one with `recomposer train controlnet --parts`")
+    tensors, settings = read_part("controlnet", folder)
+    kinds, config = settings.get("kinds"), settings.get("config")
+    if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds) or not isinstance(config, dict):
+        raise ModelError("controlnet", f"{folder / 'controlnet.json'} records no config and hint kinds")
+    if kind not in kinds:
+        raise InvalidParameter("controlnet", "bundled:" + " or bundled:".join(kinds), f"bundled:{kind}")
+    try:
+        net = ControlNetModel.from_config(config)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ModelError("controlnet", f"{folder / 'controlnet.json'} holds an unusable config ({e})") from None
+    fill(net, tensors, str(folder / "controlnet.safetensors"))
+    return net.to(device, dtype).eval(), (kinds.index(kind), len(kinds))

@@ -42,6 +42,7 @@ class ControlInput:
     net: torch.nn.Module  # a diffusers ControlNetModel that fits the backbone
     hint: Image.Image  # any size of the output's aspect ratio (resized as diffusers does)
     mask: torch.Tensor | None = None  # (1, 1, H, W) at the output size, 1 = the net controls here
+    kind: tuple[int, int] | None = None  # (k, K): a net of K hint kinds reads its k-th (a bundled net); None: RGB
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def generate(backbone: Backbone, request: GenerateRequest, image: Image.Image | 
 def with_controls(backbone: Backbone, request: GenerateRequest, controls: Sequence[ControlInput],
                   size: tuple[int, int]) -> Backbone:
     """The backbone with one ControlNet adapter per ``request.controls`` entry on top of its stack."""
-    from ..models.controlnet import Control, ControlNetAdapter, hint_tensor
+    from ..models.controlnet import Control, ControlNetAdapter, hint_tensor, with_kind_planes
 
     if len(controls) != len(request.controls):
         raise InvalidParameter("control-image", f"one per --controlnet ({len(request.controls)})", len(controls))
@@ -96,8 +97,10 @@ def with_controls(backbone: Backbone, request: GenerateRequest, controls: Sequen
             raise BadImage("control-mask", f"must be {size[0]}x{size[1]} like the output")
         if settings.masked != (given.mask is not None):
             raise InvalidParameter("control-mask", "given exactly where the request says masked", settings.masked)
-        control = Control(hint_tensor(given.hint, size), settings.scale, settings.start, settings.end, given.mask,
-                          settings.mode)
+        hint = hint_tensor(given.hint, size)  # (1, 3, H, W)
+        if given.kind is not None:
+            hint = with_kind_planes(hint, torch.tensor([given.kind[0]]), given.kind[1])  # (1, 3 + K, H, W)
+        control = Control(hint, settings.scale, settings.start, settings.end, given.mask, settings.mode)
         adapters.append(ControlNetAdapter(given.net, control, settings.net))
     return backbone.with_adapters(*adapters) if adapters else backbone
 

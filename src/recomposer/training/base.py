@@ -14,6 +14,7 @@ One step (``BaseTraining``), every random draw from the step's generator, in thi
 The Composer step (training/composer.py) is this step with its adapter's doors added.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -160,11 +161,17 @@ class Diffusion:
         self.scheduler = make_scheduler("ddpm", backbone.scheduler_config)  # q(x_t | x_0): the training betas
 
     def step(self, unet: nn.Module, batch: dict, generator: torch.Generator, inputs: ModelInputs,
-             keep: dict[str, torch.Tensor]) -> StepResult:
+             keep: dict[str, torch.Tensor], at_step: Callable[[torch.Tensor, torch.Tensor, ModelInputs],
+                                                              ModelInputs] | None = None) -> StepResult:
+        """``at_step(x_t, t, inputs) -> inputs``: doors that depend on x_t, filled in before the forward (a
+        ControlNet's residuals, as ``ControlNetAdapter.at_step`` fills them at sampling)."""
         b = self.backbone
         latents = sample_latents(batch, generator, b.vae.config.scaling_factor)  # (B, C, h, w)
         noise, t, noisy = noised(self.scheduler, latents, generator)
-        prediction = forward_unet(unet, noisy.to(b.dtype), t, inputs)  # (B, C, h, w)
+        noisy = noisy.to(b.dtype)
+        if at_step is not None:
+            inputs = at_step(noisy, t, inputs)
+        prediction = forward_unet(unet, noisy, t, inputs)  # (B, C, h, w)
         target = training_target(self.scheduler, self.prediction_type, latents, noise, t)
         loss = denoising_loss(prediction, target, loss_weights(self.scheduler, self.prediction_type, t,
                                                                self.min_snr_gamma))
