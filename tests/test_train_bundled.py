@@ -151,3 +151,40 @@ def test_a_controlnet_part_trains_on_world_hints_and_runs_as_bundled_kind(parts,
     code, out, err = run(capsys, *args[:3], tmp_path / "cn2", *args[4:])
     assert code == 0, err
     assert json.loads((folder / "controlnet.json").read_text())["steps"] == 2
+    # ControlNet, Composer conditions and the caption in one call; recall replays it
+    code, out, err = run(capsys, "compose", "--caption", "a red circle", "--palette-from", tmp_path / "drawing.png",
+                         "--model", folder, "--steps", 2, "--seed", 3, "--controlnet", "bundled:instances",
+                         "--control-image", tmp_path / "drawing.png", "--control-end", 0.5, "-o", tmp_path / "mixed")
+    assert code == 0, err
+    from recomposer.provenance import read_provenance
+
+    record = read_provenance(tmp_path / "mixed" / "3.png")
+    assert record["controlnets"][0]["name"] == "bundled:instances" and record["controlnets"][0]["end"] == 0.5
+    assert record["conditions"]["caption"] and "palette" in record["conditions"]
+    code, out, err = run(capsys, "recall", tmp_path / "mixed" / "3.png", "--inputs", tmp_path)
+    assert code == 0 and "identical" in out, (out, err)
+
+
+def test_compose_with_a_net_at_scale_0_is_compose_without_it(parts, tmp_path):
+    """A net that is not active is not run: the pixels are those of the same call without it."""
+    from PIL import Image
+
+    from recomposer.conditions import Caption, ConditionSet
+    from recomposer.models.controlnet import load_bundled_controlnet
+    from recomposer.requests import ControlRequest
+    from recomposer.tasks.composer import ComposeRequest, compose, load_composer
+    from recomposer.tasks.generate import ControlInput
+    from recomposer.training.controlnet import new_controlnet
+
+    model = load_composer(str(parts / "parts"))
+    net = new_controlnet(model.backbone, ("sketch",))
+    with torch.no_grad():
+        for p in net.controlnet_down_blocks.parameters():
+            p.normal_(0, 0.3)
+    hint = Image.new("RGB", (64, 64), "white")
+    conds = ConditionSet.of(Caption("a red circle"))
+    plain = compose(model, conds, ComposeRequest(steps=3, seed=2, allow_flat=True))[0].pixels
+    for scale, same in ((0.0, True), (1.0, False)):
+        request = ComposeRequest(steps=3, seed=2, allow_flat=True, controls=(ControlRequest("n", scale),))
+        ours = compose(model, conds, request, controls=[ControlInput(net.eval(), hint)])[0].pixels
+        assert torch.equal(ours, plain) == same, scale

@@ -79,6 +79,13 @@ class ControlRequest:
         v.boolean("control-mask", self.masked)
 
 
+def check_controls(controls) -> None:
+    if not isinstance(controls, tuple) or not all(isinstance(c, ControlRequest) for c in controls):
+        raise InvalidParameter("controls", "a list of ControlNet settings", controls)
+    for control in controls:
+        control.check()
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     prompt: str
@@ -96,10 +103,7 @@ class GenerateRequest:
 
     def check(self) -> None:
         """Validate everything that needs no model (before any loading or compute)."""
-        if not isinstance(self.controls, tuple) or not all(isinstance(c, ControlRequest) for c in self.controls):
-            raise InvalidParameter("controls", "a list of ControlNet settings", self.controls)
-        for control in self.controls:
-            control.check()
+        check_controls(self.controls)
         if not isinstance(self.prompt, str):
             raise InvalidParameter("prompt", "a string", self.prompt)
         if not isinstance(self.negative, str):
@@ -142,6 +146,7 @@ class ComposeRequest:
     base: tuple[str, ...] = ()  # kinds of the conditions that form c₂ (default ∅)
     weights: tuple[Weight, ...] = ()  # extra per-condition terms
     allow_flat: bool = False  # keep an image of one flat colour (otherwise an error: R5)
+    controls: tuple[ControlRequest, ...] = ()  # ControlNets beside the conditions, each with its hint
 
     def check(self) -> "ComposeRequest":
         v.choice("scheduler", self.scheduler, NAMES)
@@ -153,6 +158,7 @@ class ComposeRequest:
         for weight in self.weights:
             v.real("guidance", weight.scale, -GUIDANCE_MAX, GUIDANCE_MAX)
             v.fraction_window("guidance", weight.start, weight.end)
+        check_controls(self.controls)
         return self
 
 
@@ -239,8 +245,8 @@ def edit_kind(source: str, edited: str) -> str:
                                      "every source word in order and adds words (a refinement)", edited)
 
 
-NESTED = {("ComposeRequest", "weights"): Weight, ("P2PRequest", "edit"): Edit,
-          ("GenerateRequest", "controls"): ControlRequest}
+NESTED = {("ComposeRequest", "weights"): Weight, ("ComposeRequest", "controls"): ControlRequest,
+          ("P2PRequest", "edit"): Edit, ("GenerateRequest", "controls"): ControlRequest}
 
 
 def readable(field: str, path, folder: bool = False):

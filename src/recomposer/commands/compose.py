@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InvalidParameter
+from . import control
 from .options import Device, model_option
 
 FROM_KINDS = ("image_embedding", "palette", "sketch", "instances", "depth", "intensity")
@@ -126,7 +127,8 @@ def _guard(arguments: dict) -> None:
     from ..io.output import check_output
 
     output = arguments["output"]
-    check_output(output, tuple(v for k, v in arguments.items() if isinstance(v, Path) and k != "output"))
+    given = [v for k, v in arguments.items() if k != "output" for v in (v if isinstance(v, list) else [v])]
+    check_output(output, tuple(v for v in given if isinstance(v, Path)))
 
 
 def _echo(paths, results=None) -> None:
@@ -160,9 +162,22 @@ def compose_command(
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("composed"), allow_flat: AllowFlat = False,
     width: Width = None, height: Height = None,
+    controlnet: control.ControlNets = None, control_image: control.ControlImages = None,
+    control_scale: control.ControlScales = None, control_start: control.ControlStarts = None,
+    control_end: control.ControlEnds = None, control_mask: control.ControlMasks = None,
+    control_mode: control.ControlModes = None, guess_mode: control.GuessMode = False,
 ) -> None:
-    """Generate from any mix of conditions, each from its own image or file."""
+    """Generate from any mix of conditions, each from its own image or file, and any ControlNets beside them."""
+    from dataclasses import replace
+
+    from ..invocation import resolve
+
     request = _request(scheduler, steps, guidance, seed, batch, base, weight, allow_flat)
+    controls = control.control_requests(controlnet, control_image, control_scale, control_start, control_end,
+                                        control_mask, control_mode, guess_mode)
+    if controls:
+        resolve("controlnet", [c.net for c in controls])  # absolute: a replay from elsewhere finds the nets
+        request = replace(request, controls=controls).check()
     _guard(locals())
     from ..conditions import Caption as CaptionCondition
     from ..conditions import ConditionSet
@@ -191,20 +206,23 @@ def compose_command(
         raise InvalidParameter("mask", "given together with --image", "only one of them")
     picture = open_image(image, "image") if image is not None else None
     region = open_mask(mask, picture.size, "mask")[0, 0].numpy() > 0.5 if picture is not None else None
-    if caption is None and not sources and picture is None:
-        raise InvalidParameter("conditions", "at least one of --caption, --KIND-from, --image/--mask", "none")
+    if caption is None and not sources and picture is None and not controls:
+        raise InvalidParameter("conditions", "at least one of --caption, --KIND-from, --image/--mask, --controlnet",
+                               "none")
 
     composer = _model(model, adapter, image_encoder, device)
     size = _size(width, height, composer)
+    nets = control.load_controls(controls, list(control_image or []), list(control_mask or []), size,
+                                 composer.backbone)
     conds = [CaptionCondition(caption)] if caption is not None else []
     for kind, source in sources.items():
         conds += list(composer.decompose(source, (kind,), size=size).values())
     conds = ConditionSet(tuple(conds))
     if picture is not None:
         picture, region = fit_image(picture, size), fit_mask(region, size)
-        results = edit_region(composer, picture, region, conds, request)
+        results = edit_region(composer, picture, region, conds, request, controls=nets)
     else:
-        results = compose(composer, conds, request, size=size)
+        results = compose(composer, conds, request, size=size, controls=nets)
     _echo(_write(results, output), results)
 
 

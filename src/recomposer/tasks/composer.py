@@ -13,6 +13,7 @@ s_k·(ε(x, c₂ ∪ {c_k}) − ε(x, c₂)) inside [start, end] of the schedule
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from ..provenance import FORMAT, library_versions
 from ..sampling import StepCallback
 from ..schedulers import display_name
 from ..requests import GLOBAL_KINDS, LOCAL_KINDS, ComposeRequest, Weight  # noqa: F401 (re-exported)
-from .generate import Generated
+from .generate import ControlInput, Generated, control_record, with_controls
 from .run import Sampling, run
 
 
@@ -106,15 +107,16 @@ def plan(conds: ConditionSet, request: ComposeRequest) -> GuidancePlan:
 
 def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest = ComposeRequest(),
             size: tuple[int, int] | None = None, callback: StepCallback | None = None, cancel=None,
-            task: str = "compose") -> list[Generated]:
+            task: str = "compose", controls: Sequence[ControlInput] = ()) -> list[Generated]:
     """Images from any subset of conditions. With a masked image, pixels outside its mask are kept
-    exactly: the latents outside are blended back at every step and the source pasted back after decoding."""
+    exactly: the latents outside are blended back at every step and the source pasted back after decoding.
+    ``controls``: one ControlNet per ``request.controls`` entry, in the same loop as the conditions."""
     request.check()
     if not isinstance(conds, ConditionSet):
         raise InvalidParameter("conditions", "a ConditionSet", type(conds).__name__)
     say_weak(model, conds)
-    b = model.backbone
     width, height = size or generation_size(conds) or (model.size, model.size)
+    b = with_controls(model.backbone, request, controls, (width, height))
     guidance = plan(conds, request)
     check_fits(b, width, height, request.batch, rows=1 + len(guidance.terms))  # before any compute (R10)
     denoise, inputs = guided(BackboneDenoiser(b, (width, height)), guidance, request.batch)
@@ -131,7 +133,9 @@ def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest =
     floats = (pixels / 2 + 0.5).clamp(0, 1).cpu()
     caption = conds["caption"].text if "caption" in conds else ""
     params = {**asdict(request), "width": width, "height": height, "prompt": caption}
+    control_inputs, nets = control_record(b, controls)
     base = {"format": FORMAT, "task": task, "params": params, "conditions": conds.describe(),
+            **({"inputs": control_inputs, "controlnets": nets} if nets else {}),
             "sampler_label": display_name(request.scheduler), "model": b.describe(),
             "versions": dict(library_versions())}
     return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k})
@@ -219,13 +223,13 @@ def slerp(a: np.ndarray, b: np.ndarray, s: float) -> np.ndarray:
 
 
 def edit_region(model: ComposerModel, image: Image.Image, mask: np.ndarray, conds: ConditionSet = ConditionSet(),
-                request: ComposeRequest = ComposeRequest()) -> list[Generated]:
-    """Regenerate the pixels where ``mask`` (H, W) is true under ``conds``; every other pixel is kept.
-    The image must already be of a size the model generates (``ComposerModel.fit``)."""
+                request: ComposeRequest = ComposeRequest(), controls: Sequence[ControlInput] = ()) -> list[Generated]:
+    """Regenerate the pixels where ``mask`` (H, W) is true under ``conds`` (and ``controls``); every other pixel
+    is kept. The image must already be of a size the model generates (``ComposerModel.fit``)."""
     from ..decompose.masking import masked_image
 
     masked = masked_image(image.convert("RGB"), mask)
-    results = compose(model, conds.with_(masked), request, task="edit")
+    results = compose(model, conds.with_(masked), request, task="edit", controls=controls)
     for r in results:
         r.provenance["psnr_outside_mask"] = psnr_outside(r.image, image, mask)
     return results

@@ -28,7 +28,7 @@ from ..models.backbone import Backbone
 from ..models.inpainting import InpaintingChannels
 from ..models.memory import check_fits
 from ..provenance import FORMAT, library_versions
-from ..requests import MAX_BATCH, MAX_SIDE, MAX_STEPS, GenerateRequest  # noqa: F401 (re-exported)
+from ..requests import MAX_BATCH, MAX_SIDE, MAX_STEPS, ComposeRequest, GenerateRequest  # noqa: F401
 from ..sampling import StepCallback
 from ..schedulers import display_name
 from .run import Sampling, run
@@ -84,7 +84,7 @@ def generate(backbone: Backbone, request: GenerateRequest, image: Image.Image | 
             for k, im in enumerate(images)]
 
 
-def with_controls(backbone: Backbone, request: GenerateRequest, controls: Sequence[ControlInput],
+def with_controls(backbone: Backbone, request: GenerateRequest | ComposeRequest, controls: Sequence[ControlInput],
                   size: tuple[int, int]) -> Backbone:
     """The backbone with one ControlNet adapter per ``request.controls`` entry on top of its stack."""
     from ..models.controlnet import Control, ControlNetAdapter, hint_tensor, with_kind_planes
@@ -142,22 +142,28 @@ def pixel_hash(image: Image.Image) -> str:
 
 
 def provenance_base(backbone: Backbone, request: GenerateRequest, image, mask, controls=()) -> dict:
-    """``backbone`` with its ControlNets (``with_controls``): each net is recorded by name, weights sha256 and
-    settings, each hint and mask by its pixels' sha256."""
-    from ..models.controlnet import ControlNetAdapter
-
+    """What a generation's provenance holds besides the seed (``backbone`` with its ControlNets)."""
     inputs = {}
     if image is not None:
         inputs["image"] = {"sha256": pixel_hash(image)}
     if mask is not None:
         inputs["mask"] = {"sha256": _mask_hash(mask)}
+    control_inputs, nets = control_record(backbone, controls)
+    return {"format": FORMAT, "task": "generate", "params": asdict(request), "inputs": {**inputs, **control_inputs},
+            "model": backbone.describe(), **({"controlnets": nets} if nets else {}),
+            "sampler_label": display_name(request.scheduler), "versions": dict(library_versions())}
+
+
+def control_record(backbone: Backbone, controls: Sequence[ControlInput]) -> tuple[dict, list[dict]]:
+    """What provenance says of a run's ControlNets (``with_controls``): each hint and mask by its pixels' sha256,
+    each net by name, weights sha256 and settings."""
+    from ..models.controlnet import ControlNetAdapter
+
+    inputs = {}
     if controls:
         inputs["control_image"] = [{"sha256": pixel_hash(c.hint)} for c in controls]
         inputs["control_mask"] = [{"sha256": _mask_hash(c.mask)} for c in controls if c.mask is not None]
-    nets = [a.describe() for a in backbone.adapters if isinstance(a, ControlNetAdapter)]
-    return {"format": FORMAT, "task": "generate", "params": asdict(request), "inputs": inputs,
-            "model": backbone.describe(), **({"controlnets": nets} if nets else {}),
-            "sampler_label": display_name(request.scheduler), "versions": dict(library_versions())}
+    return inputs, [a.describe() for a in backbone.adapters if isinstance(a, ControlNetAdapter)]
 
 
 def _mask_hash(mask: torch.Tensor) -> str:
