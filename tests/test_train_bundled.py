@@ -170,7 +170,6 @@ def test_compose_with_a_net_at_scale_0_is_compose_without_it(parts, tmp_path):
     from PIL import Image
 
     from recomposer.conditions import Caption, ConditionSet
-    from recomposer.models.controlnet import load_bundled_controlnet
     from recomposer.requests import ControlRequest
     from recomposer.tasks.composer import ComposeRequest, compose, load_composer
     from recomposer.tasks.generate import ControlInput
