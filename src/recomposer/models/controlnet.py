@@ -104,10 +104,12 @@ class ControlNetAdapter:
         if not rows:
             return {}
         pick = torch.tensor(rows, device=x.device)
-        text = inputs.context[:, :self.prompt_length].index_select(0, pick)
+        text, sample = inputs.context[:, :self.prompt_length], x
+        if len(rows) < len(x):
+            text, sample = text.index_select(0, pick), x.index_select(0, pick)
         hint = c.hint.to(x.device, x.dtype).expand(len(rows), -1, -1, -1)
         guess = c.mode == "guess" or pooled
-        down, mid = self.net(x.index_select(0, pick), step.timestep, encoder_hidden_states=text, controlnet_cond=hint,
+        down, mid = self.net(sample, step.timestep, encoder_hidden_states=text, controlnet_cond=hint,
                              conditioning_scale=c.scale if c.mode in ("balanced", "guess") else 1.0,
                              guess_mode=guess, return_dict=False)
         residuals = [*down, mid]
