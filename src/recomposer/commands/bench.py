@@ -94,10 +94,9 @@ def speed(
 
 
 def _check_new(output: Path) -> None:
-    from ..errors import RecomposerError
+    from ..io.output import check_new_folder
 
-    if output.exists():
-        raise RecomposerError("output", f"{output} exists; choose a new folder")
+    check_new_folder(output)
 
 
 def _json(report: dict) -> str:

@@ -53,6 +53,9 @@ def decompose_command(
     from ..ellipse import Ellipse, ellipse_mask
 
     # 1. Everything the user gave is read and checked before any model loads.
+    from ..io.output import check_new_folder
+
+    check_new_folder(output, (image, depth, sketch, palette_from, mask))
     kinds = None if only is None else tuple(k.strip() for k in only.split(",") if k.strip())
     if kinds is not None:
         for k in kinds:

@@ -14,16 +14,16 @@ SCENE_SEED_OFFSET = 7  # evaluation scene EVAL_SEED_BASE + 7: two small objects 
 def run_demo(output: Path, steps: int = 20, model_path: str | None = None) -> Path:
     from .. import validation as v
     from ..conditions import Caption, ConditionSet
-    from ..errors import RecomposerError
     from ..io.files import write_folder
     from ..provenance import write_png
     from ..io.sheets import stacked, titled_row
     from ..tasks.composer import ComposeRequest, compose, load_composer
     from ..world.dataset import eval_seeds, make_sample
 
+    from ..io.output import check_new_folder
+
     v.integer("steps", steps, 1, 1000)
-    if output.exists():
-        raise RecomposerError("output", f"{output} exists; choose a new folder")
+    check_new_folder(output)
     from skimage import data
 
     model = load_composer(model_path)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InvalidParameter, RecomposerError
+from ..io.output import check_new_folder
 from .options import Config, Device, Dtype, Model
 
 def _load(model, config, device, dtype):
@@ -31,11 +32,6 @@ def _pairs(field: str, items: list[str] | None) -> dict[str, float]:
         if not word.strip():
             raise InvalidParameter(field, "WORD=NUMBER", item)
     return out
-
-
-def _new_folder(output: Path) -> None:
-    if output.exists():
-        raise RecomposerError("output", f"{output} exists; choose a new folder")
 
 
 def p2p_command(
@@ -155,7 +151,7 @@ def invert_command(
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidParameter("prompt", "a prompt of at least one word", prompt)
     readable("image", image)
-    _new_folder(output)
+    check_new_folder(output)
     from ..io.images import open_image, to_tensor
 
     picture = open_image(image, "image")
@@ -185,7 +181,7 @@ def attention_command(
     from ..requests import MapsRequest
 
     request = MapsRequest(prompt, scheduler, steps, guidance, seed).check()
-    _new_folder(output)
+    check_new_folder(output)
     backbone = _load(model, config, device, dtype)
     from ..io.files import write_folder
     from ..provenance import write_png

@@ -8,6 +8,7 @@ import typer
 from ..errors import RecomposerError
 from ..progress import stage
 from ..io.files import save_png, write_folder
+from ..io.output import check_new_folder, check_output, output_paths
 from .options import Device
 
 world_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
@@ -32,10 +33,10 @@ def world_sheet(
     v.integer("count", count, 1, 64)
     v.integer("size", size, 16, 1024)
     v.seed("seed", seed)
+    check_output(output)
     config = WorldConfig(held_out=held_out).check()
     sheet = contact_sheet([make_sample(seed + i, config, size) for i in range(count)])
-    save_png(sheet, output)
-    typer.echo(str(output))
+    typer.echo(str(save_png(sheet, output_paths(output, ["world-sheet"])[0])))
 
 
 @world_app.command("sample")
@@ -57,6 +58,7 @@ def world_sample(
     from ..world.scene import WorldConfig
 
     v.seed("seed", seed)
+    check_new_folder(output)
     v.integer("size", size, 16, 4096)
     sample = make_sample(seed, WorldConfig(held_out=held_out).check(), size)
     r = sample.rendered
@@ -89,10 +91,11 @@ def world_render(
     from ..world.scene import Scene
 
     v.integer("size", size, 16, 4096)
+    check_output(output, (scene,))
     if not scene.is_file():
         raise RecomposerError("scene", f"no such file: {scene}")
-    save_png(Image.fromarray(render(Scene.from_json(scene.read_text()), size).image), output)
-    typer.echo(str(output))
+    picture = Image.fromarray(render(Scene.from_json(scene.read_text()), size).image)
+    typer.echo(str(save_png(picture, output_paths(output, [scene.stem])[0])))
 
 
 @world_app.command("cache")
@@ -140,3 +143,4 @@ def bundled_encoders(parts: Optional[Path], device: str = "cpu"):
     backbone = load_bundled_backbone(torch.device(device), torch.float32, folder, fresh_unet=("default", "epsilon"))
     encoder = load_bundled_image_encoder(device, folder=folder) if has_part("image_encoder", folder) else None
     return backbone, encoder
+

@@ -60,8 +60,13 @@ def png_about(about: dict | None = None):
 
 
 def save_png(image, path: str | Path, about: dict | None = None) -> Path:
-    """A PNG with its ``png_about`` chunk, written atomically; parent folders are created."""
+    """A PNG with its ``png_about`` chunk, written atomically; parent folders are created. A path with another
+    extension is refused (io/output.py's policy: a file is what its name says)."""
+    from ..errors import InvalidParameter
+
     path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InvalidParameter("output", "a .png file (recomposer writes PNGs)", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     info = png_about(about)
     return atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=info))

@@ -7,6 +7,8 @@
   ``SEED-1.png``, ``SEED-2.png``, ….
 - An output path that is one of the command's own input files is refused before anything runs.
 - A batch of more than one image also gets a grid beside it (FILE-grid.png, or DIR/SEED-grid.png).
+- A command that writes a set of files (decompose, invert, attention, demo, world sample, bench) writes a new
+  folder: ``-o DIR`` must not exist yet and must not look like a file (a name with an extension).
 Nothing here imports torch: the plan is checked with the request, before a model loads.
 """
 
@@ -37,6 +39,17 @@ def check_output(output: Path, inputs: tuple = (), field: str = "output") -> Pat
         if given is not None and Path(given).exists() and _same(Path(given), output):
             raise InvalidParameter(field, "a path other than the command's own inputs", str(output))
     return output
+
+
+def check_new_folder(output: Path, inputs: tuple = (), field: str = "output") -> Path:
+    """Refuse, before anything runs, an output that cannot become a new folder of files (module docstring)."""
+    output = Path(output)
+    if output.exists():
+        raise InvalidParameter(field, "a new folder (this command writes a set of files)", f"{output} exists")
+    if output.suffix:
+        raise InvalidParameter(field, "a new folder, named without an extension (this command writes a set of "
+                                      "files)", str(output))
+    return check_output(output, inputs, field)
 
 
 def output_paths(output: Path, stems: list[str], field: str = "output") -> list[Path]:
