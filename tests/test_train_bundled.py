@@ -187,3 +187,21 @@ def test_compose_with_a_net_at_scale_0_is_compose_without_it(parts, tmp_path):
         request = ComposeRequest(steps=3, seed=2, allow_flat=True, controls=(ControlRequest("n", scale),))
         ours = compose(model, conds, request, controls=[ControlInput(net.eval(), hint)])[0].pixels
         assert torch.equal(ours, plain) == same, scale
+
+
+def test_the_benchmark_judges_a_parts_controlnet_beside_the_adapter(parts, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "parts"
+    shutil.copytree(parts / "parts", folder)
+    assert main(["train", "controlnet", "-o", str(tmp_path / "cn"), "--parts", str(folder), "--steps", "1",
+                 "--batch-size", "2"]) == 0
+    code, out, err = run(capsys, "bench", "controllability", "--quick", "--model", folder, "-o", tmp_path / "bench")
+    assert code == 0, err
+    report = json.loads((tmp_path / "bench" / "report.json").read_text())
+    rows = report["controlnet"]["kinds"]
+    assert list(rows) == ["sketch", "depth", "instances"]
+    assert rows["sketch"]["figure"] == "edge_f1" and 0 <= rows["sketch"]["controlnet"] <= 1
+    assert rows["instances"]["ceiling"] == report["conditions"]["instances"]["ceiling"]
+    assert set(report["controlnet"]["seconds_per_image"]) == {"composer", "controlnet"}
+    assert "ControlNet beside the Composer adapter" in (tmp_path / "bench" / "report.md").read_text()

@@ -56,8 +56,9 @@ def controllability(
     from ..tasks.composer import load_composer
 
     composer = load_composer(model, adapter)
-    with stage("generating", total=generations(config)) as advance:
-        report, examples = run(composer, load_bundled_analyser(), config, lambda done, total: advance(done))
+    net = _bundled_controlnet(composer)
+    with stage("generating", total=generations(config, net.kinds if net else ())) as advance:
+        report, examples = run(composer, load_bundled_analyser(), config, lambda done, total: advance(done), net)
     files = {"report.json": _json(report), "report.md": markdown(report), "bars.png": bars(report),
              "figures.json": _json(figures(report))}  # shipped beside the weights as benchmark.json
     if examples:
@@ -91,6 +92,23 @@ def speed(
     report = run(config)
     typer.echo(str(write_folder(output, {"report.json": _json(report), "report.md": markdown(report)})))
     typer.echo(markdown(report), err=True)
+
+
+def _bundled_controlnet(composer):
+    """The ControlNet part of a bundled-format model (its hint kinds judged beside the adapter), or None."""
+    from ..evaluation.controllability import NetUnderTest
+    from ..models.bundled import WEIGHTS, has_part, read_part
+    from ..models.controlnet import load_bundled_controlnet
+
+    b = composer.backbone
+    if b.source.kind != "bundled":
+        return None
+    folder = Path(b.source.path) if b.source.path else WEIGHTS
+    if not has_part("controlnet", folder):
+        return None
+    kinds = tuple(read_part("controlnet", folder)[1]["kinds"])
+    net, _ = load_bundled_controlnet(folder, kinds[0], b.device, b.dtype)
+    return NetUnderTest(net, kinds)
 
 
 def _check_new(output: Path) -> None:

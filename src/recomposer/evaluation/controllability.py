@@ -15,6 +15,7 @@ analyser features against a separate set of renders. Each generation is seeded b
 floor, single and paired images of a scene share their starting noise.
 """
 
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -26,7 +27,10 @@ from ..conditions import Caption, ConditionSet, Depth, Instances, Palette, Sketc
 from ..decompose.intensity import intensity
 from ..decompose.masking import box_mask, masked_image
 from ..decompose.metrics import EdgeCounts
+from ..models.controlnet import hint_picture
+from ..requests import ControlRequest
 from ..tasks.composer import ComposeRequest, ComposerModel, compose, psnr_outside
+from ..tasks.generate import ControlInput
 from ..world.dataset import WorldSample, eval_seeds, make_sample
 from ..world.scene import WorldConfig
 from . import judges
@@ -143,16 +147,27 @@ def _at_64(image: Image.Image) -> Image.Image:
     return image if image.size == (SIZE, SIZE) else image.resize((SIZE, SIZE), Image.Resampling.BOX)
 
 
-def generations(config: BenchConfig) -> int:
-    """Images a run generates: per scene the floor, each single condition, the pairs and the mixes; per
-    held-out scene its floor and its caption."""
-    return config.scenes * (1 + len(KINDS) + len(PAIRS) + len(MIXED)) + 2 * config.held_out_scenes
+def generations(config: BenchConfig, control_kinds: tuple[str, ...] = ()) -> int:
+    """Images a run generates: per scene the floor, each single condition, the pairs, the mixes and each kind of
+    a ControlNet; per held-out scene its floor and its caption."""
+    return config.scenes * (1 + len(KINDS) + len(PAIRS) + len(MIXED) + len(control_kinds)) \
+        + 2 * config.held_out_scenes
+
+
+@dataclass(frozen=True)
+class NetUnderTest:
+    """A ControlNet judged beside the Composer adapter: a net of the world's hint kinds (``bundled:KIND``)."""
+
+    net: object  # a diffusers ControlNetModel that fits the model's backbone
+    kinds: tuple[str, ...]  # the hint kinds it reads, in the order of its kind planes
 
 
 def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchConfig(),
-        progress=None) -> tuple[dict, dict]:
+        progress=None, controlnet: NetUnderTest | None = None) -> tuple[dict, dict]:
     """The report (JSON-ready) and the example grid's material: {(scene, setting): image} and
-    {(scene, "conditions"): {kind: Condition}} for the first ``config.examples`` scenes."""
+    {(scene, "conditions"): {kind: Condition}} for the first ``config.examples`` scenes. With ``controlnet``,
+    each of its kinds is also given to the net alone (the scene's hint, no Composer condition, the same seed as
+    the adapter's single-condition image) and judged the same way, with the seconds each image took."""
     config.check()
     request = ComposeRequest(steps=config.steps, guidance=config.guidance)
     sources = [make_source(model, seed) for seed in eval_seeds(config.scenes)]
@@ -161,15 +176,23 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
     scores = defaultdict(Scores)  # setting name -> Scores
     features = defaultdict(list)  # "floor" / "conditioned" / "renders" -> analyser features
     examples = {}
-    total = generations(config)
+    control_kinds = controlnet.kinds if controlnet is not None else ()
+    total = generations(config, control_kinds)
     done = 0
+    seconds = defaultdict(list)  # "composer" (single conditions) / "controlnet" -> seconds per image
 
-    def generate(conds: ConditionSet, seed: int) -> Image.Image:
+    def generate(conds: ConditionSet, seed: int, timed: str | None = None, controls=()) -> Image.Image:
         nonlocal done
         done += 1
         if progress:
             progress(done, total)
-        return compose(model, conds, ComposeRequest(**{**asdict(request), "seed": seed}))[0].image
+        nets = tuple(ControlRequest(f"bundled:{kind}") for kind, _ in controls)  # controls: (kind, ControlInput)
+        start = time.perf_counter()
+        image = compose(model, conds, ComposeRequest(**{**asdict(request), "seed": seed, "controls": nets}),
+                        controls=[given for _, given in controls])[0].image
+        if timed:
+            seconds[timed].append(time.perf_counter() - start)
+        return image
 
     def judge(setting: str, image: Image.Image, parts: list[tuple[str, Source]], pool: str | None) -> None:
         (reading,) = analyser.analyse([_at_64(image)])
@@ -187,10 +210,14 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
             examples[i, "scene"], examples[i, "floor"] = source.render, floor
             examples[i, "conditions"] = source.conditions
         for kind in KINDS:
-            image = generate(ConditionSet.of(source.conditions[kind]), i)
+            image = generate(ConditionSet.of(source.conditions[kind]), i, "composer")
             judge("single", image, [(kind, source)], "conditioned")
             if i < config.examples:
                 examples[i, kind] = image
+        for k, kind in enumerate(control_kinds):
+            given = ControlInput(controlnet.net, hint_picture(source.conditions[kind]), None, (k, len(control_kinds)))
+            image = generate(ConditionSet(), i, "controlnet", [(kind, given)])
+            judge("controlnet", image, [(kind, source)], "controlnet")
         for pair in PAIRS:
             image = generate(ConditionSet.of(*(source.conditions[k] for k in pair)), i)
             judge("pairs", image, [(k, source) for k in pair], "conditioned")
@@ -216,7 +243,20 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
               "conditions": _per_condition(summaries), "held_out_caption": {
                   k: summaries[f"held_out_{k}"].get("caption", {}) for k in ("floor", "caption", "ceiling")},
               "realism": {**realism, "reference_renders": config.reference}}
+    if controlnet is not None:
+        report["controlnet"] = _controlnet_rows(summaries, control_kinds, seconds)
     return report, examples
+
+
+def _controlnet_rows(summaries: dict, kinds: tuple[str, ...], seconds: dict) -> dict:
+    """Per hint kind: the headline figure for the ControlNet and for the Composer adapter given the same hint alone,
+    beside the floor and ceiling of the same run; and the median seconds per image of each."""
+    rows = {kind: {"figure": HEADLINE[kind], **{name: summaries.get(setting, {}).get(kind, {}).get(HEADLINE[kind])
+                                                 for name, setting in (("floor", "floor"), ("composer", "single"),
+                                                                       ("controlnet", "controlnet"),
+                                                                       ("ceiling", "ceiling"))},
+                   "details": summaries.get("controlnet", {}).get(kind, {})} for kind in kinds}
+    return {"kinds": rows, "seconds_per_image": {name: round(float(np.median(t)), 4) for name, t in seconds.items()}}
 
 
 def _per_condition(summaries: dict) -> dict:

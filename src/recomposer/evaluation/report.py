@@ -49,9 +49,18 @@ def markdown(report: dict) -> str:
     realism = report["realism"]
     lines += ["", f"## Realism: Fréchet distance of analyser features to {realism['reference_renders']} renders "
                   "(lower is better)", "", "| images | count | Fréchet distance |", "|---|---|---|"]
-    for name in ("renders", "floor", "conditioned"):
+    for name in ("renders", "floor", "conditioned", "controlnet"):
         if name in realism:
             lines.append(f"| {name} | {realism[name]['images']} | {realism[name]['frechet_distance']:.2f} |")
+    if "controlnet" in report:
+        c = report["controlnet"]
+        lines += ["", "## ControlNet beside the Composer adapter (each given the scene's hint alone)", "",
+                  "| hint | figure | floor | Composer adapter | ControlNet | ceiling |", "|---|---|---|---|---|---|"]
+        for kind, row in c["kinds"].items():
+            lines.append(f"| {kind} | {row['figure']} | " + " | ".join(
+                _cell(row[k]) for k in ("floor", "composer", "controlnet", "ceiling")) + " |")
+        lines += ["", "Seconds per image: " + ", ".join(f"{name} {value:.3f} s" for name, value
+                                                       in c["seconds_per_image"].items())]
     return "\n".join(lines) + "\n"
 
 

@@ -237,3 +237,18 @@ def load_bundled_controlnet(folder: Path, kind: str, device: torch.device, dtype
         raise ModelError("controlnet", f"{folder / 'controlnet.json'} holds an unusable config ({e})") from None
     fill(net, tensors, str(folder / "controlnet.safetensors"))
     return net.to(device, dtype).eval(), (kinds.index(kind), len(kinds))
+
+
+def hint_picture(cond):
+    """A world-kind condition as a bundled ControlNet reads it (training/controlnet.py draws the same): a sketch as
+    black lines on white, depth near bright (their ``picture``), instances as the label map in its fixed colours
+    on black, with no category text."""
+    from PIL import Image
+
+    from ..conditions.instances import label_colours
+
+    if cond.kind in ("sketch", "depth"):
+        return cond.picture()
+    if cond.kind == "instances":
+        return Image.fromarray(label_colours(len(cond))[cond.label_map()])
+    raise InvalidParameter("controlnet", "a hint kind: " + ", ".join(HINT_KINDS), cond.kind)
