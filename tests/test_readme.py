@@ -4,6 +4,7 @@ README's counts. Lines that name Stable Diffusion checkpoints run on a tiny SD-s
 (a diffusers directory, or an original-layout single file with its configs); the one line that needs models
 that cannot exist offline is listed in NEEDS_MODELS with its reason. A README command that fails fails here."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -80,8 +81,18 @@ def inputs(tmp_path, monkeypatch, tiny):
     box = np.zeros((64, 64), np.uint8)
     box[16:48, 16:48] = 255
     files["box.png"], files["mask.png"] = Image.fromarray(box), Image.fromarray(box[::2, ::2])
+    files.update({"edges.png": scene(10, 32), "depth.png": scene(11, 32), "pose.png": scene(12, 32),
+                  "left-half.png": Image.fromarray(np.tile((np.arange(32) < 16)[None] * 255, (32, 1)).astype(np.uint8)),
+                  "right-half.png": Image.fromarray(np.tile((np.arange(32) >= 16)[None] * 255, (32, 1)).astype(np.uint8))})
     for name, image in files.items():
         image.save(tmp_path / name)
+    for k, name in enumerate(("cn-canny", "cn-depth", "cn-pose")):  # ControlNets of the tiny model's shape
+        from recomposer.training.controlnet import new_controlnet
+
+        new_controlnet(tiny, seed=k).save_pretrained(tmp_path / name, safe_serialization=True)
+    triplets = [{"image": "a.png", "conditioning_image": "my-drawing.png", "text": "a shape"},
+                {"image": "b.png", "conditioning_image": "my-depth.png", "text": "shapes"}]
+    (tmp_path / "triplets.jsonl").write_text("".join(json.dumps(t) + "\n" for t in triplets))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

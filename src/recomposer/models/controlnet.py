@@ -137,19 +137,16 @@ class ControlNetAdapter:
 
 
 def hint_tensor(image, size: tuple[int, int], field: str = "control-image") -> torch.Tensor:
-    """A hint picture as the net reads it: RGB in [0, 1], (1, 3, H, W) at ``size`` (width, height). A picture of
-    another size is resized as diffusers' control-image processor does (Lanczos); one of another shape
-    (aspect ratios more than 1% apart) is refused rather than stretched."""
+    """A hint picture as the net reads it: RGB in [0, 1], (1, 3, H, W) at ``size`` (width, height), fitted by the one
+    resize mode every input follows (conditions/fitting.py: a centre crop to the output's aspect, then Lanczos, as
+    diffusers' control-image processor resizes; a picture of the output's aspect is only resized)."""
     import numpy as np
-    from PIL import Image
 
-    width, height = size
-    if abs(image.width * height - image.height * width) > 0.01 * width * image.height:
-        raise InvalidParameter(field, f"a picture of the output's shape ({width}x{height}, or any size with that "
-                                      "aspect ratio)", f"{image.width}x{image.height}")
-    image = image.convert("RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    from ..conditions.fitting import fit_image
+
+    if not hasattr(image, "convert"):
+        raise InvalidParameter(field, "a picture", type(image).__name__)
+    image = fit_image(image, size)
     return torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
