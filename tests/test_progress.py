@@ -85,3 +85,21 @@ def test_a_size_that_cannot_fit_is_refused_before_anything_loads(tmp_path):
                           timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: size: must be a size and batch that fit in memory")
     assert "loading model" not in done.stderr and not (tmp_path / "c.png").exists()
+
+
+def test_a_run_with_a_time_limit_shows_the_limit_not_an_eta_to_its_steps(tmp_path):
+    """--max-minutes with a huge --steps: the line counts steps and says when the limit stops the run; an ETA to
+    --steps (thousands of hours) would be wrong."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from train_helper import batches, config, step_fn, tiny_model
+
+    from recomposer.training import train
+
+    stream = io.StringIO()
+    with listening(Plain(stream, every=0.0)):
+        train(config(tmp_path, steps=1_000_000, max_minutes=0.001), tiny_model(), step_fn, batches)
+    text = stream.getvalue()
+    assert "training: 1" in text and "--max-minutes stops it in" in text, text
+    assert "/1000000" not in text and " h " not in text, text

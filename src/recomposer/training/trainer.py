@@ -182,7 +182,9 @@ def _train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Call
 
     # 2. the loop
     shown = ExitStack()  # progress (progress.py): the main process's steps, with the loss
-    advance = shown.enter_context(stage("training", total=config.steps)) if accelerator.is_main_process else None
+    # with a time limit the count is uncounted: an ETA to --steps would say hours where the limit says minutes
+    total = config.steps if config.max_minutes is None else None
+    advance = shown.enter_context(stage("training", total=total)) if accelerator.is_main_process else None
     samples, last_loss, done = [], log.last_loss() if log else None, start
     started, cpu_before = time.monotonic(), (log.last("cpu_seconds") or 0.0) if log else 0.0
     try:
