@@ -80,7 +80,7 @@ def train_composer(
 ) -> None:
     """Train a Composer adapter on a frozen backbone with the shapes world's exact conditions."""
     from .. import validation as v
-    from ..training import TrainConfig, latest_complete
+    from ..training import TrainConfig
 
     # 1. Every parameter, before anything loads.
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
@@ -98,16 +98,9 @@ def train_composer(
         room = 1 - DropoutRates().all_dropped - DropoutRates().all_kept
         raise RecomposerError("caption-alone", f"a share in [0, {room:g}] (what Composer's all-dropped and "
                                                f"all-kept shares leave), got {caption_alone!r}") from e
-    _check_output(output)
     if image_encoder is not None and not Path(image_encoder).is_dir():
         raise RecomposerError("image-encoder", f"no such directory: {image_encoder}")
-    if model is not None and parts is not None:
-        raise RecomposerError("parts", "give --model or --parts, not both")
-    if model is not None:
-        size = _check_size(model, size)
-    if not resume and output.is_dir() and latest_complete(output) is not None:
-        raise RecomposerError("output", f"{output} holds checkpoints of an earlier run; resume it (--resume) "
-                                        "or choose a new folder")
+    size = _check_run_options(output, model, parts, size, resume)
 
     # 2. Load, then train.
     hold_run_lock(output)
@@ -213,7 +206,7 @@ def train_controlnet(
     """Train a ControlNet (Zhang et al. 2023) on a frozen backbone: from shapes-world hints, or your triplets."""
     from .. import validation as v
     from ..models.controlnet import HINT_KINDS
-    from ..training import TrainConfig, latest_complete
+    from ..training import TrainConfig
 
     # 1. Every parameter, before anything loads.
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
@@ -223,9 +216,6 @@ def train_controlnet(
         v.integer("size", size, 16)
     if min_snr_gamma is not None:
         v.real("min-snr-gamma", min_snr_gamma, 1e-3, 1e3)
-    _check_output(output)
-    if model is not None and parts is not None:
-        raise RecomposerError("parts", "give --model or --parts, not both")
     if data is not None and (hint or cache is not None):
         raise RecomposerError("data", "your triplets carry their own hints: not with --hint or --cache")
     kinds = tuple(hint or (HINT_KINDS if parts is not None and data is None else ()))
@@ -239,17 +229,11 @@ def train_controlnet(
         raise RecomposerError("hint", "one kind with --model (a net of several kinds ships as a parts folder's "
                                       f"controlnet part; got {', '.join(kinds)})")
     kinds = kinds or ("image",)
-    if cache is not None and not (cache / "manifest.json").is_file():
-        raise RecomposerError("cache", f"{cache} is not a world cache (no manifest.json); build one with "
-                                       "`recomposer world cache`")
+    _check_cache(cache)
     from ..training.controlnet import read_triplets
 
     triplets = read_triplets(data) if data is not None else None
-    if model is not None:
-        size = _check_size(model, size)
-    if not resume and output.is_dir() and latest_complete(output) is not None:
-        raise RecomposerError("output", f"{output} holds checkpoints of an earlier run; resume it (--resume) "
-                                        "or choose a new folder")
+    size = _check_run_options(output, model, parts, size, resume)
 
     # 2. Load, then train.
     hold_run_lock(output)
@@ -621,10 +605,30 @@ def _fresh_unet(shape: str, parameterisation: str, min_snr_gamma: float | None,
     v.choice("parameterisation", parameterisation, tuple(PARAMETERISATIONS))
     if min_snr_gamma is not None:
         v.real("min-snr-gamma", min_snr_gamma, 1e-3, 1e3)
+    _check_cache(cache)
+    return shape, parameterisation
+
+
+def _check_cache(cache: Path | None) -> None:
     if cache is not None and not (cache / "manifest.json").is_file():
         raise RecomposerError("cache", f"{cache} is not a world cache (no manifest.json); build one with "
                                        "`recomposer world cache`")
-    return shape, parameterisation
+
+
+def _check_run_options(output: Path, model: str | None, parts: Path | None, size: int | None, resume: bool):
+    """The checks every adapter trainer makes of where it trains and from what, before anything loads; the size
+    checked against --model's VAE factor (None: the backbone's native size, once loaded)."""
+    from ..training import latest_complete
+
+    _check_output(output)
+    if model is not None and parts is not None:
+        raise RecomposerError("parts", "give --model or --parts, not both")
+    if model is not None:
+        size = _check_size(model, size)
+    if not resume and output.is_dir() and latest_complete(output) is not None:
+        raise RecomposerError("output", f"{output} holds checkpoints of an earlier run; resume it (--resume) "
+                                        "or choose a new folder")
+    return size
 
 
 def _batches(cache: Path | None, backbone, encoder, batch_size: int, size: int, seed: int):
