@@ -84,8 +84,10 @@ def _triplets(folder, count=3):
 def test_triplets_train_a_net_that_generate_runs(tiny_dir, tmp_path, capsys):
     data = _triplets(tmp_path)
     code, out, err = run(capsys, "train", "controlnet", "-o", tmp_path / "run", "--model", tiny_dir, "--data", data,
-                         "--steps", 2, "--batch-size", 2, "--lr", 1e-3, "--size", 32)
+                         "--steps", 2, "--batch-size", 2, "--lr", 1e-3, "--size", 32, "--sample-every", 2)
     assert code == 0, err
+    grid = Image.open(tmp_path / "run" / "samples" / "step-000002.png")
+    assert grid.size == (3 * 32, 3 * 32)  # a row per triplet: the target, its hint, what the net made
     net = tmp_path / "run" / "controlnet"
     assert (net / "config.json").is_file() and list(net.glob("*.safetensors"))
     assert json.loads((tmp_path / "run" / "controlnet-run.json").read_text())["kinds"] == ["image"]
@@ -96,8 +98,9 @@ def test_triplets_train_a_net_that_generate_runs(tiny_dir, tmp_path, capsys):
 
 def test_world_hints_train_on_tiny_sd(tiny_dir, tmp_path, capsys):
     code, out, err = run(capsys, "train", "controlnet", "-o", tmp_path / "run", "--model", tiny_dir, "--hint", "depth",
-                         "--steps", 1, "--batch-size", 2, "--size", 32)
+                         "--steps", 1, "--batch-size", 2, "--size", 32, "--sample-every", 1)
     assert code == 0 and (tmp_path / "run" / "controlnet" / "config.json").is_file(), err
+    assert Image.open(tmp_path / "run" / "samples" / "step-000001.png").size == (3 * 32, 4 * 32)
 
 
 @pytest.mark.parametrize("args, field", [

@@ -193,6 +193,8 @@ def train_controlnet(
                                                      "(default: the backbone's native size).")] = None,
     warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the net's weights (what is written).")] = None,
+    sample_every: Annotated[int, typer.Option(help="A sample grid every this many steps (0: never): each example's "
+                                                   "hint and what the net makes of it.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps (and at the end).")]
     = 500,
     keep_checkpoints: Annotated[int, typer.Option(help="Complete checkpoints kept (older ones are pruned).")] = 2,
@@ -211,7 +213,8 @@ def train_controlnet(
     # 1. Every parameter, before anything loads.
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                          checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, seed=seed,
-                         ema_decay=ema_decay, mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes).check()
+                         ema_decay=ema_decay, mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes,
+                         sample_every=sample_every).check()
     if size is not None:
         v.integer("size", size, 16)
     if min_snr_gamma is not None:
@@ -242,7 +245,13 @@ def train_controlnet(
     from ..models.bundled import WEIGHTS, has_part, load_bundled_backbone, read_part, write_part
     from ..models.loading import load_model
     from ..training import train
-    from ..training.controlnet import ControlNetTraining, controlnet_step, new_controlnet, triplet_batches
+    from ..training.controlnet import (
+        ControlNetTraining,
+        controlnet_sampler,
+        controlnet_step,
+        new_controlnet,
+        triplet_batches,
+    )
 
     cpu_device = torch.device("cpu")  # the trainer moves everything to its device
     folder = parts if parts is not None else WEIGHTS
@@ -267,7 +276,8 @@ def train_controlnet(
     trainee = ControlNetTraining(backbone, net, kinds, min_snr_gamma=min_snr_gamma)
     batches = triplet_batches(backbone, triplets, batch_size, size, seed) if triplets is not None else \
         _batches(cache, backbone, None, batch_size, size, seed)
-    summary = train(config, trainee, controlnet_step, batches, resume=resume, keep_ema=True)
+    sampler = controlnet_sampler(size, kinds, triplets=triplets or ()) if sample_every else None
+    summary = train(config, trainee, controlnet_step, batches, sampler, resume=resume, keep_ema=True)
 
     # 3. The net, all or nothing (with EMA: the averaged weights).
     if parts is not None:

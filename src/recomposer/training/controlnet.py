@@ -225,3 +225,56 @@ def triplet_batches(backbone: Backbone, triplets: Sequence[Triplet], batch_size:
         return {**encode_batch(backbone, images, [t.text for t in chosen]), "hint": hints}  # hints (B, 3, S, S)
 
     return batches
+
+
+# ---------------------------------------------------------------- sample grids
+
+def controlnet_sampler(size: int, kinds: Sequence[str], count: int = 4, steps: int = 12, scheduler: str = "ddim",
+                       guidance: float = 3.0, triplets: Sequence[Triplet] = (), seed: int = 0):
+    """A trainer ``sample_fn``: a grid with one row per example, its target beside (hint, generated) pairs, each
+    generated from the example's caption (classifier-free guidance against the empty caption) and its hint through
+    the net, ``steps`` steps of ``scheduler`` from noise seeded ``seed + row``. Examples: the first ``count``
+    triplets, or, for world kinds, the evaluation scenes (``eval_seeds``) with one pair per kind."""
+    from PIL import Image
+
+    from ..conditions import Caption, ConditionSet
+    from ..conditions.fitting import fit_image
+    from ..denoiser import BackboneDenoiser
+    from ..guidance import cfg, guided
+    from ..io.images import open_image, to_pil
+    from ..io.sheets import image_grid
+    from ..models.controlnet import Control, ControlNetAdapter, hint_picture, hint_tensor
+    from ..tasks.run import Sampling, run
+    from ..world.dataset import eval_seeds, make_sample
+    from .world_cache import world_conditions
+
+    v.integer("count", count, 1, 64)
+    v.integer("steps", steps, 1, 1000)
+    kinds = tuple(kinds)
+    rows = []  # (target picture, caption, [hint pictures, one per kind])
+    if kinds == ("image",):
+        for t in list(triplets)[:count]:
+            rows.append((fit_image(open_image(t.image, "data"), (size, size)), t.text,
+                         [fit_image(open_image(t.hint, "data"), (size, size))]))
+    else:
+        for s in eval_seeds(count):
+            sample = make_sample(s, size=size)
+            conds = world_conditions(sample)
+            rows.append((Image.fromarray(sample.rendered.image), sample.caption,
+                         [hint_picture(conds[kind]) for kind in kinds]))
+
+    def sample_fn(model: ControlNetTraining, step: int) -> Image.Image:
+        tiles = []
+        for row, (target, caption, pictures) in enumerate(rows):
+            tiles.append(target)
+            for k, picture in enumerate(pictures):
+                hint = with_kind_planes(hint_tensor(picture, (size, size)), torch.tensor([k]), len(pictures))
+                b = model.backbone.with_adapters(ControlNetAdapter(model.net, Control(hint)))
+                plan = cfg(ConditionSet.of(Caption(caption)), guidance)
+                denoise, inputs = guided(BackboneDenoiser(b, (size, size)), plan, 1)
+                result = run(denoise, inputs, b, Sampling(scheduler, steps, seed + row, 1, allow_flat=True),
+                             (size, size))
+                tiles += [picture, to_pil(result.pixels)[0]]
+        return image_grid(tiles, columns=1 + 2 * len(rows[0][2]))
+
+    return sample_fn
