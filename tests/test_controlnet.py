@@ -282,3 +282,56 @@ def test_a_hint_of_another_shape_is_centre_cropped_then_resized_like_every_input
     square = hint_image(4, 64)
     assert torch.equal(hint_tensor(square, (32, 32)), hint_tensor(square.resize((32, 32), Image.Resampling.LANCZOS),
                                                                   (32, 32)))
+
+
+def _pipe(cls, backbone, net, scheduler):
+    pipe = cls(vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet,
+               controlnet=net, scheduler=make_scheduler(scheduler, backbone.scheduler_config), safety_checker=None,
+               feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_a_net_with_img2img_matches_diffusers(tiny, nets, photo):
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    hint = hint_image(5)
+    reference = _pipe(StableDiffusionControlNetImg2ImgPipeline, tiny, nets[0], "ddim")(
+        "an astronaut", image=photo, control_image=hint, strength=0.7, negative_prompt="dark", num_inference_steps=8,
+        guidance_scale=5.0, controlnet_conditioning_scale=0.8, num_images_per_prompt=2,
+        generator=[torch.Generator().manual_seed(11 + k) for k in range(2)], output_type="pt").images
+    adapter = ControlNetAdapter(nets[0], Control(hint_tensor(hint, (32, 32)), 0.8))
+    request = GenerateRequest("an astronaut", negative="dark", scheduler="ddim", steps=8, guidance=5.0, seed=11,
+                              batch=2, strength=0.7)
+    ours = torch.stack([r.pixels for r in generate(tiny.with_adapters(adapter), request, image=photo)])
+    plain = torch.stack([r.pixels for r in generate(tiny, request, image=photo)])
+    assert (ours - plain).abs().max().item() > 1e-2
+    assert (ours - reference).abs().max().item() <= 1e-4
+
+
+def test_a_net_with_9_channel_inpainting_matches_diffusers(nets, photo, monkeypatch):
+    """The masked image's latents are the VAE posterior's mean here (models/inpainting.py) where diffusers samples
+    them: the reference is made with the mean too, so the net's part is compared exactly."""
+    from diffusers import StableDiffusionControlNetInpaintPipeline
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from recomposer.models.tiny import tiny_sd
+
+    inpainting = tiny_sd(seed=0, in_channels=9)  # a 9-channel UNet; the nets are of the 4-channel UNet's shape
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 4:20] = 1
+    mask_image = Image.fromarray((mask[0, 0].numpy() * 255).astype(np.uint8))
+    hint = hint_image(6)
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)
+    reference = _pipe(StableDiffusionControlNetInpaintPipeline, inpainting, nets[1], "ddim")(
+        "a helmet", image=photo, mask_image=mask_image, control_image=hint, num_inference_steps=8, guidance_scale=5.0,
+        controlnet_conditioning_scale=1.0,  # (this pipeline defaults to 0.5)
+        height=32, width=32, generator=[torch.Generator().manual_seed(5)], output_type="pt").images
+    adapter = ControlNetAdapter(nets[1], Control(hint_tensor(hint, (32, 32))))
+    request = GenerateRequest("a helmet", scheduler="ddim", steps=8, guidance=5.0, seed=5, strength=1.0)
+    monkeypatch.undo()
+    ours = torch.stack([r.pixels for r in generate(inpainting.with_adapters(adapter), request, image=photo,
+                                                   mask=mask)])
+    plain = torch.stack([r.pixels for r in generate(inpainting, request, image=photo, mask=mask)])
+    assert (ours - plain).abs().max().item() > 1e-2
+    assert (ours - reference).abs().max().item() <= 1e-4

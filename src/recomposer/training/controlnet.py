@@ -68,7 +68,6 @@ def world_hints(features: dict, kinds: torch.Tensor, names: Sequence[str]) -> to
     return with_kind_planes(hint, kinds, len(names))
 
 
-
 # ---------------------------------------------------------------- the net
 
 def new_controlnet(backbone: Backbone, kinds: Sequence[str] = ("image",), seed: int = 0):
