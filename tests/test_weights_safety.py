@@ -484,3 +484,20 @@ def test_static_scan_pattern_catches_what_it_should():
         assert _UNPICKLERS.search(line), line
     for line in ("load_safetensors(p)", "json.loads(s)", "torch.save(x, p)"):
         assert not _UNPICKLERS.search(line), line
+
+
+def test_a_weights_hash_is_remembered_until_a_weight_changes():
+    """Provenance hashes a net once per set of weights, not per image; any change of a weight is seen."""
+    from recomposer.models.local import weights_sha256
+
+    m = torch.nn.Linear(4, 4)
+    w0 = m.weight.detach().clone()
+    first = weights_sha256(m)
+    assert weights_sha256(m) == first
+    with torch.no_grad():
+        m.weight.add_(1)  # in place: the version counter moves
+    assert weights_sha256(m) != first
+    m.weight = torch.nn.Parameter(w0.clone())  # replaced by another tensor with the first values
+    assert weights_sha256(m) == first
+    m.load_state_dict({"weight": w0 + 1, "bias": m.bias.detach()})
+    assert weights_sha256(m) != first

@@ -5,6 +5,7 @@ runs, and missing, mis-shaped or NaN/inf weights are errors, never silently rand
 """
 
 import hashlib
+import weakref
 import json
 from pathlib import Path
 
@@ -90,13 +91,24 @@ def load_tokenizer(root: Path, field: str, tokenizer_class=None):
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over every weight (names, dtypes, shapes, bytes), as Backbone.identity hashes its own."""
+    """sha256 over every weight (names, dtypes, shapes, bytes), as Backbone.identity hashes its own. Remembered per
+    module until a weight changes (in place: its version counter moves; or replaced: another tensor), so recording
+    the same ControlNet in every result's provenance hashes its gigabytes once, not per image."""
+    state = sorted(model.state_dict().items())
+    key = tuple((name, id(t), t._version) for name, t in state)
+    known = _HASHES.get(model)
+    if known is not None and known[0] == key:
+        return known[1]
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in state:
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    _HASHES[model] = (key, digest.hexdigest())
     return digest.hexdigest()
+
+
+_HASHES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 def first_line(e: BaseException) -> str:
