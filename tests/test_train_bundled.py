@@ -145,6 +145,19 @@ def test_a_controlnet_part_trains_on_world_hints_and_runs_as_bundled_kind(parts,
                              "--controlnet", f"bundled:{kind}", "--control-image", tmp_path / "drawing.png",
                              "-o", tmp_path / f"{kind}.png")
         assert code == 0 and (tmp_path / f"{kind}.png").is_file(), err
+    # a world sample's layers (white lines on black, a 16-bit depth, a label map) are read as what they are
+    assert main(["world", "sample", "3", "-o", str(tmp_path / "scene"), "--size", "128"]) == 0
+    from recomposer.commands.control import world_hint
+
+    drawn = world_hint(tmp_path / "scene" / "sketch.png", "sketch", (64, 64))
+    assert np.asarray(drawn).mean() > 200  # black lines on white, not the layer's white lines on black
+    layout = np.asarray(world_hint(tmp_path / "scene", "instances", (64, 64)))  # the folder's label map
+    colours = {tuple(c) for c in layout.reshape(-1, 3)} - {(0, 0, 0)}
+    assert len(colours) == len(make_sample(3).scene.objects)  # one label colour per visible object, on black
+    code, out, err = run(capsys, "generate", "a red circle", "--model", folder, "--steps", 2, "--seed", 1,
+                         "--controlnet", "bundled:depth", "--control-image", tmp_path / "scene" / "depth.png",
+                         "-o", tmp_path / "from-layer.png")
+    assert code == 0, err
     code, out, err = run(capsys, "generate", "a red circle", "--model", folder, "--steps", 2, "--controlnet",
                          "bundled:edges", "--control-image", tmp_path / "drawing.png", "-o", tmp_path / "x.png")
     assert code == 2 and "bundled:sketch or bundled:depth or bundled:instances" in err, err

@@ -63,8 +63,10 @@ def control_requests(nets, images, scales, starts, ends, masks, modes, guess: bo
     if masks and len(masks) != len(nets):
         raise InvalidParameter("control-mask", f"once per --controlnet ({len(nets)}) or not at all",
                                f"{len(masks)} given")
-    for path in images + masks:
-        readable("control-image" if path in images else "control-mask", path)
+    for net, path in zip(nets, images):  # a bundled net's hint may also be a folder (the --KIND-from rule)
+        readable("control-image", path, folder=net.startswith(BUNDLED) and Path(path).is_dir())
+    for path in masks:
+        readable("control-mask", path)
     requests = []
     for k, net in enumerate(nets):
         if not net.startswith(BUNDLED):
@@ -98,7 +100,23 @@ def load_controls(requests, images, masks, size: tuple[int, int], backbone) -> l
             else:
                 loaded[request.net] = (load_controlnet(request.net, backbone.device, backbone.dtype), None)
         net, kind = loaded[request.net]
-        hint = open_image(images[k], "control-image")
+        hint = open_image(images[k], "control-image") if kind is None else \
+            world_hint(images[k], request.net[len(BUNDLED):], size)
         mask = open_mask(masks[k], size, "control-mask") if masks else None
         controls.append(ControlInput(net, hint, mask, kind))
     return controls
+
+
+def world_hint(path: Path, kind: str, size: tuple[int, int]):
+    """The hint picture of a bundled net of world kind ``kind``: ``path`` follows the ``--KIND-from`` rule
+    (conditions/sources.py): a saved condition (a KIND.json, a decompose folder, a world sample's layer or folder) is
+    drawn as the net reads it (``hint_picture``, after fitting to ``size``); any other picture is taken as a hint
+    already drawn that way (a sketch in black lines on white, depth near-bright, instances in colours on black)."""
+    from PIL import Image
+
+    from ..conditions.fitting import fit_condition
+    from ..conditions.sources import read_source
+    from ..models.controlnet import hint_picture
+
+    source = read_source(path, (kind,), "control-image")
+    return source if isinstance(source, Image.Image) else hint_picture(fit_condition(source[kind], size))
