@@ -40,7 +40,7 @@ class ControlInput:
     """What the k-th ``request.controls`` entry needs besides its settings: the net and its hint picture."""
 
     net: torch.nn.Module  # a diffusers ControlNetModel that fits the backbone
-    hint: Image.Image  # any size of the output's aspect ratio (resized as diffusers does)
+    hint: Image.Image  # any size: fitted to the output (a centre crop to its aspect, then a resize)
     mask: torch.Tensor | None = None  # (1, 1, H, W) at the output size, 1 = the net controls here
     kind: tuple[int, int] | None = None  # (k, K): a net of K hint kinds reads its k-th (a bundled net); None: RGB
 
