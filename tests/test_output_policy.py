@@ -30,6 +30,7 @@ COMMANDS = [
     ("reconstruct", "A"), ("interpolate", "A", "A"), ("edit", "A", "--mask", "M"), ("colourise", "G"),
     ("recolour", "A", "--palette-from", "A"), ("style", "A", "--style", "A"), ("p2p", "a red circle", "a blue circle"),
     ("attention", "a red circle"), ("world", "sheet"), ("world", "render", "S"), ("demo",), ("decompose", "A"),
+    ("instruct", "A", "make it blue"),
 ]
 
 

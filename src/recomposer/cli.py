@@ -18,6 +18,7 @@ from .commands.bench import bench_app
 from .commands.compose import COMMANDS as COMPOSER_COMMANDS
 from .commands.decompose import decompose_command
 from .commands.options import Config, Device, Dtype, Model, RecordedDevice, model_option
+from .commands.instruct import instruct_command
 from .commands.p2p import COMMANDS as P2P_COMMANDS
 from .commands.train import train_app
 from .commands.world import world_app
@@ -48,7 +49,7 @@ app.add_typer(world_app, name="world")
 app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
 app.command("decompose")(decompose_command)
-REPLAYABLE: dict = {**COMPOSER_COMMANDS, **P2P_COMMANDS}  # commands whose PNGs recall can make again
+REPLAYABLE: dict = {**COMPOSER_COMMANDS, **P2P_COMMANDS, "instruct": instruct_command}  # recall makes them again
 for _name, _command in REPLAYABLE.items():
     app.command(_name)(recorded(_name, _command))
 

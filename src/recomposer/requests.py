@@ -216,6 +216,32 @@ class P2PRequest:
 
 
 @dataclass(frozen=True)
+class InstructRequest:
+    """An InstructPix2Pix edit (Brooks et al. 2023): the defaults are the reference's."""
+
+    instruction: str  # what to do to the image, e.g. "make the circle blue"
+    guidance: float = 7.5  # s_T: how far towards the instruction
+    image_guidance: float = 1.5  # s_I: how close to the source image (below 1 pushes away from it: the formula)
+    scheduler: str = "euler_a"
+    steps: int = 100
+    seed: int = 0  # sample k uses seed + k
+    batch: int = 1
+    allow_flat: bool = False
+
+    def check(self) -> "InstructRequest":
+        if not isinstance(self.instruction, str) or not self.instruction.strip():
+            raise InvalidParameter("instruction", "an instruction of at least one word", self.instruction)
+        v.real("guidance", self.guidance, -GUIDANCE_MAX, GUIDANCE_MAX)
+        v.real("image-guidance", self.image_guidance, -GUIDANCE_MAX, GUIDANCE_MAX)
+        v.choice("scheduler", self.scheduler, NAMES)
+        v.integer("steps", self.steps, 1, MAX_STEPS)
+        v.seed("seed", self.seed)
+        v.integer("batch", self.batch, 1, MAX_BATCH)
+        v.boolean("allow_flat", self.allow_flat)
+        return self
+
+
+@dataclass(frozen=True)
 class MapsRequest:
     prompt: str
     scheduler: str = "ddim"

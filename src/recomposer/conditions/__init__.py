@@ -10,10 +10,11 @@ from .intensity import Intensity
 from .masked_image import MaskedImage
 from .palette import Palette
 from .sketch import Sketch
+from .source_image import SourceImage
 
 # kind -> class, for loading saved conditions (each class names its own kind).
 KINDS: dict[str, type[Condition]] = {c.kind: c for c in (Caption, ImageEmbedding, Palette, Sketch, Instances, Depth,
-                                                          Intensity, MaskedImage, Blobs)}
+                                                          Intensity, MaskedImage, Blobs, SourceImage)}
 
 __all__ = ["EMPTY", "KINDS", "Blobs", "Caption", "Condition", "ConditionSet", "Depth", "ImageEmbedding",
-           "Instances", "Intensity", "MaskedImage", "Palette", "Sketch"]
+           "Instances", "Intensity", "MaskedImage", "Palette", "Sketch", "SourceImage"]

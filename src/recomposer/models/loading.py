@@ -22,6 +22,7 @@ from . import library
 from .backbone import Backbone, ModelSource
 from ..requests import is_parts_dir
 from .inpainting import InpaintingChannels
+from .instruct import InstructChannels
 from .local import first_line
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -157,7 +158,8 @@ def load_bundled(device: torch.device, dtype: torch.dtype, folder: str | Path | 
 
 # Pipelines whose UNet takes declared extra input channels: model_index.json's _class_name -> the adapter that
 # fills them (models/adapter.py). The channels are never guessed from the UNet's channel count.
-EXTRA_CHANNELS = {"StableDiffusionInpaintPipeline": InpaintingChannels}
+EXTRA_CHANNELS = {"StableDiffusionInpaintPipeline": InpaintingChannels,
+                  "StableDiffusionInstructPix2PixPipeline": InstructChannels}
 
 
 def declared_adapters(root: Path, vae) -> tuple:

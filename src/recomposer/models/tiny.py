@@ -15,6 +15,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .backbone import Backbone
 from .inpainting import InpaintingChannels
+from .instruct import InstructChannels
 
 SCHEDULER_CONFIG = {  # SD 1.x's scheduler settings (scaled-linear betas), as in its scheduler_config.json
     "_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
@@ -59,7 +60,8 @@ def tiny_sd(seed: int = 0, prediction_type: str = "epsilon", in_channels: int = 
             layer_norm_eps=1e-5))
     for module in (unet, vae, text_encoder):
         module.eval()
-    adapters = (InpaintingChannels(4),) if in_channels == 9 else ()  # SD-inpainting's mask + masked latents
+    # SD-inpainting's mask + masked latents (9), InstructPix2Pix's source-image latents (8)
+    adapters = {9: (InpaintingChannels(4),), 8: (InstructChannels(4),)}.get(in_channels, ())
     return Backbone(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
                     scheduler_config={**SCHEDULER_CONFIG, "prediction_type": prediction_type}, adapters=adapters)
 
@@ -76,7 +78,8 @@ def save_diffusers_dir(backbone: Backbone, path: str | Path) -> Path:
     backbone.tokenizer.save_pretrained(root / "tokenizer")
     (root / "scheduler").mkdir(exist_ok=True)
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(backbone.scheduler_config, indent=2))
-    pipeline = "StableDiffusionInpaintPipeline" if backbone.adapter(InpaintingChannels) else "StableDiffusionPipeline"
+    pipeline = "StableDiffusionInpaintPipeline" if backbone.adapter(InpaintingChannels) else \
+        "StableDiffusionInstructPix2PixPipeline" if backbone.adapter(InstructChannels) else "StableDiffusionPipeline"
     index = {"_class_name": pipeline, "_diffusers_version": "0.42.1",
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
              "text_encoder": ["transformers", type(backbone.text_encoder).__name__],

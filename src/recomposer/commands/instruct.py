@@ -1,0 +1,76 @@
+"""`recomposer instruct IMAGE INSTRUCTION`: InstructPix2Pix (tasks/instruct.py) on the command line.
+
+    recomposer instruct photo.png "make it look like winter" --model ip2p/ -o out/
+
+The defaults are the reference's (Euler ancestral, 100 steps, s_T 7.5, s_I 1.5). The model must be an instruction
+model (its model_index.json names StableDiffusionInstructPix2PixPipeline); the image is edited at its own size,
+which must be a multiple of the model's VAE factor. Everything is checked before the model loads.
+"""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .options import Config, Device, Dtype, model_option
+
+
+def instruct_command(
+    image: Annotated[Path, typer.Argument(help="The image to edit.")],
+    instruction: Annotated[str, typer.Argument(help="What to do to it, e.g. \"make the circle blue\".")],
+    model: model_option("An InstructPix2Pix model: a diffusers directory (no bundled one ships yet).") = None,
+    config: Config = None,
+    guidance: Annotated[float, typer.Option(help="s_T: how far towards the instruction.")] = 7.5,
+    image_guidance: Annotated[float, typer.Option(help="s_I: how close to the image (below 1 pushes away from "
+                                                       "it, as the formula says).")] = 1.5,
+    scheduler: Annotated[str, typer.Option(help="ddim, ddpm, pndm, euler, euler_a, heun, dpmpp_2m, "
+                                                "dpmpp_2m_karras, unipc.")] = "euler_a",
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 100,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the first image (image k uses seed + k); default: "
+                                                     "random, recorded in the PNG.")] = None,
+    batch: Annotated[int, typer.Option(help="Number of images.")] = 1,
+    allow_flat: Annotated[bool, typer.Option("--allow-flat", help="Keep images of one flat colour.")] = False,
+    device: Device = "auto", dtype: Dtype = "fp32",
+    output: Annotated[Path, typer.Option("--output", "-o", help="A .png file or a folder.")] = Path("instructed"),
+) -> None:
+    """InstructPix2Pix: edit an image by an instruction (Brooks et al. 2023), with dual guidance in one forward."""
+    import secrets
+
+    from ..errors import ModelError
+    from ..invocation import resolve
+    from ..io.output import check_output
+    from ..requests import InstructRequest, readable
+
+    if seed is None:
+        seed = secrets.randbelow(2**32)
+    resolve("seed", seed)
+    request = InstructRequest(instruction, guidance=guidance, image_guidance=image_guidance, scheduler=scheduler,
+                              steps=steps, seed=seed, batch=batch, allow_flat=allow_flat).check()
+    readable("image", image)
+    check_output(output, (image,))
+    if model is None:
+        raise ModelError("model", "no bundled instruction model ships yet: give --model DIR, an InstructPix2Pix "
+                                  "model in diffusers format")
+    _check_instruction_model(model)
+    from ..io.images import open_image
+    from ..provenance import save_results
+    from .p2p import _load
+
+    picture = open_image(image, "image")
+    backbone = _load(model, config, device, dtype)
+    from ..tasks.instruct import instruct
+
+    for path in save_results(instruct(backbone, picture, request), output):
+        typer.echo(str(path))
+
+
+def _check_instruction_model(model: str) -> None:
+    """A diffusers folder whose model_index.json names the InstructPix2Pix pipeline, read before anything loads."""
+    from ..errors import ModelError
+    from ..models import library
+
+    index = Path(model) / "model_index.json"
+    name = library.read_json(index, "model").get("_class_name") if index.is_file() else None
+    if name != "StableDiffusionInstructPix2PixPipeline":
+        raise ModelError("model", f"{model} is not an instruction model (its model_index.json names {name!r}, not "
+                                  "StableDiffusionInstructPix2PixPipeline: its UNet does not hear a source image)")

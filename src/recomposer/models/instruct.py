@@ -1,0 +1,36 @@
+"""The extra input channels of an InstructPix2Pix UNet (Brooks et al. 2023, §3.4), as an adapter (models/adapter.py).
+
+An instruction model's UNet takes 2C channels: x_t (C) + the source image's latents (C). The latents are the VAE
+posterior's mode, **not** multiplied by the VAE's scaling factor (the reference weights were trained so; diffusers'
+pipeline does the same). The null, a set without a source image, is zeros: the reference's unconditional image.
+The model declares these channels (its model_index.json names StableDiffusionInstructPix2PixPipeline); they are
+never guessed from the UNet's channel count.
+"""
+
+import torch
+
+from ..conditions import ConditionSet
+from ..errors import InvalidParameter
+from .adapter import CONCAT
+
+
+class InstructChannels:
+    """The source image's latents (C) appended to x_t: what an instruction UNet hears of the image it edits."""
+
+    consumes = frozenset({"source_image"})
+    doors = frozenset({CONCAT})
+
+    def __init__(self, latent_channels: int = 4):
+        self.channels = latent_channels
+
+    def encode(self, backbone, conds: ConditionSet, size: tuple[int, int]) -> dict:
+        width, height = size
+        f = backbone.vae_factor
+        if "source_image" not in conds:  # the null: zeros
+            return {CONCAT: torch.zeros(1, self.channels, height // f, width // f, device=backbone.device,
+                                        dtype=backbone.dtype)}
+        image = conds["source_image"].image
+        if tuple(image.shape[-2:]) != (height, width):
+            raise InvalidParameter("image", f"{width}x{height} pixels (the generation size)",
+                                   f"{image.shape[-1]}x{image.shape[-2]}")
+        return {CONCAT: backbone.encode_image(image).mode().to(backbone.dtype)}  # (1, C, h, w), unscaled

@@ -1,0 +1,59 @@
+"""InstructPix2Pix (Brooks et al. 2023): edit an image by an instruction, on any model whose UNet hears a source image
+(models/instruct.py's ``InstructChannels``: the image's unscaled VAE latents as extra input channels).
+
+Guidance is the paper's eq. 3 over three condition sets, one plan with signed terms (guidance.dual), all three
+rows in one batched forward per step:
+
+    ε̂ = ε(∅, ∅) + s_I·[ε(c_I, ∅) − ε(∅, ∅)] + s_T·[ε(c_I, c_T) − ε(c_I, ∅)]
+
+c_I the source image, c_T the instruction, ∅ the empty caption and the zero image. An s_I below 1 is taken as the
+formula says (it pushes away from the source image); diffusers' pipeline turns all guidance off there instead.
+Sampling starts from noise at the source image's size (the reference's; no img2img strength).
+"""
+
+from dataclasses import asdict
+
+from PIL import Image
+
+from ..conditions import Caption, ConditionSet, SourceImage
+from ..denoiser import BackboneDenoiser
+from ..errors import ModelError
+from ..guidance import dual, guided
+from ..io.images import to_pil, to_tensor
+from ..models.backbone import Backbone
+from ..models.instruct import InstructChannels
+from ..models.memory import check_fits
+from ..provenance import FORMAT, library_versions
+from ..requests import InstructRequest
+from ..schedulers import display_name
+from .generate import Generated, pixel_hash
+from .run import Sampling, run
+
+
+def instruct(backbone: Backbone, image: Image.Image, request: InstructRequest, callback=None,
+             cancel=None) -> list[Generated]:
+    """``request.batch`` edits of ``image`` (its size must be a multiple of the VAE's factor) by the instruction."""
+    request.check()
+    if backbone.adapter(InstructChannels) is None:
+        raise ModelError("model", "is not an instruction model: its UNet does not hear a source image (an "
+                                  "InstructPix2Pix model's model_index.json names StableDiffusionInstructPix2PixPipeline)")
+    f = backbone.vae_factor
+    if image.width % f or image.height % f:
+        from ..errors import BadImage
+
+        raise BadImage("image", f"is {image.width}x{image.height}; both sides must be multiples of {f}")
+    size = (image.width, image.height)
+    source = SourceImage(to_tensor(image.convert("RGB")))
+    image_only = ConditionSet.of(source)
+    both = ConditionSet.of(source, Caption(request.instruction))
+    plan = dual(image_only, both, request.image_guidance, request.guidance)
+    check_fits(backbone, *size, request.batch, rows=3)  # before any compute (R10)
+    denoise, inputs = guided(BackboneDenoiser(backbone, size), plan, request.batch)
+    sampling = Sampling(request.scheduler, request.steps, request.seed, request.batch, None, request.allow_flat)
+    result = run(denoise, inputs, backbone, sampling, size, callback=callback, cancel=cancel)
+    floats = (result.pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
+    base = {"format": FORMAT, "task": "instruct", "params": {**asdict(request), "width": size[0], "height": size[1]},
+            "inputs": {"image": {"sha256": pixel_hash(image)}}, "model": backbone.describe(),
+            "sampler_label": display_name(request.scheduler), "versions": dict(library_versions())}
+    return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k})
+            for k, im in enumerate(to_pil(result.pixels))]
