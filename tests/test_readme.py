@@ -21,8 +21,8 @@ NEEDS_MODELS = {  # line prefix -> why it cannot run in a test (its options are 
 }
 STEP_OPTIONS = ("--steps", "--classifier-steps")
 COUNTS = {"--scenes": "64", "--workers": "1"}  # a world cache of 64 scenes in this process, not 32,768 in two
-SAMPLES = {"generate", "p2p", "attention", "invert", "compose", "variations", "interpolate", "reconstruct", "edit",
-           "colourise", "recolour", "style", "train"}  # commands that take --steps
+SAMPLES = {"generate", "instruct", "p2p", "attention", "invert", "compose", "variations", "interpolate", "reconstruct",
+           "edit", "colourise", "recolour", "style", "train"}  # commands that take --steps
 SD_MODELS = {"path/to/sd-1.5", "sd-1.5", "sd-inpainting"}  # diffusers directories the README names
 
 
@@ -47,6 +47,8 @@ def adapted(line: str, tiny_dir: Path, single_file: Path) -> list[str]:
             args[k + 1] = COUNTS[arg]
         elif arg == "--model" and args[k + 1] in SD_MODELS:
             args[k + 1] = str(tiny_dir)
+        elif arg == "--model" and args[k + 1] == "ip2p/":
+            args[k + 1] = str(tiny_dir.parent / "tiny-ip2p")  # an InstructPix2Pix model of the same shape
         elif arg == "--model" and args[k + 1] == "model.safetensors":
             args[k + 1] = str(single_file)
         elif arg == "--config":
@@ -103,7 +105,11 @@ def test_every_readme_command_runs(inputs, tiny, tiny_dir, capsys):
     except ImportError:  # tests/ imported as a package
         from tests.ldm_checkpoint import write_ldm_checkpoint
 
+    from recomposer.models.tiny import save_diffusers_dir, tiny_sd
+
     single_file = write_ldm_checkpoint(tiny, inputs / "model.safetensors")
+    if not (tiny_dir.parent / "tiny-ip2p").is_dir():
+        save_diffusers_dir(tiny_sd(seed=3, in_channels=8), tiny_dir.parent / "tiny-ip2p")
     lines = readme_commands()
     assert len(lines) > 30 and all(any(line.startswith(p) for line in lines) for p in NEEDS_MODELS)
     failed = []

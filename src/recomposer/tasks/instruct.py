@@ -16,6 +16,7 @@ from dataclasses import asdict
 from PIL import Image
 
 from ..conditions import Caption, ConditionSet, SourceImage
+from ..conditions.fitting import fit_image
 from ..denoiser import BackboneDenoiser
 from ..errors import ModelError
 from ..guidance import dual, guided
@@ -32,17 +33,18 @@ from .run import Sampling, run
 
 def instruct(backbone: Backbone, image: Image.Image, request: InstructRequest, callback=None,
              cancel=None) -> list[Generated]:
-    """``request.batch`` edits of ``image`` (its size must be a multiple of the VAE's factor) by the instruction."""
+    """``request.batch`` edits of ``image`` by the instruction, at its size cut down to multiples of the VAE's factor."""
     request.check()
     if backbone.adapter(InstructChannels) is None:
         raise ModelError("model", "is not an instruction model: its UNet does not hear a source image (an "
                                   "InstructPix2Pix model's model_index.json names StableDiffusionInstructPix2PixPipeline)")
     f = backbone.vae_factor
-    if image.width % f or image.height % f:
+    size = (image.width // f * f, image.height // f * f)  # the largest multiple of the VAE's factor (as diffusers)
+    if min(size) < 8:
         from ..errors import BadImage
 
-        raise BadImage("image", f"is {image.width}x{image.height}; both sides must be multiples of {f}")
-    size = (image.width, image.height)
+        raise BadImage("image", f"is {image.width}x{image.height}; both sides must be at least {max(8, f)}")
+    image = fit_image(image, size)  # the one resize mode (conditions/fitting.py): here a crop of under f pixels
     source = SourceImage(to_tensor(image.convert("RGB")))
     image_only = ConditionSet.of(source)
     both = ConditionSet.of(source, Caption(request.instruction))
