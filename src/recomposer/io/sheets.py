@@ -26,8 +26,17 @@ def titled_row(pictures: list[tuple[str, Image.Image]], tile: int = 256, nearest
         scale = min(tile / picture.width, tile / picture.height)
         size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
         row.paste(picture.resize(size, resample), (i * tile, TITLE))
-        draw.text((i * tile + 4, 2), name, fill="black", font=label_font())
+        draw.text((i * tile + 4, 2), name, fill="black", font=_fitting_font(draw, name, tile - 8))
     return row
+
+
+def _fitting_font(draw, text: str, width: int):
+    """The label font at the largest size (13 px down to 8) at which ``text`` fits ``width`` pixels."""
+    for size in range(13, 8, -1):
+        font = label_font(size)
+        if draw.textlength(text, font=font) <= width:
+            return font
+    return label_font(8)
 
 
 def stacked(rows: list[tuple[str, Image.Image]], label_width: int = 170) -> Image.Image:
