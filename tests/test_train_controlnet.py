@@ -43,6 +43,7 @@ def test_an_untrained_net_adds_nothing_and_learns_through_the_frozen_unet(tiny, 
                                 {"caption": keep})
     assert torch.allclose(ours.loss, want.loss, atol=1e-6)
     before = {k: p.detach().clone() for k, p in tiny.unet.named_parameters()}
+    tiny.unet.zero_grad(set_to_none=True)  # (the session's tiny model may carry other tests' gradients)
     ours.loss.backward()
     grads = [p.grad for p in net.controlnet_down_blocks.parameters()]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
