@@ -104,18 +104,14 @@ def train_composer(
 
     # 2. Load, then train.
     hold_run_lock(output)
-    import torch
 
     from ..decompose.embedding import ClipImageEncoder
     from ..models.bundled import (
-        WEIGHTS,
         has_part,
-        load_bundled_backbone,
         load_bundled_image_encoder,
         unet_settings,
         write_part,
     )
-    from ..models.loading import load_model
     from ..training import train
     from ..training.composer import (
         WORLD_KINDS,
@@ -126,14 +122,7 @@ def train_composer(
         world_sampler,
     )
 
-    cpu_device = torch.device("cpu")  # the trainer moves everything to its device
-    folder = parts if parts is not None else WEIGHTS
-    if model is None:
-        backbone = load_bundled_backbone(cpu_device, torch.float32, folder, fresh_unet=fresh if train_unet else None)
-    else:
-        backbone = load_model(model, cpu_device, torch.float32)
-    size = size if size is not None else backbone.native_size
-    v.multiple_of("size", size, backbone.vae_factor, 16)
+    backbone, folder, size = _load_backbone(model, parts, size, fresh if train_unet else None)
     if image_encoder is not None:
         encoder = ClipImageEncoder(image_encoder)
     elif model is None and has_part("image_encoder", folder):
@@ -240,10 +229,8 @@ def train_controlnet(
 
     # 2. Load, then train.
     hold_run_lock(output)
-    import torch
 
-    from ..models.bundled import WEIGHTS, has_part, load_bundled_backbone, read_part, write_part
-    from ..models.loading import load_model
+    from ..models.bundled import has_part, read_part, write_part
     from ..training import train
     from ..training.controlnet import (
         ControlNetTraining,
@@ -253,12 +240,7 @@ def train_controlnet(
         triplet_batches,
     )
 
-    cpu_device = torch.device("cpu")  # the trainer moves everything to its device
-    folder = parts if parts is not None else WEIGHTS
-    backbone = load_bundled_backbone(cpu_device, torch.float32, folder) if model is None else \
-        load_model(model, cpu_device, torch.float32)
-    size = size if size is not None else backbone.native_size
-    v.multiple_of("size", size, backbone.vae_factor, 16)
+    backbone, folder, size = _load_backbone(model, parts, size)
     net = new_controlnet(backbone, kinds, seed)
     start = {}
     if parts is not None and has_part("controlnet", folder):  # go on from the net the parts have
@@ -617,6 +599,25 @@ def _fresh_unet(shape: str, parameterisation: str, min_snr_gamma: float | None,
         v.real("min-snr-gamma", min_snr_gamma, 1e-3, 1e3)
     _check_cache(cache)
     return shape, parameterisation
+
+
+def _load_backbone(model: str | None, parts: Path | None, size: int | None, fresh_unet=None):
+    """(the frozen or trained backbone on the CPU, the parts folder it came from, the training size): --model's
+    diffusers directory, or the parts folder (the bundled weights by default; ``fresh_unet`` where it has no UNet).
+    The trainer moves everything to its device."""
+    import torch
+
+    from .. import validation as v
+    from ..models.bundled import WEIGHTS, load_bundled_backbone
+    from ..models.loading import load_model
+
+    folder = parts if parts is not None else WEIGHTS
+    cpu = torch.device("cpu")
+    backbone = load_bundled_backbone(cpu, torch.float32, folder, fresh_unet=fresh_unet) if model is None else \
+        load_model(model, cpu, torch.float32)
+    size = size if size is not None else backbone.native_size
+    v.multiple_of("size", size, backbone.vae_factor, 16)
+    return backbone, folder, size
 
 
 def _check_cache(cache: Path | None) -> None:
