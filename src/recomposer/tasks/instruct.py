@@ -37,7 +37,8 @@ def instruct(backbone: Backbone, image: Image.Image, request: InstructRequest, c
     request.check()
     if backbone.adapter(InstructChannels) is None:
         raise ModelError("model", "is not an instruction model: its UNet does not hear a source image (an "
-                                  "InstructPix2Pix model's model_index.json names StableDiffusionInstructPix2PixPipeline)")
+                                  "InstructPix2Pix model's model_index.json names "
+                                  "StableDiffusionInstructPix2PixPipeline)")
     f = backbone.vae_factor
     size = (image.width // f * f, image.height // f * f)  # the largest multiple of the VAE's factor (as diffusers)
     if min(size) < 8:
