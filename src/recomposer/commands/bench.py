@@ -97,7 +97,7 @@ def speed(
 def _bundled_controlnet(composer):
     """The ControlNet part of a bundled-format model (its hint kinds judged beside the adapter), or None."""
     from ..evaluation.controllability import NetUnderTest
-    from ..models.bundled import WEIGHTS, has_part, read_part
+    from ..models.bundled import WEIGHTS, has_part
     from ..models.controlnet import load_bundled_controlnet
 
     b = composer.backbone
@@ -106,9 +106,7 @@ def _bundled_controlnet(composer):
     folder = Path(b.source.path) if b.source.path else WEIGHTS
     if not has_part("controlnet", folder):
         return None
-    kinds = tuple(read_part("controlnet", folder)[1]["kinds"])
-    net, _ = load_bundled_controlnet(folder, kinds[0], b.device, b.dtype)
-    return NetUnderTest(net, kinds)
+    return NetUnderTest(*load_bundled_controlnet(folder, b.device, b.dtype))
 
 
 def _check_new(output: Path) -> None:

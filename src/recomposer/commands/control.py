@@ -83,23 +83,25 @@ def load_controls(requests, images, masks, size: tuple[int, int], backbone) -> l
     ``bundled:KIND`` is the ControlNet part of the backbone's parts folder (the bundled model's, or --model's)."""
     from ..io.images import open_image, open_mask
     from ..models.bundled import WEIGHTS
-    from ..models.controlnet import load_bundled_controlnet, load_controlnet
+    from ..models.controlnet import kind_index, load_bundled_controlnet, load_controlnet
     from ..tasks.generate import ControlInput
 
-    loaded: dict[str, tuple] = {}  # a net given twice (two hints) loads once
+    loaded: dict[str, tuple] = {}  # a net given twice (two hints, or two bundled kinds) loads once: (net, kinds)
     controls = []
     for k, request in enumerate(requests):
-        if request.net not in loaded:
-            if request.net.startswith(BUNDLED):
+        bundled = request.net.startswith(BUNDLED)
+        source = BUNDLED if bundled else request.net
+        if source not in loaded:
+            if bundled:
                 if backbone.source.kind != "bundled":
                     raise ModelError("controlnet", f"{request.net} is a net of the bundled model; this model is "
                                                    f"{backbone.source.kind}: give a diffusers ControlNet folder")
                 folder = Path(backbone.source.path) if backbone.source.path else WEIGHTS
-                loaded[request.net] = load_bundled_controlnet(folder, request.net[len(BUNDLED):], backbone.device,
-                                                              backbone.dtype)
+                loaded[source] = load_bundled_controlnet(folder, backbone.device, backbone.dtype)
             else:
-                loaded[request.net] = (load_controlnet(request.net, backbone.device, backbone.dtype), None)
-        net, kind = loaded[request.net]
+                loaded[source] = (load_controlnet(request.net, backbone.device, backbone.dtype), None)
+        net, kinds = loaded[source]
+        kind = kind_index(request.net[len(BUNDLED):], kinds) if bundled else None
         hint = open_image(images[k], "control-image") if kind is None else \
             world_hint(images[k], request.net[len(BUNDLED):], size)
         mask = open_mask(masks[k], size, "control-mask") if masks else None

@@ -230,7 +230,7 @@ def train_controlnet(
     # 2. Load, then train.
     hold_run_lock(output)
 
-    from ..models.bundled import has_part, read_part, write_part
+    from ..models.bundled import has_part, write_part
     from ..training import train
     from ..training.controlnet import (
         ControlNetTraining,
@@ -244,13 +244,16 @@ def train_controlnet(
     net = new_controlnet(backbone, kinds, seed)
     start = {}
     if parts is not None and has_part("controlnet", folder):  # go on from the net the parts have
-        tensors, settings = read_part("controlnet", folder)
-        if settings.get("kinds") != list(kinds):
-            raise RecomposerError("hint", f"{folder / 'controlnet.json'} is a net for {settings.get('kinds')}; "
-                                          "train those kinds, or move it away for a fresh net")
-        from ..models.composer import check_fits
+        from ..models.controlnet import load_bundled_controlnet
 
-        check_fits(net, tensors, str(folder / "controlnet.safetensors"))
+        import torch
+
+        trained, trained_kinds = load_bundled_controlnet(folder, torch.device("cpu"), torch.float32)
+        if trained_kinds != kinds:
+            raise RecomposerError("hint", f"{folder / 'controlnet.json'} is a net for {list(trained_kinds)}; "
+                                          "train those kinds, or move it away for a fresh net")
+        net.load_state_dict(trained.state_dict())
+        settings = json.loads((folder / "controlnet.json").read_text(encoding="utf-8"))  # read (and checked) above
         start = {"controlnet": int(settings.get("steps", 0))}
     run = _check_run(output, {"model": str(Path(model).resolve()) if model else str(folder), "size": size,
                               "kinds": list(kinds), "data": str(Path(data).resolve()) if data else None,

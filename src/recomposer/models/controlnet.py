@@ -211,29 +211,36 @@ def with_kind_planes(hint: torch.Tensor, kinds: torch.Tensor, count: int) -> tor
     return torch.cat([hint, planes[:, :, None, None].expand(-1, -1, *hint.shape[-2:])], dim=1)
 
 
-def load_bundled_controlnet(folder: Path, kind: str, device: torch.device, dtype: torch.dtype):
+def load_bundled_controlnet(folder: Path, device: torch.device, dtype: torch.dtype):
     """The ControlNet part of a bundled-format folder (``controlnet.safetensors`` + ``controlnet.json``: its diffusers
-    config and the hint kinds it reads) and the place of ``kind`` among them: (net, (k, K))."""
+    config and the hint kinds it reads, in the order of its kind planes): (net, kinds)."""
     from diffusers import ControlNetModel
 
-    from .bundled import has_part, read_part
+    from .bundled import WEIGHTS, has_part, read_part
     from .composer import check_fits as fill
 
     if not has_part("controlnet", folder):
-        raise ModelError("controlnet", f"bundled:{kind}: {folder} has no ControlNet part (controlnet.safetensors "
-                                       "and controlnet.json); train one with `recomposer train controlnet --parts`")
+        where = "the bundled model ships no ControlNet yet" if folder == WEIGHTS else \
+            f"{folder} has no ControlNet part (controlnet.safetensors and controlnet.json)"
+        raise ModelError("controlnet", f"{where}; train one into a parts folder with `recomposer train controlnet "
+                                       "--parts PARTS` and give --model PARTS, or give a diffusers ControlNet folder")
     tensors, settings = read_part("controlnet", folder)
     kinds, config = settings.get("kinds"), settings.get("config")
     if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds) or not isinstance(config, dict):
         raise ModelError("controlnet", f"{folder / 'controlnet.json'} records no config and hint kinds")
-    if kind not in kinds:
-        raise InvalidParameter("controlnet", "bundled:" + " or bundled:".join(kinds), f"bundled:{kind}")
     try:
         net = ControlNetModel.from_config(config)
     except (TypeError, ValueError, KeyError) as e:
         raise ModelError("controlnet", f"{folder / 'controlnet.json'} holds an unusable config ({e})") from None
     fill(net, tensors, str(folder / "controlnet.safetensors"))
-    return net.to(device, dtype).eval(), (kinds.index(kind), len(kinds))
+    return net.to(device, dtype).eval(), tuple(kinds)
+
+
+def kind_index(kind: str, kinds: tuple[str, ...]) -> tuple[int, int]:
+    """(k, K): where ``bundled:KIND`` sits among a bundled net's kinds; any other kind is one error listing them."""
+    if kind not in kinds:
+        raise InvalidParameter("controlnet", "bundled:" + " or bundled:".join(kinds), f"bundled:{kind}")
+    return kinds.index(kind), len(kinds)
 
 
 def hint_picture(cond):
