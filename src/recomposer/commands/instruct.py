@@ -51,7 +51,7 @@ def instruct_command(
     if model is None:
         raise ModelError("model", "no bundled instruction model ships yet: give --model DIR, an InstructPix2Pix "
                                   "model in diffusers format")
-    _check_instruction_model(model)
+    _check_instruction_model(config or model)  # a single file's pipeline is its --config folder's
     from ..io.images import open_image
     from ..provenance import save_results
     from .p2p import _load
@@ -65,7 +65,8 @@ def instruct_command(
 
 
 def _check_instruction_model(model: str) -> None:
-    """A diffusers folder whose model_index.json names the InstructPix2Pix pipeline, read before anything loads."""
+    """A diffusers folder (a model, or a single file's configs) whose model_index.json names the InstructPix2Pix
+    pipeline, read before anything loads."""
     from ..errors import ModelError
     from ..models import library
 
