@@ -116,8 +116,15 @@ def test_a_model_that_does_not_hear_an_image_is_refused_before_loading(tiny_dir,
     code, out, err = run(capsys, "instruct", tmp_path / "photo.png", "make it blue", "--model", tiny_dir,
                          "-o", tmp_path / "out")
     assert code == 2 and "is not an instruction model" in err and len(err.strip().splitlines()) == 1, err
-    code, out, err = run(capsys, "instruct", tmp_path / "photo.png", "make it blue", "-o", tmp_path / "out")
-    assert code == 2 and "no bundled instruction model ships yet" in err, err
+    import shutil
+
+    from recomposer.models.bundled import WEIGHTS
+
+    parts = tmp_path / "parts"  # bundled-format parts with no instruct part
+    shutil.copytree(WEIGHTS, parts, ignore=shutil.ignore_patterns("instruct.*"))
+    code, out, err = run(capsys, "instruct", tmp_path / "photo.png", "make it blue", "--model", parts,
+                         "-o", tmp_path / "out")
+    assert code == 2 and "has no instruct part" in err, err
     assert not (tmp_path / "out").exists()
     with pytest.raises(Exception, match="not an instruction model"):
         instruct(tiny_sd(0), photo, InstructRequest("x", steps=1))

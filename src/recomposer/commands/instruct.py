@@ -18,7 +18,8 @@ from .options import Config, Device, Dtype, model_option
 def instruct_command(
     image: Annotated[Path, typer.Argument(help="The image to edit.")],
     instruction: Annotated[str, typer.Argument(help="What to do to it, e.g. \"make the circle blue\".")],
-    model: model_option("An InstructPix2Pix model: a diffusers directory (no bundled one ships yet).") = None,
+    model: model_option("An InstructPix2Pix model: a diffusers directory, or bundled-format parts with an instruct "
+                         "part. Default: the bundled instruction model.") = None,
     config: Config = None,
     guidance: Annotated[float, typer.Option(help="s_T: how far towards the instruction.")] = 7.5,
     image_guidance: Annotated[float, typer.Option(help="s_I: how close to the image (below 1 pushes away from "
@@ -48,20 +49,43 @@ def instruct_command(
                               steps=steps, seed=seed, batch=batch, allow_flat=allow_flat).check()
     readable("image", image)
     check_output(output, (image,))
-    if model is None:
-        raise ModelError("model", "no bundled instruction model ships yet: give --model DIR, an InstructPix2Pix "
-                                  "model in diffusers format")
-    _check_instruction_model(config or model)  # a single file's pipeline is its --config folder's
+    parts = _instruct_parts(model)
+    if parts is None:
+        _check_instruction_model(config or model)  # a single file's pipeline is its --config folder's
     from ..io.images import open_image
     from ..provenance import save_results
     from .p2p import _load
 
     picture = open_image(image, "image")
-    backbone = _load(model, config, device, dtype)
+    if parts is not None:
+        from ..models.bundled import load_bundled_instruct
+        from ..models.device import resolve_device, resolve_dtype
+
+        torch_device = resolve_device(device)
+        backbone = load_bundled_instruct(torch_device, resolve_dtype(dtype, torch_device), parts)
+    else:
+        backbone = _load(model, config, device, dtype)
     from ..tasks.instruct import instruct
 
     for path in save_results(instruct(backbone, picture, request), output):
         typer.echo(str(path))
+
+
+def _instruct_parts(model: str | None) -> Path | None:
+    """The parts folder whose instruct part serves (the bundled weights when ``model`` is None), or None for a
+    diffusers model; a parts folder without an instruct part is refused before anything loads."""
+    from ..errors import ModelError
+    from ..models.bundled import WEIGHTS, has_part
+    from ..requests import is_parts_dir
+
+    if model is not None and not (Path(model).is_dir() and is_parts_dir(Path(model))):
+        return None
+    folder = Path(model) if model is not None else WEIGHTS
+    if not has_part("instruct", folder):
+        where = "the bundled model has" if model is None else f"{model} has"
+        raise ModelError("model", f"{where} no instruct part (train one with `recomposer train instruct --parts`), "
+                                  "or give --model DIR, an InstructPix2Pix model in diffusers format")
+    return folder
 
 
 def _check_instruction_model(model: str) -> None:

@@ -39,6 +39,7 @@ CaptionAlone = Annotated[float, typer.Option(help="Share of samples that keep th
 ADAPTER_FILE = "composer.safetensors"
 RUN_FILE = "composer-run.json"  # the settings that must not change when a run is resumed
 CONTROLNET_RUN_FILE = "controlnet-run.json"
+INSTRUCT_RUN_FILE = "instruct-run.json"
 
 
 @train_app.command("composer")
@@ -271,6 +272,104 @@ def train_controlnet(
                                                              "steps": before + summary.step})))
     else:
         typer.echo(str(_save_pretrained(net, output / "controlnet")))
+    loss = "n/a" if summary.loss is None else f"{summary.loss:.4g}"
+    typer.echo(f"step {summary.step}, loss {loss}", err=True)
+
+
+@train_app.command("instruct")
+def train_instruct(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, samples, loss.jsonl and "
+                                                                "the model; a run resumes from it.")],
+    model: model_option("Diffusers model directory to widen and fine-tune (a text-to-image model, or an "
+                        "instruction model to go on training). Default: the bundled model.") = None,
+    parts: Annotated[Optional[Path], typer.Option(help="A folder of bundled-format parts to train on instead of "
+                                                       "--model; the result is written into it as its instruct "
+                                                       "part (a low-rank delta of its UNet: the bundled "
+                                                       "instruction model).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Train on your pairs: a folder with a metadata.jsonl of "
+                                                      "input_image / edit_prompt / edited_image records (what "
+                                                      "`recomposer make-pairs` writes). Default: shapes-world "
+                                                      "edits.")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer updates in all (a resumed run continues up to it).")]
+    = 10_000,
+    batch_size: Annotated[int, typer.Option(help="Examples per step (per process).")] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (the reference: 1e-4).")] = 1e-4,
+    size: Annotated[Optional[int], typer.Option(help="Image side in pixels: a multiple of the VAE factor "
+                                                     "(default: the backbone's native size).")] = None,
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the UNet's weights (what is written).")] = None,
+    sample_every: Annotated[int, typer.Option(help="A sample grid every this many steps (0: never): before, the "
+                                                   "wanted after, the model's edit.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps (and at the end).")]
+    = 500,
+    keep_checkpoints: Annotated[int, typer.Option(help="Complete checkpoints kept (older ones are pruned).")] = 2,
+    rank: Annotated[int, typer.Option(help="With --parts: the rank of the delta written (models/delta.py).")] = 32,
+    seed: Annotated[int, typer.Option(help="Seeds the stream of edits and every step's draws.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint "
+                                                                      "in --output.")] = True,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    max_minutes: MaxMinutes = None, min_snr_gamma: MinSnr = None,
+) -> None:
+    """Train an InstructPix2Pix model (Brooks et al. 2023): the UNet widened to hear the image it edits."""
+    from .. import validation as v
+    from ..training import TrainConfig
+
+    # 1. Every parameter, before anything loads.
+    config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, seed=seed,
+                         ema_decay=ema_decay, mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes,
+                         sample_every=sample_every).check()
+    if size is not None:
+        v.integer("size", size, 16)
+    if min_snr_gamma is not None:
+        v.real("min-snr-gamma", min_snr_gamma, 1e-3, 1e3)
+    v.integer("rank", rank, 1, 4096)
+    from ..training.instruct import read_pairs
+
+    pairs = read_pairs(data) if data is not None else None
+    size = _check_run_options(output, model, parts, size, resume)
+    pipeline = _pipeline_of(model) if model is not None else None
+    if pipeline not in (None, "StableDiffusionPipeline", "StableDiffusionInstructPix2PixPipeline"):
+        raise RecomposerError("model", f"{model} is a {pipeline}; an instruction model is widened from a text-to-image "
+                                       "model (StableDiffusionPipeline) or trained on from an instruction model")
+
+    # 2. Load, widen, then train.
+    hold_run_lock(output)
+
+    from ..models.bundled import read_part, write_tensors
+    from ..models.delta import extract
+    from ..models.instruct import InstructChannels, widen
+    from ..models.tiny import save_diffusers_dir
+    from ..training import train
+    from ..training.instruct import InstructTraining, instruct_sampler, instruct_step, pair_batches, world_edit_batches
+
+    backbone, folder, size = _load_backbone(model, parts, size)
+    if backbone.adapter(InstructChannels) is None:
+        widen(backbone.unet, backbone.latent_channels)
+        backbone = backbone.with_adapters(InstructChannels(backbone.latent_channels))
+    base = {k: t.detach().clone() for k, t in backbone.unet.state_dict().items()}  # what a delta is taken against
+    run = _check_run(output, {"model": str(Path(model).resolve()) if model else str(folder), "size": size,
+                              "data": str(Path(data).resolve()) if data else None, "min_snr_gamma": min_snr_gamma},
+                     INSTRUCT_RUN_FILE)
+    trainee = InstructTraining(backbone, min_snr_gamma=min_snr_gamma)
+    batches = pair_batches(backbone, pairs, batch_size, size, seed) if pairs is not None else \
+        world_edit_batches(backbone, batch_size, size, seed)
+    sampler = instruct_sampler(size, pairs=pairs or ()) if sample_every else None
+    summary = train(config, trainee, instruct_step, batches, sampler, resume=resume, keep_ema=True)
+
+    # 3. The model, all or nothing (with EMA: the averaged weights): a whole diffusers folder; with --parts the
+    # widened UNet whole and the bundled instruct part, a low-rank delta of the parts' UNet.
+    if parts is None:
+        typer.echo(str(_save_model(backbone, output / "model", save_diffusers_dir)))
+    else:
+        typer.echo(str(_save_pretrained(backbone.unet, output / "unet")))
+        delta, energy = extract(base, backbone.unet.state_dict(), rank)
+        _, unet = read_part("unet", folder)
+        settings = {"base_unet": unet["weights_sha256"], "rank": rank, "steps": summary.step, "run": run,
+                    "kept_energy": {"min": round(min(energy.values(), default=1.0), 4),
+                                    "mean": round(sum(energy.values()) / max(len(energy), 1), 4)}}
+        typer.echo(str(write_tensors(delta, "instruct", parts, settings)))
     loss = "n/a" if summary.loss is None else f"{summary.loss:.4g}"
     typer.echo(f"step {summary.step}, loss {loss}", err=True)
 
@@ -656,6 +755,41 @@ def _batches(cache: Path | None, backbone, encoder, batch_size: int, size: int, 
     return cached_batches(WorldCache(cache, expected), backbone, batch_size, seed, image_embedding=encoder is not None)
 
 
+def _pipeline_of(model: str) -> str | None:
+    """The pipeline a diffusers folder's model_index.json names (None for a single file or no index)."""
+    from ..models import library
+
+    index = Path(model) / "model_index.json"
+    return library.read_json(index, "model").get("_class_name") if index.is_file() else None
+
+
+def _save_model(backbone, folder: Path, save) -> Path:
+    """A whole model folder written by ``save(backbone, path)`` beside ``folder`` and renamed into place."""
+    import shutil
+
+    from ..io.files import temp_folder
+
+    tmp = temp_folder(folder)
+    try:
+        save(backbone, tmp)
+        _replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _replace_folder(new: Path, folder: Path) -> None:
+    import shutil
+
+    if folder.exists():
+        aside = folder.with_name(f".{folder.name}.old.tmp")
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    new.rename(folder)
+
+
 def _check_output(output: Path) -> None:
     if output.exists() and not output.is_dir():
         raise InvalidParameter("output", "a folder (new, or one this command wrote)", str(output))
@@ -677,12 +811,7 @@ def _save_pretrained(module, folder: Path) -> Path:
     tmp = temp_folder(folder)
     try:
         module.save_pretrained(tmp, safe_serialization=True)
-        if folder.exists():
-            aside = folder.with_name(f".{folder.name}.old.tmp")
-            shutil.rmtree(aside, ignore_errors=True)
-            folder.rename(aside)
-            shutil.rmtree(aside, ignore_errors=True)
-        tmp.rename(folder)
+        _replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -171,13 +171,17 @@ def write_part(module: torch.nn.Module, name: str, folder: Path, settings: dict)
     all or nothing, the JSON last with the weights' sha256 in it: a run cut off between the two leaves a
     pair that ``read_part`` refuses, never new weights under old settings. Training reads parts back from
     here, so what trains on them is what ships."""
+    return write_tensors(module.state_dict(), name, folder, settings)
+
+
+def write_tensors(tensors: dict[str, torch.Tensor], name: str, folder: Path, settings: dict) -> Path:
+    """``write_part`` of a state dict (or any named tensors, e.g. a delta, models/delta.py)."""
     from safetensors.torch import save
 
     from ..io.files import atomic_write
 
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (t.half() if t.is_floating_point() else t).detach().cpu().contiguous()
-               for k, t in module.state_dict().items()}
+    tensors = {k: (t.half() if t.is_floating_point() else t).detach().cpu().contiguous() for k, t in tensors.items()}
     data = save(tensors)
     settings = {**settings, "weights_sha256": hashlib.sha256(data).hexdigest()}  # the JSON vouches for the weights
     path = atomic_write(folder / f"{name}.safetensors", lambda f: f.write(data))
@@ -237,6 +241,24 @@ def read_figures(folder: Path, backbone: Backbone, adapter: torch.nn.Module) -> 
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return figures if same and isinstance(figures.get("conditions"), dict) else None
+
+
+def load_bundled_instruct(device: torch.device, dtype: torch.dtype, folder: Path = WEIGHTS) -> Backbone:
+    """The bundled instruction model: the bundled backbone, its UNet widened to hear a source image (models/instruct.py)
+    and the instruct part merged in: a low-rank delta of the base UNet plus the widened conv_in (models/delta.py).
+    The delta is refused on any UNet but the one it was taken against (unet.json's weights_sha256)."""
+    from .delta import merge
+    from .instruct import InstructChannels, widen
+
+    delta, settings = read_part("instruct", folder)
+    _, base = read_part("unet", folder)
+    if settings.get("base_unet") != base.get("weights_sha256"):
+        raise ModelError("model", f"{folder / 'instruct.json'} is a delta of another UNet than {folder / 'unet.json'} "
+                                  "(train the instruction model again on this one)")
+    backbone = load_bundled_backbone(torch.device("cpu"), torch.float32, folder)
+    widen(backbone.unet, backbone.latent_channels)
+    backbone.unet.load_state_dict(merge(backbone.unet.state_dict(), delta))
+    return backbone.to(device, dtype).with_adapters(InstructChannels(backbone.latent_channels))
 
 
 def has_part(name: str, folder: Path = WEIGHTS) -> bool:

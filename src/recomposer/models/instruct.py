@@ -4,11 +4,13 @@ An instruction model's UNet takes 2C channels: x_t (C) + the source image's late
 posterior's mode, **not** multiplied by the VAE's scaling factor (the reference weights were trained so; diffusers'
 pipeline does the same). The null, a set without a source image, is zeros: the reference's unconditional image.
 The model declares these channels (its model_index.json names StableDiffusionInstructPix2PixPipeline); they are
-never guessed from the UNet's channel count.
+never guessed from the UNet's channel count. ``widen`` makes one from a plain UNet (training/instruct.py).
 """
 
 import torch
+from torch import nn
 
+from .. import validation as v
 from ..conditions import ConditionSet
 from ..errors import InvalidParameter
 from .adapter import CONCAT
@@ -34,3 +36,22 @@ class InstructChannels:
             raise InvalidParameter("image", f"{width}x{height} pixels (the generation size)",
                                    f"{image.shape[-1]}x{image.shape[-2]}")
         return {CONCAT: backbone.encode_image(image).mode().to(backbone.dtype)}  # (1, C, h, w), unscaled
+
+
+def widen(unet: nn.Module, channels: int) -> nn.Module:
+    """Give ``unet`` (a diffusers UNet2DConditionModel, in place) ``channels`` more input channels: conv_in's old
+    input weights copied, the new ones zero, so the output does not change whatever the new channels hold. Its
+    config says the new width (``in_channels``), as a saved instruction UNet must."""
+    v.integer("channels", channels, 1, 64)
+    conv = unet.conv_in
+    wide = type(conv)(conv.in_channels + channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, bias=conv.bias is not None).to(conv.weight)  # (a door's class kept)
+    with torch.no_grad():
+        wide.weight.zero_()
+        wide.weight[:, :conv.in_channels] = conv.weight
+        if conv.bias is not None:
+            wide.bias.copy_(conv.bias)
+    wide.train(conv.training)
+    unet.conv_in = wide
+    unet.register_to_config(in_channels=conv.in_channels + channels)
+    return unet
