@@ -37,7 +37,6 @@ def instruct_command(
     """InstructPix2Pix: edit an image by an instruction (Brooks et al. 2023), with dual guidance in one forward."""
     import secrets
 
-    from ..errors import ModelError
     from ..invocation import resolve
     from ..io.output import check_output
     from ..requests import InstructRequest, readable
