@@ -21,6 +21,7 @@ from .commands.options import Config, Device, Dtype, Model, RecordedDevice, mode
 from .commands.instruct import instruct_command
 from .commands.p2p import COMMANDS as P2P_COMMANDS
 from .commands.pairs import make_pairs_command
+from .commands.visii import visii_command
 from .commands.train import train_app
 from .commands.world import world_app
 from .errors import Cancelled, InvalidParameter, RecomposerError
@@ -51,6 +52,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
 app.command("decompose")(decompose_command)
 app.command("make-pairs")(make_pairs_command)
+app.command("visii")(visii_command)
 REPLAYABLE: dict = {**COMPOSER_COMMANDS, **P2P_COMMANDS, "instruct": instruct_command}  # recall makes them again
 for _name, _command in REPLAYABLE.items():
     app.command(_name)(recorded(_name, _command))

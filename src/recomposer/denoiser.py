@@ -208,7 +208,7 @@ class BackboneDenoiser:
             raise InvalidParameter("conditions", allowed, sorted(unknown))
         b = self.backbone
         caption = conds.get("caption", Caption(""))
-        prompt = b.encode_prompts([caption.text])  # tokens (1, T, D), mask (1, T) or None
+        prompt = caption.prompts(b)  # tokens (1, T, D), mask (1, T) or None
         tokens, masks, channels = [prompt.tokens], [prompt.mask], []
         additions: dict[str, torch.Tensor] = {}
         down, mid, attention = None, None, {}

@@ -227,9 +227,12 @@ class InstructRequest:
     seed: int = 0  # sample k uses seed + k
     batch: int = 1
     allow_flat: bool = False
+    learned: str = ""  # the sha256 of a Visii instruction file (tasks/visii.py): then ``instruction`` is extra words
 
     def check(self) -> "InstructRequest":
-        if not isinstance(self.instruction, str) or not self.instruction.strip():
+        if not isinstance(self.learned, str):
+            raise InvalidParameter("learned", "the sha256 of an instruction file", self.learned)
+        if not isinstance(self.instruction, str) or not (self.instruction.strip() or self.learned):
             raise InvalidParameter("instruction", "an instruction of at least one word", self.instruction)
         v.real("guidance", self.guidance, -GUIDANCE_MAX, GUIDANCE_MAX)
         v.real("image-guidance", self.image_guidance, -GUIDANCE_MAX, GUIDANCE_MAX)

@@ -17,7 +17,8 @@ from .options import Config, Device, Dtype, model_option
 
 def instruct_command(
     image: Annotated[Path, typer.Argument(help="The image to edit.")],
-    instruction: Annotated[str, typer.Argument(help="What to do to it, e.g. \"make the circle blue\".")],
+    instruction: Annotated[Optional[str], typer.Argument(help="What to do to it, e.g. \"make the circle blue\" "
+                                                              "(not with --learned: use --with-text).")] = None,
     model: model_option("An InstructPix2Pix model: a diffusers directory, or bundled-format parts with an instruct "
                          "part. Default: the bundled instruction model.") = None,
     config: Config = None,
@@ -31,6 +32,9 @@ def instruct_command(
                                                      "random, recorded in the PNG.")] = None,
     batch: Annotated[int, typer.Option(help="Number of images.")] = 1,
     allow_flat: Annotated[bool, typer.Option("--allow-flat", help="Keep images of one flat colour.")] = False,
+    learned: Annotated[Optional[Path], typer.Option(help="An instruction learnt from example pairs by `recomposer "
+                                                         "visii` (on this model) instead of INSTRUCTION.")] = None,
+    with_text: Annotated[str, typer.Option(help="With --learned: words that follow the learnt instruction.")] = "",
     device: Device = "auto", dtype: Dtype = "fp32",
     output: Annotated[Path, typer.Option("--output", "-o", help="A .png file or a folder.")] = Path("instructed"),
 ) -> None:
@@ -41,33 +45,56 @@ def instruct_command(
     from ..io.output import check_output
     from ..requests import InstructRequest, readable
 
+    from ..errors import RecomposerError
+
     if seed is None:
         seed = secrets.randbelow(2**32)
     resolve("seed", seed)
-    request = InstructRequest(instruction, guidance=guidance, image_guidance=image_guidance, scheduler=scheduler,
-                              steps=steps, seed=seed, batch=batch, allow_flat=allow_flat).check()
+    if learned is not None and instruction is not None:
+        raise RecomposerError("instruction", "not with --learned (give extra words with --with-text)")
+    if learned is None and with_text:
+        raise RecomposerError("with-text", "only with --learned (otherwise it is the INSTRUCTION argument)")
+    if learned is None and instruction is None:
+        raise RecomposerError("instruction", "an instruction (the second argument), or --learned FILE")
+    taught = None
+    if learned is not None:
+        from ..tasks.visii import load_learned
+
+        readable("learned", learned)
+        taught = load_learned(learned)
+    request = InstructRequest(instruction if learned is None else with_text, guidance=guidance,
+                              image_guidance=image_guidance, scheduler=scheduler, steps=steps, seed=seed, batch=batch,
+                              allow_flat=allow_flat, learned=taught.info["sha256"] if taught else "").check()
     readable("image", image)
     check_output(output, (image,))
+    backbone = load_instruction_model(model, config, device, dtype)
+    if taught is not None:
+        from ..tasks.visii import check_learned
+
+        check_learned(taught.info, backbone, str(learned))
+    from ..io.images import open_image
+    from ..provenance import save_results
+    from ..tasks.instruct import instruct
+
+    picture = open_image(image, "image")
+    for path in save_results(instruct(backbone, picture, request, learned=taught), output):
+        typer.echo(str(path))
+
+
+def load_instruction_model(model: str | None, config: str | None, device: str, dtype: str):
+    """An instruction model: ``--model``'s diffusers folder (its model_index naming the InstructPix2Pix pipeline,
+    checked before loading), a parts folder's instruct part, or the bundled instruction model."""
     parts = _instruct_parts(model)
     if parts is None:
         _check_instruction_model(config or model)  # a single file's pipeline is its --config folder's
-    from ..io.images import open_image
-    from ..provenance import save_results
-    from .p2p import _load
+        from .p2p import _load
 
-    picture = open_image(image, "image")
-    if parts is not None:
-        from ..models.bundled import load_bundled_instruct
-        from ..models.device import resolve_device, resolve_dtype
+        return _load(model, config, device, dtype)
+    from ..models.bundled import load_bundled_instruct
+    from ..models.device import resolve_device, resolve_dtype
 
-        torch_device = resolve_device(device)
-        backbone = load_bundled_instruct(torch_device, resolve_dtype(dtype, torch_device), parts)
-    else:
-        backbone = _load(model, config, device, dtype)
-    from ..tasks.instruct import instruct
-
-    for path in save_results(instruct(backbone, picture, request), output):
-        typer.echo(str(path))
+    torch_device = resolve_device(device)
+    return load_bundled_instruct(torch_device, resolve_dtype(dtype, torch_device), parts)
 
 
 def _instruct_parts(model: str | None) -> Path | None:

@@ -28,3 +28,7 @@ class Caption(Condition):
         from .pictures import text_card
 
         return text_card(self.text or "(empty caption)")
+
+    def prompts(self, backbone):
+        """What the model attends to: the backbone's encoding of the text (models/backbone.py ``Prompts``)."""
+        return backbone.encode_prompts([self.text])

@@ -70,15 +70,7 @@ class ClipImageEncoder:
         self.identity = f"clip:{self.root.name}@{weights_sha256(model)[:12]}"  # of the weights as stored, any dtype
         self.model = model.to(dtype=dtype)
         self.dim = int(model.config.projection_dim)
-        if any((self.root / name).is_file() for name in PROCESSOR_FILES):
-            self.processor = load_image_processor(self.root, field)
-        else:
-            from transformers import CLIPImageProcessorPil
-
-            side = int(model.config.image_size)
-            self.processor = CLIPImageProcessorPil(size={"shortest_edge": side},
-                                                   crop_size={"height": side, "width": side},
-                                                   image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+        self.processor = clip_processor(self.root, int(model.config.image_size), field)
 
     def describe(self) -> dict:
         return {"backend": "transformers-clip", "path": str(self.root), "identity": self.identity, "dim": self.dim}
@@ -93,3 +85,24 @@ class ClipImageEncoder:
             raise NonFiniteResult("image-encoder", "the image encoder produced NaN or inf "
                                                    "(fp16 overflow? try --dtype fp32)")
         return ImageEmbedding(vector, self.identity)
+
+
+def clip_processor(root: Path, side: int, field: str):
+    """The folder's image processor, or OpenAI CLIP's preprocessing at ``side`` pixels where it has none."""
+    if any((root / name).is_file() for name in PROCESSOR_FILES):
+        return load_image_processor(root, field)
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                 image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+
+
+def load_clip(path: str | Path, field: str = "clip"):
+    """A whole local CLIP model (both towers, ``CLIPModel``) and its image processor, through the library door."""
+    from transformers import CLIPModel
+
+    root = check_model_dir(path, field)
+    if read_model_type(root, field) != "clip":
+        raise ModelError(field, f"{root} is not a whole CLIP model (model_type clip: both towers and projections)")
+    model = load_pretrained(CLIPModel, root, field, "cpu", torch.float32).eval()
+    return model, clip_processor(root, int(model.config.vision_config.image_size), field)

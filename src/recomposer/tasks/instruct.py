@@ -18,7 +18,7 @@ from PIL import Image
 from ..conditions import Caption, ConditionSet, SourceImage
 from ..conditions.fitting import fit_image
 from ..denoiser import BackboneDenoiser
-from ..errors import ModelError
+from ..errors import InvalidParameter, ModelError
 from ..guidance import dual, guided
 from ..io.images import to_pil, to_tensor
 from ..models.backbone import Backbone
@@ -32,9 +32,13 @@ from .run import Sampling, run
 
 
 def instruct(backbone: Backbone, image: Image.Image, request: InstructRequest, callback=None,
-             cancel=None) -> list[Generated]:
-    """``request.batch`` edits of ``image`` by the instruction, at its size cut down to multiples of the VAE's factor."""
+             cancel=None, learned=None) -> list[Generated]:
+    """``request.batch`` edits of ``image`` by the instruction, at its size cut down to multiples of the VAE's factor.
+    ``learned``: a Visii instruction (tasks/visii.py ``Learned``, its file's sha256 in ``request.learned``) in the
+    instruction's place, followed by ``request.instruction``'s words when there are any."""
     request.check()
+    if (learned is None) != (not request.learned) or (learned and learned.info.get("sha256") != request.learned):
+        raise InvalidParameter("learned", "the instruction file the request names", request.learned)
     if backbone.adapter(InstructChannels) is None:
         raise ModelError("model", "is not an instruction model: its UNet does not hear a source image (an "
                                   "InstructPix2Pix model's model_index.json names "
@@ -48,7 +52,8 @@ def instruct(backbone: Backbone, image: Image.Image, request: InstructRequest, c
     image = fit_image(image, size)  # the one resize mode (conditions/fitting.py): here a crop of under f pixels
     source = SourceImage(to_tensor(image.convert("RGB")))
     image_only = ConditionSet.of(source)
-    both = ConditionSet.of(source, Caption(request.instruction))
+    both = ConditionSet.of(source, Caption(request.instruction) if learned is None else
+                           learned.caption(request.instruction.strip()))
     plan = dual(image_only, both, request.image_guidance, request.guidance)
     check_fits(backbone, *size, request.batch, rows=3)  # before any compute (R10)
     denoise, inputs = guided(BackboneDenoiser(backbone, size), plan, request.batch)
@@ -56,7 +61,8 @@ def instruct(backbone: Backbone, image: Image.Image, request: InstructRequest, c
     result = run(denoise, inputs, backbone, sampling, size, callback=callback, cancel=cancel)
     floats = (result.pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
     base = {"format": FORMAT, "task": "instruct", "params": {**asdict(request), "width": size[0], "height": size[1]},
-            "inputs": {"image": {"sha256": pixel_hash(image)}}, "model": backbone.describe(),
+            "inputs": {"image": {"sha256": pixel_hash(image)},
+                       **({"learned": {"sha256": request.learned}} if learned is not None else {})}, "model": backbone.describe(),
             "sampler_label": display_name(request.scheduler), "versions": dict(library_versions())}
     return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k})
             for k, im in enumerate(to_pil(result.pixels))]

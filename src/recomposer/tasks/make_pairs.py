@@ -116,18 +116,17 @@ def parse_reply(caption: str, reply: str) -> Triplet | None:
 def lm_triplets(captions: Sequence[str], lm: str | Path, max_new_tokens: int = 60, shots: int = 3,
                 seed: int = 0) -> tuple[list[Triplet], int]:
     """(pairable triplets, how many replies were skipped) written by the causal LM in folder ``lm`` (transformers
-    AutoModelForCausalLM, safetensors weights only, no remote code), greedy, prompted with ``shots`` world triplets."""
+    AutoModelForCausalLM through the library door: safetensors weights only, no remote code), greedy, prompted with ``shots`` world triplets."""
     import itertools
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = Path(lm)
-    if not (folder / "config.json").is_file():
-        raise InvalidParameter("lm", "a local transformers causal language model folder (config.json, "
-                                     "model.safetensors, tokenizer files)", str(lm))
+    from ..models.local import check_model_dir, load_pretrained
+
+    folder = check_model_dir(lm, "lm")  # config.json naming no code, safetensors weights (RELIABILITY R1)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True).eval()
+    model = load_pretrained(AutoModelForCausalLM, folder, "lm", "cpu", torch.float32).eval()
     examples = list(itertools.islice(world_triplets(seed), shots))
     kept, skipped = [], 0
     for caption in captions:
