@@ -67,6 +67,41 @@ def controllability(
     typer.echo(markdown(report), err=True)
 
 
+@bench_app.command("edits")
+def edits(
+    output: Annotated[Path, typer.Option("--output", "-o", help="A new folder for the report.")] = Path("bench-edits"),
+    quick: Annotated[bool, typer.Option("--quick", help="The CI size: 2 scenes per kind, 4 steps.")] = False,
+    scenes: Annotated[Optional[int], typer.Option(help="Held-out scenes tried per edit kind (default 40).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Sampler steps per edit (default 20).")] = None,
+    visii_scenes: Annotated[Optional[int], typer.Option(help="Scenes a learnt instruction is applied to (default "
+                                                             "20; 0: no Visii figures).")] = None,
+    visii_steps: Annotated[Optional[int], typer.Option(help="Visii iterations per learnt instruction (default "
+                                                            "1000).")] = None,
+    model: model_option("An instruction model: a diffusers InstructPix2Pix directory or parts with an instruct part "
+                        "(default: the bundled instruction model).") = None,
+) -> None:
+    """Edit held-out scenes by the world's instructions and judge each edit with the analyser beside its floor (the
+    unedited scene) and ceiling (the world's own edit); Visii learnt from one pair, applied to other scenes."""
+    from dataclasses import replace
+
+    from ..evaluation.edits import QUICK_EDITS, EditBenchConfig
+
+    base = QUICK_EDITS if quick else EditBenchConfig()
+    given = {"scenes": scenes, "steps": steps, "visii_scenes": visii_scenes, "visii_steps": visii_steps}
+    config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
+    _check_new(output)
+
+    from ..evaluation.edits import markdown, run
+    from ..io.files import write_folder
+    from ..models.analyser import load_bundled_analyser
+    from .instruct import load_instruction_model
+
+    backbone = load_instruction_model(model, None, "cpu", "fp32")
+    report = run(backbone, load_bundled_analyser(), config)
+    typer.echo(str(write_folder(output, {"report.json": _json(report), "report.md": markdown(report)})))
+    typer.echo(markdown(report), err=True)
+
+
 @bench_app.command("speed")
 def speed(
     output: Annotated[Path, typer.Option("--output", "-o", help="A new folder for the report.")] = Path("bench-speed"),

@@ -62,7 +62,8 @@ def instruct(backbone: Backbone, image: Image.Image, request: InstructRequest, c
     floats = (result.pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
     base = {"format": FORMAT, "task": "instruct", "params": {**asdict(request), "width": size[0], "height": size[1]},
             "inputs": {"image": {"sha256": pixel_hash(image)},
-                       **({"learned": {"sha256": request.learned}} if learned is not None else {})}, "model": backbone.describe(),
+                       **({"learned": {"sha256": request.learned}} if learned is not None else {})},
+            "model": backbone.describe(),
             "sampler_label": display_name(request.scheduler), "versions": dict(library_versions())}
     return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k})
             for k, im in enumerate(to_pil(result.pixels))]

@@ -116,7 +116,8 @@ def parse_reply(caption: str, reply: str) -> Triplet | None:
 def lm_triplets(captions: Sequence[str], lm: str | Path, max_new_tokens: int = 60, shots: int = 3,
                 seed: int = 0) -> tuple[list[Triplet], int]:
     """(pairable triplets, how many replies were skipped) written by the causal LM in folder ``lm`` (transformers
-    AutoModelForCausalLM through the library door: safetensors weights only, no remote code), greedy, prompted with ``shots`` world triplets."""
+    AutoModelForCausalLM through the library door: safetensors weights only, no remote code), greedy, prompted
+    with ``shots`` world triplets."""
     import itertools
 
     import torch

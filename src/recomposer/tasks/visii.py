@@ -138,7 +138,7 @@ def learn_instruction(backbone: Backbone, pairs: list[tuple[Image.Image, Image.I
         noises = [torch.randn(x.shape, generator=g).to(x) for x in clean]  # fixed per pair
     count = scheduler.config.num_train_timesteps
     order = torch.randperm(count, generator=g)  # t_i: each iteration its own timestep
-    direction, projection = _clip_direction(clip, pairs, b) if clip is not None and request.clip_weight else (None, None)
+    direction, projection = (None, None) if clip is None or not request.clip_weight else _clip_direction(clip, pairs, b)
 
     guided, inputs = _loss_plans(b, images, size, request, states, mask)
     delta = torch.zeros_like(states[:, learnt]).requires_grad_(True)  # what is learnt: c_T = init + delta
@@ -155,7 +155,8 @@ def learn_instruction(backbone: Backbone, pairs: list[tuple[Image.Image, Image.I
         loss = request.mse_weight * (prediction.float() - target.float()).square().mean()
         if direction is not None:
             text = projection(c_t[0, learnt].mean(0, keepdim=True))  # (1, E)
-            loss = loss + request.clip_weight * (1 - torch.cosine_similarity(text, direction, dim=-1).clamp(-1, 1)).sum()
+            cos = torch.cosine_similarity(text, direction, dim=-1).clamp(-1, 1)
+            loss = loss + request.clip_weight * (1 - cos).sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -167,7 +168,8 @@ def learn_instruction(backbone: Backbone, pairs: list[tuple[Image.Image, Image.I
     tail = losses[-max(1, len(losses) // 10):]
     info = {"format": FORMAT, "model": b.identity(), "text_width": int(states.shape[-1]), "init": init,
             "searched": list(request.candidates) and init, "request": asdict(request), "pairs": len(images),
-            "size": list(size), "clip": direction is not None, "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
+            "size": list(size), "clip": direction is not None, "loss_first": losses[0],
+            "loss_last": sum(tail) / len(tail),
             "seconds": round(time.perf_counter() - started, 2)}
     return Learned(final, mask, learnt, info)
 

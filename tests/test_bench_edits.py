@@ -1,0 +1,51 @@
+"""`recomposer bench edits`: the edit judge tells the world's own edits (ceiling) from doing nothing (floor) for
+every kind, and the benchmark runs end to end on any instruction model, Visii included."""
+
+import json
+
+import numpy as np
+import pytest
+
+from recomposer.cli import main
+from recomposer.evaluation.edits import _judged, _same_edit, edits_of
+from recomposer.models.tiny import save_diffusers_dir, tiny_sd
+from recomposer.world.edits import EDIT_KINDS
+from recomposer.world.render import render
+
+
+@pytest.fixture(scope="module")
+def analyser():
+    from recomposer.models.analyser import load_bundled_analyser
+
+    return load_bundled_analyser()
+
+
+@pytest.mark.parametrize("kind", EDIT_KINDS)
+def test_the_judge_tells_the_edit_from_doing_nothing(analyser, kind):
+    edits = edits_of(kind, 12)
+    assert len(edits) >= 6
+    judged = _judged(analyser, edits, [render(e.after, 64).image for e in edits])
+    assert judged["success"]["ceiling"] >= 0.8 and judged["success"]["floor"] <= 0.25, judged
+    if kind != "background":
+        assert judged["background_psnr_db"]["ceiling"] == float("inf")  # outside the changed region: identical
+
+
+def test_a_learnt_edit_is_tried_where_it_means_the_same():
+    example = edits_of("recolour", 20, offset=20_000)[0]
+    targets = _same_edit(example, 5)
+    new = example.after.objects[example.target]
+    for e in targets:
+        assert [o.shape for o in e.before.objects].count(new.shape) == 1 and e.instruction == \
+            f"make the {new.shape} {new.colour}"
+        assert e.after.objects[e.target].colour == new.colour
+
+
+def test_bench_edits_runs_on_an_instruction_model(capsys, tmp_path):
+    model = save_diffusers_dir(tiny_sd(seed=3, in_channels=8), tmp_path / "ip2p")
+    code = main(["bench", "edits", "--quick", "--visii-scenes", "1", "--visii-steps", "2", "--model", str(model),
+                 "-o", str(tmp_path / "report")])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(report["kinds"]) == set(EDIT_KINDS) and set(report["visii"]) == {"recolour", "background"}
+    assert all(np.isfinite(r["success"]["floor"]) for r in report["kinds"].values() if r["edits"])
