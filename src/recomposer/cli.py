@@ -16,6 +16,7 @@ import typer
 from .commands import control
 from .commands.bench import bench_app
 from .commands.compose import COMMANDS as COMPOSER_COMMANDS
+from .commands.composite import composite_command
 from .commands.decompose import decompose_command
 from .commands.options import Config, Device, Dtype, Model, RecordedDevice, model_option
 from .commands.instruct import instruct_command
@@ -53,7 +54,8 @@ app.add_typer(bench_app, name="bench")
 app.command("decompose")(decompose_command)
 app.command("make-pairs")(make_pairs_command)
 app.command("visii")(visii_command)
-REPLAYABLE: dict = {**COMPOSER_COMMANDS, **P2P_COMMANDS, "instruct": instruct_command}  # recall makes them again
+REPLAYABLE: dict = {**COMPOSER_COMMANDS, **P2P_COMMANDS, "instruct": instruct_command,
+                     "composite": composite_command}  # recall makes them again
 for _name, _command in REPLAYABLE.items():
     app.command(_name)(recorded(_name, _command))
 

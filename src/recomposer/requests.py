@@ -6,7 +6,7 @@ request (``dataclasses.asdict``), and ``recall`` rebuilds it (``from_json``) to 
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from . import validation as v
 from .errors import InvalidParameter
@@ -238,6 +238,75 @@ class InstructRequest:
         v.real("image-guidance", self.image_guidance, -GUIDANCE_MAX, GUIDANCE_MAX)
         v.choice("scheduler", self.scheduler, NAMES)
         v.integer("steps", self.steps, 1, MAX_STEPS)
+        v.seed("seed", self.seed)
+        v.integer("batch", self.batch, 1, MAX_BATCH)
+        v.boolean("allow_flat", self.allow_flat)
+        return self
+
+
+# Cross-domain compositing's applications (Hachnochi et al. 2023, §5): the defaults each fills in.
+COMPOSITE_APPLICATIONS = {
+    "scribble": {"t_in": 0.6, "t_out": 1.0, "n_in": 2, "n_out": 1},  # local editing guided by painted scribbles
+    "immersion": {"t_in": 0.5, "t_out": 1.0, "n_in": 2, "n_out": 1, "resample_start": 0.2},  # harmonise an object
+    "augment": {"t_in": 1.0, "t_out": 0.0, "n_in": 1, "n_out": 1},  # keep the object, new backgrounds (a batch)
+}
+
+
+@dataclass(frozen=True)
+class CompositeRequest:
+    """Cross-domain compositing (ilvr.py): masked ILVR towards the composite, optionally with RePaint resampling.
+    Fields left None take the application's defaults (COMPOSITE_APPLICATIONS; ``filled``)."""
+
+    prompt: str = ""
+    negative: str = ""
+    application: str = "immersion"
+    t_in: float | None = None  # share of the steps (from the noisiest) guided inside the mask
+    t_out: float | None = None  # ... and outside it
+    n_in: int | None = None  # low-pass factor inside the mask, in latent cells (1: every detail)
+    n_out: int | None = None
+    space: str = "x0"  # "x0": filter x̂₀ and re-noise (the aliasing fix); "xt": the update on x_{t−1}
+    blur: float | None = None  # mask smoothing in pixels (None: VAE factor · max(n_in, n_out) / 2)
+    resample_start: float | None = None  # share of the steps after which RePaint resampling runs (None: never)
+    jump: int = 10  # RePaint's jump length, in steps
+    resamples: int = 10  # times each jump is resampled
+    strength: float = 1.0  # share of the schedule run from the noised composite (1: from noise)
+    scheduler: str = "ddim"
+    steps: int = 50
+    guidance: float = 5.0
+    seed: int = 0
+    batch: int = 1
+    allow_flat: bool = False
+
+    def filled(self) -> "CompositeRequest":
+        """The request with the application's defaults where a field is None (checked)."""
+        v.choice("application", self.application, tuple(COMPOSITE_APPLICATIONS))
+        defaults = COMPOSITE_APPLICATIONS[self.application]
+        given = {k: getattr(self, k) for k in ("t_in", "t_out", "n_in", "n_out", "resample_start")}
+        return replace(self, **{k: defaults.get(k) if value is None else value for k, value in given.items()}).check()
+
+    def check(self) -> "CompositeRequest":
+        for name in ("prompt", "negative"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidParameter(name, "a string", getattr(self, name))
+        v.choice("application", self.application, tuple(COMPOSITE_APPLICATIONS))
+        for name in ("t_in", "t_out", "resample_start", "strength"):
+            value = getattr(self, name)
+            if value is not None:
+                v.real(name.replace("_", "-"), value, 0.0, 1.0)
+        for name in ("n_in", "n_out"):
+            if getattr(self, name) is not None:
+                v.integer(name.replace("_", "-"), getattr(self, name), 1, 4096)
+        v.choice("space", self.space, ("xt", "x0"))
+        if self.blur is not None:
+            v.real("blur", self.blur, 0.0, 1000.0)
+        v.integer("jump", self.jump, 1, 10_000)
+        v.integer("resamples", self.resamples, 0, 1000)
+        v.choice("scheduler", self.scheduler, NAMES)
+        v.integer("steps", self.steps, 1, MAX_STEPS)
+        if self.steps * self.strength < 1:
+            raise InvalidParameter("strength", f"at least 1/steps = {1 / self.steps:g} so that one step runs",
+                                   self.strength)
+        v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
         v.seed("seed", self.seed)
         v.integer("batch", self.batch, 1, MAX_BATCH)
         v.boolean("allow_flat", self.allow_flat)
