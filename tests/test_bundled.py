@@ -60,3 +60,25 @@ def test_plain_text_to_image_runs_on_the_bare_backbone():
     backbone = bundled.load_bundled_backbone(torch.device("cpu"), torch.float32)
     (result,) = generate(backbone, GenerateRequest("a red circle above a blue square", steps=3, seed=1))
     assert result.image.size == (64, 64)
+
+
+def test_ddim_and_ddpm_never_clip_the_bundled_latents(tmp_path):
+    """Latents are not images: a sampler that clipped x̂₀ to [-1, 1] (DDIM's and DDPM's default when a config is
+    silent) drew textured noise with the bundled model. Parts written before the config said so are read so."""
+    import json
+    import shutil
+
+    import torch
+
+    from recomposer.models.bundled import WEIGHTS, load_bundled_backbone
+    from recomposer.schedulers import make_scheduler
+
+    parts = tmp_path / "parts"
+    shutil.copytree(WEIGHTS, parts)
+    settings = json.loads((parts / "unet.json").read_text())
+    settings["scheduler"].pop("clip_sample", None)
+    (parts / "unet.json").write_text(json.dumps(settings))
+    for folder in (WEIGHTS, parts):
+        config = load_bundled_backbone(torch.device("cpu"), torch.float32, folder).scheduler_config
+        for name in ("ddim", "ddpm"):
+            assert make_scheduler(name, config).config.clip_sample is False

@@ -1,7 +1,7 @@
 """`recomposer composite BACKGROUND --object OBJECT.png --mask MASK.png`: cross-domain compositing (tasks/composite.py).
 
     recomposer composite room.png --object cat.png --mask cat-mask.png -o out/              # immerse an object
-    recomposer composite room.png --mask scribbled.png -o out/                              # scribbles painted on room.png
+    recomposer composite room.png --mask scribbled.png -o out/                      # scribbles painted on room.png
     recomposer composite room.png --object cat.png --mask cat-mask.png --augment --batch 8  # new backgrounds
 
 Options left out take the application's defaults (immersion with --object, scribble without, augment with

@@ -50,7 +50,11 @@ MAX_UNET_PARAMETERS = 2_000_000_000  # a part's recorded shape is refused beyond
 # Stable Diffusion's training betas (scaled linear, 1000 steps); Euler a samples the bundled model by default.
 SCHEDULER_CONFIG = dict(
     _class_name="EulerAncestralDiscreteScheduler", num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-    beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1, timestep_spacing="trailing")
+    beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1, timestep_spacing="trailing",
+    clip_sample=False)
+# Latents are not images: DDIM and DDPM must not clip x̂₀ to [-1, 1] (their default when a config is silent; SD's
+# configs say clip_sample false). Parts written before this line was added lack it: they are read with it.
+SAMPLER_DEFAULTS = {"clip_sample": False}
 # The parameterisations a bundled UNet may be trained in: ε on SD's betas, or v on the same betas rescaled to a
 # zero terminal SNR (Lin et al. 2024: the last step is pure noise, so sampling starts where training did).
 PARAMETERISATIONS = {
@@ -146,6 +150,7 @@ def load_bundled_backbone(device: torch.device, dtype: torch.dtype, folder: Path
         scheduler = settings.get("scheduler", SCHEDULER_CONFIG)
         if not isinstance(scheduler, dict) or scheduler.get("prediction_type") not in ("epsilon", "v_prediction"):
             raise ModelError("model", f"{folder / 'unet.json'} records no valid scheduler config")
+        scheduler = {**SAMPLER_DEFAULTS, **scheduler}
     source = ModelSource("bundled", None if folder == WEIGHTS else str(folder.resolve()))
     return assemble(vae, unet, source, device, dtype, scheduler)
 
