@@ -346,6 +346,10 @@ def train_instruct(
 
     backbone, folder, size = _load_backbone(model, parts, size)
     if backbone.adapter(InstructChannels) is None:
+        if backbone.unet.config.in_channels != backbone.latent_channels:
+            raise RecomposerError("model", f"has a UNet of {backbone.unet.config.in_channels} input channels for "
+                                           f"{backbone.latent_channels}-channel latents (an inpainting model?); an "
+                                           "instruction model is widened from a text-to-image UNet")
         widen(backbone.unet, backbone.latent_channels)
         backbone = backbone.with_adapters(InstructChannels(backbone.latent_channels))
     base = {k: t.detach().clone() for k, t in backbone.unet.state_dict().items()}  # what a delta is taken against
