@@ -271,6 +271,10 @@ def test_train_composer_writes_checkpoints_and_the_adapter_and_resumes(tiny_dir,
     assert code == 0, err
     stages = json.loads((out / "composer-run.json").read_text())["stages"]
     assert stages == [{"after_step": 0, "caption_alone": 0.0}, {"after_step": 8, "caption_alone": 0.25}]
+    code, _, err = run(capsys, *common, "--steps", 10, "--caption-alone", 0.25, "--permute-instances")
+    assert code == 0, err
+    stages = json.loads((out / "composer-run.json").read_text())["stages"]
+    assert stages[-1] == {"after_step": 9, "caption_alone": 0.25, "permute_instances": True}
     code, _, err = run(capsys, *common, "--steps", 9, "--caption-alone", 0.9)
     assert code == 2 and err.startswith("error: caption-alone:") and "0.8" in err
 
@@ -300,3 +304,23 @@ def test_missing_models_are_clear_errors(tmp_path, capsys):
     code, _, err = run(capsys, "train", "composer", "-o", out, "--parts", tmp_path / "nothing-here")
     assert code == 2 and err.startswith("error: model:") and "vae" in err
     assert not out.exists()
+
+
+def test_permuted_instance_codes_keep_the_layout_and_change_the_colours():
+    import torch
+
+    from recomposer.training.composer import _COLOURS, permuted_instances
+
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, :4] = 1
+    labels[:, 4:, :4] = 2
+    codes = permuted_instances(labels, torch.Generator().manual_seed(0))  # (2, 3, 8, 8)
+    assert codes.shape == (2, 3, 8, 8) and torch.equal(codes[:, :, 4:, 4:], torch.zeros(2, 3, 4, 4))  # black stays
+    for b in range(2):
+        ones, twos = codes[b, :, 0, 0], codes[b, :, 7, 0]
+        assert torch.equal(codes[b, :, :4], ones[:, None, None].expand(3, 4, 8))  # one code per instance
+        assert not torch.equal(ones, twos) and ones.abs().sum() > 0
+    assert not torch.equal(codes[0], codes[1])  # each sample its own permutation
+    fixed = torch.from_numpy(_COLOURS[1])
+    draws = [permuted_instances(labels[:1], torch.Generator().manual_seed(s))[0, :, 0, 0] for s in range(20)]
+    assert sum(torch.equal(d, fixed) for d in draws) < 5  # instance 1 is no longer always the first code

@@ -78,6 +78,11 @@ def train_composer(
     cache: Cache = None, max_minutes: MaxMinutes = None, min_snr_gamma: MinSnr = None,
     unet_shape: UnetShape = "default", parameterisation: Parameterisation = "epsilon",
     caption_alone: CaptionAlone = 0.0,
+    permute_instances: Annotated[bool, typer.Option("--permute-instances", help="Give each sample's instances "
+                                                                              "randomly permuted colour codes (a "
+                                                                              "layout's colours then never say an "
+                                                                              "object's colour); may change when a "
+                                                                              "run resumes.")] = False,
 ) -> None:
     """Train a Composer adapter on a frozen backbone with the shapes world's exact conditions."""
     from .. import validation as v
@@ -137,8 +142,10 @@ def train_composer(
     adapter = new_adapter(backbone, encoder.dim if encoder else 768, encoder.identity if encoder else None, seed=seed)
     start = _start_from_parts(adapter, folder, train_unet) if parts is not None else {}
     run = _check_run(output, {**run, "start": start})
-    _record_stage(output, {"caption_alone": caption_alone})
-    trainee = ComposerTraining(backbone, adapter, kinds, rates, train_unet=train_unet, min_snr_gamma=min_snr_gamma)
+    _record_stage(output, {"caption_alone": caption_alone, **({"permute_instances": True} if permute_instances
+                                                               else {})})
+    trainee = ComposerTraining(backbone, adapter, kinds, rates, train_unet=train_unet, min_snr_gamma=min_snr_gamma,
+                               permute_instances=permute_instances)
     batches = _batches(cache, backbone, encoder, batch_size, size, seed)
     sampler = world_sampler(size, image_encoder=encoder) if sample_every else None
     summary = train(config, trainee, composer_step, batches, sampler, resume=resume, keep_ema=True)

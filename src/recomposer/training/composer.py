@@ -7,6 +7,8 @@ mode; the paper trains its whole UNet instead, which ``ComposerTraining(train_un
 One step (``ComposerTraining.step``), every random draw from the step's generator, in this order:
     1. keep masks: ``dropout.condition_keep`` over the kinds present in the batch (a kind that a
        sample lacks counts as dropped for it); a dropped caption is the empty caption, as at sampling.
+    1b. with ``permute_instances`` (world rows only): each sample's instance colour codes from its own random
+       permutation (``permuted_instances``), so that a layout's colours never say an object's colour.
     2.-4. training/base.py's ``Diffusion.step``: x_0 from the VAE posterior, ε and t, x_t, the
        (optionally min-SNR-weighted) loss in the backbone's parameterisation, with the prediction
        D(x_t, t; conditions) taken through the adapter's doors as ``BackboneDenoiser`` runs it.
@@ -98,6 +100,7 @@ def rows_batch(rows: dict, mask_padding: bool, image_embedding: bool = True) -> 
                 "depth": torch.from_numpy(rows["depth"].astype(np.float32))[:, None],
                 "intensity": torch.from_numpy(rows["intensity"].astype(np.float32))[:, None],
                 "masked_image": torch.cat([image * (1 - mask), mask], dim=1)}
+    batch["instance_labels"] = torch.from_numpy(rows["labels"].astype(np.int64))  # (B, S, S), for permuted codes
     if "image_embedding" in rows and image_embedding:
         features["image_embedding"] = torch.from_numpy(rows["image_embedding"].astype(np.float32))
     present = {kind: torch.ones(n, dtype=torch.bool) for kind in ("caption", *features)}
@@ -151,8 +154,10 @@ class ComposerTraining(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, adapter: ComposerAdapter, kinds: Sequence[str] = WORLD_KINDS,
-                 rates: DropoutRates = DropoutRates(), train_unet: bool = False, min_snr_gamma: float | None = None):
+                 rates: DropoutRates = DropoutRates(), train_unet: bool = False, min_snr_gamma: float | None = None,
+                 permute_instances: bool = False):
         super().__init__()
+        self.permute_instances = v.boolean("permute_instances", permute_instances)
         unknown = set(kinds) - set(ComposerAdapter.ROUTES)
         if unknown or not kinds:
             raise InvalidParameter("kinds", "kinds the Composer adapter hears: " + ", ".join(ComposerAdapter.ROUTES),
@@ -190,6 +195,8 @@ class ComposerTraining(nn.Module):
         keep = {kind: drawn[kind] & present[kind].to(drawn[kind].device) for kind in present}  # kind -> (B,)
         tokens, mask = caption_inputs(batch, keep["caption"], self.null)  # (B, T, D), (B, T) or None
         features = {"caption": batch["sentence"], **batch["features"]}
+        if self.permute_instances and "instance_labels" in batch:  # 1b. each sample's codes a random permutation
+            features["instances"] = permuted_instances(batch["instance_labels"], generator).to(features["instances"])
         # 2.-4. the prediction through the adapter's doors, and the loss
         outputs = self.adapter(features, n, tuple(batch["latent_mean"].shape[-2:]), keep=keep)
         inputs = composer_inputs(tokens.to(b.dtype), outputs, text_mask=mask)
@@ -198,6 +205,18 @@ class ComposerTraining(nn.Module):
     @property
     def noise_scheduler(self):
         return self.diffusion.scheduler
+
+
+def permuted_instances(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Label maps (B, H, W) -> instance colour codes (B, 3, H, W) in [0, 1], each sample's instances given the codes of
+    its own random permutation of the 255 instance codes (the background stays black). A layout's colours then say
+    which pixels belong together and nothing else: with the fixed codes of ``ComposerAdapter.features`` (instance 1
+    red, 2 blue, ...) the model learnt to paint instance 1 red."""
+    n = len(labels)
+    order = torch.rand(n, len(_COLOURS) - 1, generator=generator, device=generator.device).argsort(dim=1).cpu() + 1
+    codes = torch.cat([torch.zeros(n, 1, dtype=torch.long), order], dim=1)  # (B, 256): label k -> code
+    mapped = torch.gather(codes, 1, labels.flatten(1).long().cpu()).view(labels.shape)  # (B, H, W)
+    return torch.from_numpy(_COLOURS)[mapped].permute(0, 3, 1, 2)
 
 
 def composer_inputs(tokens: torch.Tensor, outputs: AdapterOutputs, text_mask: torch.Tensor | None) -> ModelInputs:
