@@ -66,14 +66,14 @@ def instruct_pictures(args) -> Image.Image:
 
 
 def visii_pictures(args) -> Image.Image:
-    from recomposer.evaluation.edits import _same_edit, edits_of
+    from recomposer.evaluation.edits import _same_edit, visii_example
     from recomposer.io.sheets import stacked, titled_row
     from recomposer.requests import InstructRequest
     from recomposer.tasks.instruct import instruct
     from recomposer.tasks.visii import VisiiRequest, learn_instruction
 
     model = _model(args)
-    example = edits_of("recolour", 50, offset=20_000)[0]
+    example = visii_example("recolour")
     pair = (_render(example.before), _render(example.after))
     learned = learn_instruction(model, [pair], VisiiRequest(steps=args.visii_steps, seed=0))
     learned.info["sha256"] = "pictures"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from recomposer.cli import main
-from recomposer.evaluation.edits import _judged, _same_edit, edits_of
+from recomposer.evaluation.edits import _judged, _same_edit, edits_of, visii_example
 from recomposer.models.tiny import save_diffusers_dir, tiny_sd
 from recomposer.world.edits import EDIT_KINDS
 from recomposer.world.render import render
@@ -31,13 +31,16 @@ def test_the_judge_tells_the_edit_from_doing_nothing(analyser, kind):
 
 
 def test_a_learnt_edit_is_tried_where_it_means_the_same():
-    example = edits_of("recolour", 20, offset=20_000)[0]
-    targets = _same_edit(example, 5)
+    example = visii_example("recolour")
     new = example.after.objects[example.target]
+    assert f"the {new.shape}" in example.instruction and new.colour in example.instruction  # named by its shape
+    targets = _same_edit(example, 5)
+    assert len(targets) == 5
     for e in targets:
-        assert [o.shape for o in e.before.objects].count(new.shape) == 1 and e.instruction == \
-            f"make the {new.shape} {new.colour}"
-        assert e.after.objects[e.target].colour == new.colour
+        assert [o.shape for o in e.before.objects].count(new.shape) == 1 and e.instruction == example.instruction
+        assert e.after.objects[e.target].colour == new.colour != e.before.objects[e.target].colour
+    background = visii_example("background")
+    assert all(e.before.background != e.after.background for e in _same_edit(background, 5))
 
 
 def test_bench_edits_runs_on_an_instruction_model(capsys, tmp_path):

@@ -134,12 +134,16 @@ def test_composite_command_with_recall(capsys, tmp_path, scene, tiny_dir):
     (("--object", "small.png"), "object"),
     (("--augment",), "augment"),
     (("--space", "pixels"), "space"),
+    (("--mask", "black.png"), "marks no pixel"),
+    (("--scheduler", "heun"), "scheduler"),
+    (("--scheduler", "dpmpp_2m", "--resample-start", 0.2), "scheduler"),
 ])
 def test_bad_input_is_one_line_and_nothing_written(capsys, tmp_path, scene, tiny_dir, args, field):
     bg, obj, mask, _ = scene
     bg.save(tmp_path / "bg.png")
     mask.save(tmp_path / "mask.png")
     obj.resize((16, 16)).save(tmp_path / "small.png")
+    Image.new("L", bg.size, 0).save(tmp_path / "black.png")
     args = tuple(tmp_path / a if isinstance(a, str) and a.endswith(".png") else a for a in args)
     code, out, err = run(capsys, "composite", tmp_path / "bg.png", "--mask", tmp_path / "mask.png", "--model",
                          tiny_dir, "--steps", 2, *args, "-o", tmp_path / "out.png")

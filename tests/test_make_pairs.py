@@ -96,3 +96,16 @@ def test_a_language_model_that_writes_nothing_usable_is_said(capsys, tmp_path):
 def test_bad_input_is_one_line_and_nothing_written(capsys, tmp_path, args, field):
     code, stdout, err = run(capsys, "make-pairs", "-o", tmp_path / "pairs", *args)
     assert code != 0 and field in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "pairs").exists(), err
+
+
+def test_a_changed_triplets_file_is_another_run(capsys, tmp_path, tiny_dir):
+    triplets = tmp_path / "edits.jsonl"
+    triplets.write_text(json.dumps({"caption": "a red circle", "instruction": "blue", "edited_caption": "a blue circle"})
+                        + "\n")
+    args = ("make-pairs", "-o", tmp_path / "pairs", "--triplets", triplets, "--model", tiny_dir, "--steps", 2,
+            "--size", 32)
+    assert run(capsys, *args)[0] == 0
+    triplets.write_text(json.dumps({"caption": "a red square", "instruction": "blue", "edited_caption": "a blue square"})
+                        + "\n")
+    code, _, err = run(capsys, *args)
+    assert code != 0 and "triplets" in err and len(err.strip().splitlines()) == 1, err

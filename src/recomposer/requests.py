@@ -244,6 +244,9 @@ class InstructRequest:
         return self
 
 
+# Compositing's hook changes x between steps: Heun's second stage would drop the change (it continues from its own
+# copy), and stepping back (RePaint) leaves a multistep scheduler's history stale; these step from x alone.
+RESAMPLING_SCHEDULERS = ("ddim", "ddpm", "euler", "euler_a")
 # Cross-domain compositing's applications (Hachnochi et al. 2023, §5): the defaults each fills in.
 COMPOSITE_APPLICATIONS = {
     "scribble": {"t_in": 0.6, "t_out": 1.0, "n_in": 2, "n_out": 1},  # local editing guided by painted scribbles
@@ -301,7 +304,9 @@ class CompositeRequest:
             v.real("blur", self.blur, 0.0, 1000.0)
         v.integer("jump", self.jump, 1, 10_000)
         v.integer("resamples", self.resamples, 0, 1000)
-        v.choice("scheduler", self.scheduler, NAMES)
+        v.choice("scheduler", self.scheduler, tuple(n for n in NAMES if n != "heun"))  # (heun: below)
+        if self.resample_start is not None:
+            v.choice("scheduler", self.scheduler, RESAMPLING_SCHEDULERS)
         v.integer("steps", self.steps, 1, MAX_STEPS)
         if self.steps * self.strength < 1:
             raise InvalidParameter("strength", f"at least 1/steps = {1 / self.steps:g} so that one step runs",

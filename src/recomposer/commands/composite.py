@@ -85,13 +85,20 @@ def composite_command(
 
     pictures = {name: open_image(path, name) if path is not None else None
                 for name, path in (("background", background), ("mask", mask), ("object", object_image))}
+    from ..errors import BadImage
+
     for name in ("mask", "object"):
         if pictures[name] is not None and pictures[name].size != pictures["background"].size:
-            from ..errors import BadImage
-
             im, bg = pictures[name], pictures["background"]
             raise BadImage(name, f"is {im.width}x{im.height}; it must have the background's size ({bg.width}x"
                                  f"{bg.height}): the background sets the size and nothing else is resized")
+    import numpy as np
+
+    marked = np.asarray(pictures["mask"].convert("L")) > 127
+    if not marked.any():
+        raise BadImage("mask", "marks no pixel (white = the region to composite)")
+    if object_image is not None and marked.all():
+        raise BadImage("mask", "covers the whole image: nothing of the background would be kept around the object")
     backbone = _load(model, config, device, dtype)
     results = composite(backbone, pictures["background"], pictures["mask"], request, pictures["object"])
     for path in save_results(results, output):

@@ -67,8 +67,8 @@ def make_pairs_command(
         lines = [line.strip() for line in captions.read_text(encoding="utf-8").splitlines() if line.strip()]
         if not lines:
             raise InvalidParameter("captions", "a file with at least one caption", str(captions))
-    settings = {"source": source, "triplets": str(triplets.resolve()) if triplets else None,
-                "captions": str(captions.resolve()) if captions else None, "lm": str(lm.resolve()) if lm else None,
+    settings = {"source": source, "triplets": _file_record(triplets), "captions": _file_record(captions),
+                "lm": str(lm.resolve()) if lm else None,
                 "model": str(Path(model).resolve()) if model else "bundled", "steps": steps, "guidance": guidance,
                 "size": size, "seed": seed}
     done, lines_done = _resume(output, settings)
@@ -111,6 +111,15 @@ def make_pairs_command(
             os.fsync(metadata.fileno())
             typer.echo(f"pair {index + 1}/{count}: {triplet.instruction}", err=True)
     typer.echo(str(output))
+
+
+def _file_record(path: Path | None) -> dict | None:
+    """A source file as a run records it: where it is and what it holds (an edited file is another run)."""
+    import hashlib
+
+    if path is None:
+        return None
+    return {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def _resume(output: Path, settings: dict) -> tuple[set[int], list[str]]:

@@ -352,6 +352,7 @@ def train_instruct(
     from ..training.instruct import InstructTraining, instruct_sampler, instruct_step, pair_batches, world_edit_batches
 
     backbone, folder, size = _load_backbone(model, parts, size)
+    base = {k: t.detach().clone() for k, t in backbone.unet.state_dict().items()}  # what a delta is taken against
     if backbone.adapter(InstructChannels) is None:
         if backbone.unet.config.in_channels != backbone.latent_channels:
             raise RecomposerError("model", f"has a UNet of {backbone.unet.config.in_channels} input channels for "
@@ -359,7 +360,6 @@ def train_instruct(
                                            "instruction model is widened from a text-to-image UNet")
         widen(backbone.unet, backbone.latent_channels)
         backbone = backbone.with_adapters(InstructChannels(backbone.latent_channels))
-    base = {k: t.detach().clone() for k, t in backbone.unet.state_dict().items()}  # what a delta is taken against
     run = _check_run(output, {"model": str(Path(model).resolve()) if model else str(folder), "size": size,
                               "data": str(Path(data).resolve()) if data else None, "min_snr_gamma": min_snr_gamma},
                      INSTRUCT_RUN_FILE)

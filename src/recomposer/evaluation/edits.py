@@ -194,11 +194,11 @@ def visii_figures(backbone, analyser: Analyser, config: EditBenchConfig) -> dict
 
     out = {}
     for kind in VISII_KINDS:
-        example = edits_of(kind, 50, offset=20_000)[0]
+        example = visii_example(kind)
         targets = _same_edit(example, config.visii_scenes)
         pair = (Image.fromarray(render(example.before, SIZE).image), Image.fromarray(render(example.after, SIZE).image))
         learned = learn_instruction(backbone, [pair], VisiiRequest(steps=config.visii_steps, seed=0))
-        learned.info["sha256"] = hashlib.sha256(learned.states.numpy().tobytes()).hexdigest()  # (in memory, no file)
+        learned.info["sha256"] = hashlib.sha256(learned.states.cpu().numpy().tobytes()).hexdigest()  # (in memory, no file)
         shown = {"text": [], "visii": []}
         for i, e in enumerate(targets):
             before = Image.fromarray(render(e.before, SIZE).image)
@@ -216,17 +216,31 @@ def visii_figures(backbone, analyser: Analyser, config: EditBenchConfig) -> dict
     return out
 
 
+def visii_example(kind: str) -> Edit:
+    """The first held-out edit of ``kind`` (VISII_KINDS) whose words would mean the same on another scene: any
+    background edit; a recolour of a scene's only object of its shape (the world names it by its shape alone)."""
+    for edit in edits_of(kind, 200, offset=20_000):
+        if kind == "background":
+            return edit
+        shape = edit.before.objects[edit.target].shape
+        if [o.shape for o in edit.before.objects].count(shape) == 1:
+            return edit
+    raise InvalidParameter("kind", "an edit kind with a scene-independent instruction", kind)
+
+
 def _same_edit(example: Edit, count: int) -> list[Edit]:
-    """The example's edit, word for word, on other held-out scenes where it means the same: its background on any
-    scene; its recolour on scenes with exactly one object of the example's shape, not already of the new colour."""
+    """The example's edit, word for word (``visii_example``), on other held-out scenes where it means the same and
+    changes something: its background on scenes with another background; its recolour on scenes with exactly one
+    object of the example's shape, not already of the new colour."""
     found = []
     for s in eval_seeds(count * 20, offset=30_000):
         if len(found) == count:
             break
         scene = make_sample(s).scene
         if example.kind == "background":
-            found.append(Edit("background", scene, replace(scene, background=example.after.background),
-                              example.instruction, None))
+            if scene.background != example.after.background:
+                found.append(Edit("background", scene, replace(scene, background=example.after.background),
+                                  example.instruction, None))
             continue
         new = example.after.objects[example.target]
         same = [k for k, o in enumerate(scene.objects) if o.shape == new.shape]
@@ -234,8 +248,7 @@ def _same_edit(example: Edit, count: int) -> list[Edit]:
             continue
         k = same[0]
         objects = tuple(replace(o, colour=new.colour) if j == k else o for j, o in enumerate(scene.objects))
-        found.append(Edit("recolour", scene, replace(scene, objects=objects), f"make the {new.shape} {new.colour}",
-                          k))
+        found.append(Edit("recolour", scene, replace(scene, objects=objects), example.instruction, k))
     return found
 
 

@@ -257,7 +257,7 @@ def load_bundled_instruct(device: torch.device, dtype: torch.dtype, folder: Path
 
     delta, settings = read_part("instruct", folder)
     _, base = read_part("unet", folder)
-    if settings.get("base_unet") != base.get("weights_sha256"):
+    if not settings.get("base_unet") or settings.get("base_unet") != base.get("weights_sha256"):
         raise ModelError("model", f"{folder / 'instruct.json'} is a delta of another UNet than {folder / 'unet.json'} "
                                   "(train the instruction model again on this one)")
     backbone = load_bundled_backbone(torch.device("cpu"), torch.float32, folder)

@@ -22,15 +22,18 @@ UP, DOWN, WHOLE = ".delta_up", ".delta_down", ""
 
 def extract(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], rank: int,
             dtype: torch.dtype = torch.float16) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """(the delta's tensors, kept energy per factored weight) of ``tuned`` against ``base`` (state dicts).
-    Unchanged tensors are left out; every tensor of ``tuned`` must be in ``base`` or be stored whole."""
+    """(the delta's tensors, kept energy per factored weight) of ``tuned`` against ``base`` (state dicts, any
+    device). Unchanged tensors are left out; every tensor of ``tuned`` must be in ``base`` (``merge`` adds to it)."""
     v.integer("rank", rank, 1, 4096)
     delta, energy = {}, {}
     for name, w in tuned.items():
-        b = base.get(name)
-        if b is not None and b.shape == w.shape and torch.equal(b, w):
+        if name not in base:
+            raise ModelError("delta", f"the tuned weights hold {name}, which the base has not (a delta of it could "
+                                      "never be merged)")
+        w, b = w.detach().cpu(), base[name].detach().cpu()
+        if b.shape == w.shape and torch.equal(b, w):
             continue
-        if b is None or b.shape != w.shape or w.ndim < 2:
+        if b.shape != w.shape or w.ndim < 2:
             delta[name + WHOLE] = w.to(dtype)
             continue
         d = (w.double() - b.double()).flatten(1)  # (out, in·k·k)

@@ -15,6 +15,10 @@ guidance. The applications differ by their defaults (requests.COMPOSITE_APPLICAT
     augment     the object kept (T_in 1, N_in 1) and the background left free (T_out 0): one new background per
                 sample of a batch
 
+Schedulers: any the loop offers but Heun (its second stage continues from its own copy of x, so the hook's change
+would be dropped); with resampling, only those that step from x alone (DDIM, DDPM, Euler, Euler a: a multistep
+scheduler's history goes stale when the loop steps back).
+
 Sizes: the background sets the size (cut down to multiples of the VAE's factor, as every task cuts an image); the
 object and the mask must have the background's size (they are cut with it); nothing else is resized.
 """
@@ -60,7 +64,7 @@ def composite(backbone: Backbone, background: Image.Image, mask: Image.Image, re
     check_factor("n-out", request.n_out, latent)
     background = fit_image(background.convert("RGB"), size)
     region = torch.from_numpy(np.asarray(fit_image(mask, size).convert("L"), np.float32) / 255.0 > 0.5).float()
-    region = region[None, None]  # (1, 1, H, W) 1 = the region
+    region = region[None, None]  # (1, 1, H, W) 1 = the region (empty: the outside's guidance alone)
     reference = to_tensor(background)
     if object_image is not None:
         reference = reference * (1 - region) + to_tensor(fit_image(object_image.convert("RGB"), size)) * region
@@ -78,8 +82,8 @@ def composite(backbone: Backbone, background: Image.Image, mask: Image.Image, re
                        blur / f, generators)
     positions = None
     if request.resample_start is not None:  # (0 resamples: the plain schedule, visited through the same path)
-        first = request.steps - min(int(request.steps * request.strength), request.steps)
-        start = max(first, round(request.resample_start * request.steps))
+        first = request.steps - min(int(request.steps * request.strength), request.steps)  # (first-order schedulers:
+        start = max(first, round(request.resample_start * request.steps))  # one position per step, as strength_start)
         positions = [p for p in resampling_positions(request.steps, start, request.jump, request.resamples)
                      if p >= first]
     sampling = Sampling(request.scheduler, request.steps, request.seed, request.batch, request.strength,

@@ -134,7 +134,8 @@ def lm_triplets(captions: Sequence[str], lm: str | Path, max_new_tokens: int = 6
         ids = tokenizer(lm_prompt(caption, examples), return_tensors="pt").input_ids
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else
+                                 tokenizer.eos_token_id)
         t = parse_reply(caption, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
         if t is not None and pairable(t):
             kept.append(t)

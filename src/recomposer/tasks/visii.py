@@ -139,6 +139,8 @@ def learn_instruction(backbone: Backbone, pairs: list[tuple[Image.Image, Image.I
     count = scheduler.config.num_train_timesteps
     order = torch.randperm(count, generator=g)  # t_i: each iteration its own timestep
     direction, projection = (None, None) if clip is None or not request.clip_weight else _clip_direction(clip, pairs, b)
+    if direction is not None:  # (CLIP loads on the CPU; the states live on the backbone's device)
+        direction, projection = direction.to(b.device), projection.to(b.device)
 
     guided, inputs = _loss_plans(b, images, size, request, states, mask)
     delta = torch.zeros_like(states[:, learnt]).requires_grad_(True)  # what is learnt: c_T = init + delta

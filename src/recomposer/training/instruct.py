@@ -167,10 +167,25 @@ def read_pairs(source: str | Path) -> list[Pair]:
             for file in files:
                 if not file.is_file():
                     raise InvalidParameter("data", f"files that exist ({where})", str(file))
+            sizes = [_image_size(file, where) for file in files]
+            if sizes[0] != sizes[1]:
+                raise InvalidParameter("data", f"before and after images of one size ({where})",
+                                       f"{sizes[0][0]}x{sizes[0][1]} and {sizes[1][0]}x{sizes[1][1]}")
             pairs.append(Pair(files[0], record["edit_prompt"], files[1]))
     if not pairs:
         raise InvalidParameter("data", "at least one record", str(path))
     return pairs
+
+
+def _image_size(path: Path, where: str) -> tuple[int, int]:
+    """An image's size from its header (no pixels decoded); an unreadable file is refused naming its record."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError):
+        raise InvalidParameter("data", f"images PIL can read ({where})", str(path)) from None
 
 
 def pair_batches(backbone: Backbone, pairs: Sequence[Pair], batch_size: int, size: int,
