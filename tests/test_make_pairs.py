@@ -100,12 +100,11 @@ def test_bad_input_is_one_line_and_nothing_written(capsys, tmp_path, args, field
 
 def test_a_changed_triplets_file_is_another_run(capsys, tmp_path, tiny_dir):
     triplets = tmp_path / "edits.jsonl"
-    triplets.write_text(json.dumps({"caption": "a red circle", "instruction": "blue", "edited_caption": "a blue circle"})
-                        + "\n")
+    record = {"caption": "a red circle", "instruction": "blue", "edited_caption": "a blue circle"}
+    triplets.write_text(json.dumps(record) + "\n")
     args = ("make-pairs", "-o", tmp_path / "pairs", "--triplets", triplets, "--model", tiny_dir, "--steps", 2,
             "--size", 32)
     assert run(capsys, *args)[0] == 0
-    triplets.write_text(json.dumps({"caption": "a red square", "instruction": "blue", "edited_caption": "a blue square"})
-                        + "\n")
+    triplets.write_text(json.dumps({**record, "caption": "a red square", "edited_caption": "a blue square"}) + "\n")
     code, _, err = run(capsys, *args)
     assert code != 0 and "triplets" in err and len(err.strip().splitlines()) == 1, err

@@ -198,7 +198,7 @@ def visii_figures(backbone, analyser: Analyser, config: EditBenchConfig) -> dict
         targets = _same_edit(example, config.visii_scenes)
         pair = (Image.fromarray(render(example.before, SIZE).image), Image.fromarray(render(example.after, SIZE).image))
         learned = learn_instruction(backbone, [pair], VisiiRequest(steps=config.visii_steps, seed=0))
-        learned.info["sha256"] = hashlib.sha256(learned.states.cpu().numpy().tobytes()).hexdigest()  # (in memory, no file)
+        learned.info["sha256"] = hashlib.sha256(learned.states.cpu().numpy().tobytes()).hexdigest()  # (no file)
         shown = {"text": [], "visii": []}
         for i, e in enumerate(targets):
             before = Image.fromarray(render(e.before, SIZE).image)

@@ -259,9 +259,9 @@ def check_learned(learned_info: dict, backbone: Backbone, source: str) -> None:
 
 # ---------------------------------------------------------------- the file
 
-def save_learned(learned: Learned, path) -> "Path":
+def save_learned(learned: Learned, path):
     """The learnt instruction as one safetensors file (all or nothing): states, mask, learnt positions, and its
-    ``info`` as JSON in the metadata."""
+    ``info`` as JSON in the metadata. Returns the path written."""
     import json
     from pathlib import Path
 

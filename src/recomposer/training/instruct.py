@@ -1,8 +1,8 @@
 """InstructPix2Pix training (Brooks et al. 2023, §3.4) on any backbone: the widened UNet, the step, the data.
 
 The model is the backbone's UNet widened to 2C input channels (models/instruct.py ``widen``): it reads
-[x_t | E(c_I)], E(c_I) the source image's VAE posterior mode, unscaled (as the reference weights). conv_in's first C input
-channels are copied and the C new ones start at zero, so before training the widened UNet *is* the base UNet,
+[x_t | E(c_I)], E(c_I) the source image's VAE posterior mode, unscaled (as the reference weights). conv_in's first C
+input channels are copied and the C new ones start at zero, so before training the widened UNet *is* the base UNet,
 whatever the source image. The whole UNet trains (the paper fine-tunes all of it); VAE and text encoder are frozen.
 
 One step (``InstructTraining.step``), every random draw from the step's generator, in this order:
