@@ -65,7 +65,7 @@ def test_full_guidance_at_n1_reproduces_the_reference_up_to_the_vae(tiny, scene,
     result is y_0 where the last step is clean (Euler's σ ends at 0; SD's DDIM ends at ᾱ_0 < 1, a little noise)."""
     bg, obj, mask, _ = scene
     request = CompositeRequest("", application="immersion", t_in=1.0, t_out=1.0, n_in=1, n_out=1, space=space,
-                               resample_start=None, steps=8, seed=0, scheduler=scheduler, allow_flat=True)
+                               resamples=0, steps=8, seed=0, scheduler=scheduler, allow_flat=True)
     (ours,) = composite(tiny, bg, mask, request, obj)
     with torch.no_grad():
         y0 = tiny.encode_image(to_tensor(pasted(scene))).mode() * tiny.vae.config.scaling_factor
@@ -82,7 +82,7 @@ def test_the_outside_is_kept_within_the_vaes_error(scene):
     source = make_sample(5000011).rendered
     k = np.bincount(source.labels.ravel())[1:].argmax() + 1
     region = source.labels == k
-    request = CompositeRequest("", application="immersion", t_in=0.3, n_in=2, resample_start=None, steps=12, seed=0,
+    request = CompositeRequest("", application="immersion", t_in=0.3, n_in=2, resamples=0, steps=12, seed=0,
                                allow_flat=True)
     (ours,) = composite(bundled, Image.fromarray(bg), Image.fromarray((region * 255).astype(np.uint8)), request,
                         Image.fromarray(source.image))
@@ -100,15 +100,15 @@ def test_spaces_agree_with_an_empty_mask(tiny, scene):
     bg, obj, _, _ = scene
     empty = Image.new("L", bg.size, 0)
     results = [composite(tiny, bg, empty, CompositeRequest("x", application="immersion", t_in=0.7, t_out=0.0,
-                                                           space=space, resample_start=None, steps=6, seed=1,
+                                                           space=space, resamples=0, steps=6, seed=1,
                                                            allow_flat=True), obj)[0].pixels for space in ("xt", "x0")]
     assert torch.equal(*results)
 
 
 def test_zero_resamples_is_no_resampling_and_resampling_costs_its_evaluations(tiny, scene):
     bg, obj, mask, _ = scene
-    common = dict(application="immersion", steps=10, seed=2, allow_flat=True)
-    (none,) = composite(tiny, bg, mask, CompositeRequest("x", resample_start=None, **common), obj)
+    common = dict(application="scribble", steps=10, seed=2, allow_flat=True)  # (scribble: no resampling of its own)
+    (none,) = composite(tiny, bg, mask, CompositeRequest("x", **common), obj)
     (zero,) = composite(tiny, bg, mask, CompositeRequest("x", resample_start=0.2, resamples=0, **common), obj)
     assert torch.equal(none.pixels, zero.pixels) and zero.provenance["evaluations"] == 10
     (more,) = composite(tiny, bg, mask, CompositeRequest("x", resample_start=0.2, jump=4, resamples=2, **common), obj)

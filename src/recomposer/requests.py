@@ -269,9 +269,9 @@ class CompositeRequest:
     n_out: int | None = None
     space: str = "x0"  # "x0": filter x̂₀ and re-noise (the aliasing fix); "xt": the update on x_{t−1}
     blur: float | None = None  # mask smoothing in pixels (None: VAE factor · max(n_in, n_out) / 2)
-    resample_start: float | None = None  # share of the steps after which RePaint resampling runs (None: never)
-    jump: int = 10  # RePaint's jump length, in steps
-    resamples: int = 10  # times each jump is resampled
+    resample_start: float | None = None  # share of the steps after which RePaint resampling runs (None: the
+    jump: int = 10  # RePaint's jump length, in steps                   application's: immersion 0.2, others never)
+    resamples: int = 10  # times each jump is resampled (0: no resampling, whatever the application)
     strength: float = 1.0  # share of the schedule run from the noised composite (1: from noise)
     scheduler: str = "ddim"
     steps: int = 50
@@ -305,8 +305,10 @@ class CompositeRequest:
         v.integer("jump", self.jump, 1, 10_000)
         v.integer("resamples", self.resamples, 0, 1000)
         v.choice("scheduler", self.scheduler, tuple(n for n in NAMES if n != "heun"))  # (heun: below)
-        if self.resample_start is not None:
-            v.choice("scheduler", self.scheduler, RESAMPLING_SCHEDULERS)
+        if self.resample_start is not None and self.resamples and self.scheduler not in RESAMPLING_SCHEDULERS:
+            raise InvalidParameter("scheduler", "with RePaint resampling (--resample-start; immersion's default, "
+                                                "--resamples 0 turns it off) one of " + ", ".join(RESAMPLING_SCHEDULERS),
+                                   self.scheduler)
         v.integer("steps", self.steps, 1, MAX_STEPS)
         if self.steps * self.strength < 1:
             raise InvalidParameter("strength", f"at least 1/steps = {1 / self.steps:g} so that one step runs",

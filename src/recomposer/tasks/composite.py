@@ -81,7 +81,7 @@ def composite(backbone: Backbone, background: Image.Image, mask: Image.Image, re
     hook = masked_ilvr(y0, coverage, request.t_in, request.t_out, request.n_in, request.n_out, request.space,
                        blur / f, generators)
     positions = None
-    if request.resample_start is not None:  # (0 resamples: the plain schedule, visited through the same path)
+    if request.resample_start is not None:  # (0 resamples: the plain schedule, through the same path)
         first = request.steps - min(int(request.steps * request.strength), request.steps)  # (first-order schedulers:
         start = max(first, round(request.resample_start * request.steps))  # one position per step, as strength_start)
         positions = [p for p in resampling_positions(request.steps, start, request.jump, request.resamples)
