@@ -45,7 +45,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from recomposer.colour import colour_histogram
     from recomposer.decompose.metrics import EdgeCounts, edge_counts
     from recomposer.evaluation.judges import frechet_distance, palette_intersection, psnr
     from recomposer.models.analyser import load_bundled_analyser
@@ -76,8 +75,8 @@ def main() -> None:
         for t in T_VALUES:
             results[f"img2img {t}"] = generate(model, GenerateRequest("", guidance=3.0, strength=t, **common),
                                                image=y)[0].image
-            results[f"immersion {t}"] = composite(model, bg, mask, CompositeRequest(
-                application="immersion", t_in=t, guidance=3.0, **common), Image.fromarray(source.rendered.image))[0].image
+            request = CompositeRequest(application="immersion", t_in=t, guidance=3.0, **common)
+            results[f"immersion {t}"] = composite(model, bg, mask, request, Image.fromarray(source.rendered.image))[0].image
         inpaint_mask = torch.from_numpy(region).float()[None, None]
         results["inpainting"] = generate(model, GenerateRequest(source.caption, guidance=3.0, **common), image=bg,
                                          mask=inpaint_mask)[0].image

@@ -20,9 +20,10 @@ NEEDS_MODELS = {  # line prefix -> why it cannot run in a test (its options are 
     "recomposer decompose photo.jpg -o parts-models/": "needs real DPT, CLIP and BLIP directories",
 }
 STEP_OPTIONS = ("--steps", "--classifier-steps")
-COUNTS = {"--scenes": "64", "--workers": "1"}  # a world cache of 64 scenes in this process, not 32,768 in two
+COUNTS = {"--scenes": "64", "--workers": "1",  # a world cache of 64 scenes in this process, not 32,768 in two
+          "--count": "2", "--batch-size": "2"}  # two pairs, two examples a step
 SAMPLES = {"generate", "instruct", "p2p", "attention", "invert", "compose", "variations", "interpolate", "reconstruct",
-           "edit", "colourise", "recolour", "style", "train"}  # commands that take --steps
+           "edit", "colourise", "recolour", "style", "train", "composite", "visii", "make-pairs"}  # take --steps
 SD_MODELS = {"path/to/sd-1.5", "sd-1.5", "sd-inpainting"}  # diffusers directories the README names
 
 
