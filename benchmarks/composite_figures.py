@@ -76,7 +76,8 @@ def main() -> None:
             results[f"img2img {t}"] = generate(model, GenerateRequest("", guidance=3.0, strength=t, **common),
                                                image=y)[0].image
             request = CompositeRequest(application="immersion", t_in=t, guidance=3.0, **common)
-            results[f"immersion {t}"] = composite(model, bg, mask, request, Image.fromarray(source.rendered.image))[0].image
+            obj = Image.fromarray(source.rendered.image)
+            results[f"immersion {t}"] = composite(model, bg, mask, request, obj)[0].image
         inpaint_mask = torch.from_numpy(region).float()[None, None]
         results["inpainting"] = generate(model, GenerateRequest(source.caption, guidance=3.0, **common), image=bg,
                                          mask=inpaint_mask)[0].image
