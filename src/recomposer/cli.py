@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from .commands import control
+from .commands.batch import batch_command
 from .commands.bench import bench_app
 from .commands.compose import COMMANDS as COMPOSER_COMMANDS
 from .commands.composite import composite_command
@@ -53,6 +54,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
 app.command("decompose")(decompose_command)
 app.command("make-pairs")(make_pairs_command)
+app.command("batch")(batch_command)
 app.command("visii")(visii_command)
 REPLAYABLE: dict = {**COMPOSER_COMMANDS, **P2P_COMMANDS, "instruct": instruct_command,
                      "composite": composite_command}  # recall makes them again

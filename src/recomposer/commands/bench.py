@@ -94,9 +94,9 @@ def edits(
     from ..evaluation.edits import markdown, run
     from ..io.files import write_folder
     from ..models.analyser import load_bundled_analyser
-    from .instruct import load_instruction_model
+    from ..models.loading import open_instruction_model
 
-    backbone = load_instruction_model(model, None, "cpu", "fp32")
+    backbone = open_instruction_model(model, None, "cpu", "fp32")
     report = run(backbone, load_bundled_analyser(), config)
     typer.echo(str(write_folder(output, {"report.json": _json(report), "report.md": markdown(report)})))
     typer.echo(markdown(report), err=True)

@@ -67,7 +67,9 @@ def instruct_command(
                               allow_flat=allow_flat, learned=taught.info["sha256"] if taught else "").check()
     readable("image", image)
     check_output(output, (image,))
-    backbone = load_instruction_model(model, config, device, dtype)
+    from ..models.loading import open_instruction_model
+
+    backbone = open_instruction_model(model, config, device, dtype)
     if taught is not None:
         from ..tasks.visii import check_learned
 
@@ -79,49 +81,3 @@ def instruct_command(
     picture = open_image(image, "image")
     for path in save_results(instruct(backbone, picture, request, learned=taught), output):
         typer.echo(str(path))
-
-
-def load_instruction_model(model: str | None, config: str | None, device: str, dtype: str):
-    """An instruction model: ``--model``'s diffusers folder (its model_index naming the InstructPix2Pix pipeline,
-    checked before loading), a parts folder's instruct part, or the bundled instruction model."""
-    parts = _instruct_parts(model)
-    if parts is None:
-        _check_instruction_model(config or model)  # a single file's pipeline is its --config folder's
-        from .p2p import _load
-
-        return _load(model, config, device, dtype)
-    from ..models.bundled import load_bundled_instruct
-    from ..models.device import resolve_device, resolve_dtype
-
-    torch_device = resolve_device(device)
-    return load_bundled_instruct(torch_device, resolve_dtype(dtype, torch_device), parts)
-
-
-def _instruct_parts(model: str | None) -> Path | None:
-    """The parts folder whose instruct part serves (the bundled weights when ``model`` is None), or None for a
-    diffusers model; a parts folder without an instruct part is refused before anything loads."""
-    from ..errors import ModelError
-    from ..models.bundled import WEIGHTS, has_part
-    from ..requests import is_parts_dir
-
-    if model is not None and not (Path(model).is_dir() and is_parts_dir(Path(model))):
-        return None
-    folder = Path(model) if model is not None else WEIGHTS
-    if not has_part("instruct", folder):
-        where = "the bundled model has" if model is None else f"{model} has"
-        raise ModelError("model", f"{where} no instruct part (train one with `recomposer train instruct --parts`), "
-                                  "or give --model DIR, an InstructPix2Pix model in diffusers format")
-    return folder
-
-
-def _check_instruction_model(model: str) -> None:
-    """A diffusers folder (a model, or a single file's configs) whose model_index.json names the InstructPix2Pix
-    pipeline, read before anything loads."""
-    from ..errors import ModelError
-    from ..models import library
-
-    index = Path(model) / "model_index.json"
-    name = library.read_json(index, "model").get("_class_name") if index.is_file() else None
-    if name != "StableDiffusionInstructPix2PixPipeline":
-        raise ModelError("model", f"{model} is not an instruction model (its model_index.json names {name!r}, not "
-                                  "StableDiffusionInstructPix2PixPipeline: its UNet does not hear a source image)")

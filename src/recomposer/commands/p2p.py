@@ -11,13 +11,9 @@ from ..io.output import check_new_folder
 from .options import Config, Device, Dtype, Model
 
 def _load(model, config, device, dtype):
-    from ..models.device import resolve_device, resolve_dtype
-    from ..models.loading import load_bundled, load_model
+    from ..models.loading import open_model
 
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    return load_bundled(torch_device, torch_dtype) if model is None else load_model(model, torch_device, torch_dtype,
-                                                                                   config)
+    return open_model(model, config, device, dtype)
 
 
 def _pairs(field: str, items: list[str] | None) -> dict[str, float]:

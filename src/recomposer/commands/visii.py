@@ -83,9 +83,9 @@ def visii_command(
     # 2. The model, then the optimisation, then the file.
     from ..decompose.embedding import load_clip
     from ..tasks.visii import learn_instruction, save_learned
-    from .instruct import load_instruction_model
+    from ..models.loading import open_instruction_model
 
-    backbone = load_instruction_model(model, config, device, dtype)
+    backbone = open_instruction_model(model, config, device, dtype)
     clip_model = load_clip(clip) if clip is not None else None
     every = max(1, steps // 10)
 

@@ -200,3 +200,55 @@ def _check_model_type(folder: Path, cls) -> None:
         got = config.get("model_type") if isinstance(config, dict) else None
         raise ModelError("model", f"{folder / 'config.json'} has model_type {got!r}; model_index.json names "
                                   f"{cls.__name__}, whose model_type is {expected!r}")
+
+
+def open_model(model: str | None, config: str | None, device: str, dtype: str) -> Backbone:
+    """What a command's --model / --config / --device / --dtype name, loaded (None: the bundled model)."""
+    from .device import resolve_device, resolve_dtype
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    return load_bundled(torch_device, torch_dtype) if model is None else load_model(model, torch_device, torch_dtype,
+                                                                                   config)
+
+
+def open_instruction_model(model: str | None, config: str | None, device: str, dtype: str):
+    """An instruction model: ``--model``'s diffusers folder (its model_index naming the InstructPix2Pix pipeline,
+    checked before loading), a parts folder's instruct part, or the bundled instruction model."""
+    parts = _instruct_parts(model)
+    if parts is None:
+        _check_instruction_model(config or model)  # a single file's pipeline is its --config folder's
+        return open_model(model, config, device, dtype)
+    from .bundled import load_bundled_instruct
+    from .device import resolve_device, resolve_dtype
+
+    torch_device = resolve_device(device)
+    return load_bundled_instruct(torch_device, resolve_dtype(dtype, torch_device), parts)
+
+
+def _instruct_parts(model: str | None) -> Path | None:
+    """The parts folder whose instruct part serves (the bundled weights when ``model`` is None), or None for a
+    diffusers model; a parts folder without an instruct part is refused before anything loads."""
+    from .bundled import WEIGHTS, has_part
+    from ..requests import is_parts_dir
+
+    if model is not None and not (Path(model).is_dir() and is_parts_dir(Path(model))):
+        return None
+    folder = Path(model) if model is not None else WEIGHTS
+    if not has_part("instruct", folder):
+        where = "the bundled model has" if model is None else f"{model} has"
+        raise ModelError("model", f"{where} no instruct part (train one with `recomposer train instruct --parts`), "
+                                  "or give --model DIR, an InstructPix2Pix model in diffusers format")
+    return folder
+
+
+def _check_instruction_model(model: str) -> None:
+    """A diffusers folder (a model, or a single file's configs) whose model_index.json names the InstructPix2Pix
+    pipeline, read before anything loads."""
+    from . import library
+
+    index = Path(model) / "model_index.json"
+    name = library.read_json(index, "model").get("_class_name") if index.is_file() else None
+    if name != "StableDiffusionInstructPix2PixPipeline":
+        raise ModelError("model", f"{model} is not an instruction model (its model_index.json names {name!r}, not "
+                                  "StableDiffusionInstructPix2PixPipeline: its UNet does not hear a source image)")

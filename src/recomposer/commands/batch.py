@@ -1,0 +1,78 @@
+"""`recomposer batch REQUESTS.jsonl -o OUT/`: any list of task requests (the API's job JSON, tasks/registry.py), run
+resumably, and split across processes, GPUs and nodes under `accelerate launch`.
+
+    recomposer batch jobs.jsonl -o out/
+    accelerate launch --multi_gpu --num_processes 2 -m recomposer batch jobs.jsonl -o out/   # (CPUs too: gloo)
+
+Every line is checked before anything loads. Job k's images go to OUT/NNNNN-<hash>/ (with their provenance), its
+``job.json`` written last: a job whose folder holds one is finished, and a re-run skips it (the hash is the job's
+content: task, request, model and the bytes of its inputs, so an edited line or input runs again). Under accelerate,
+process r takes its share of the unfinished jobs (``PartialState.split_between_processes``).
+"""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .options import Device, Dtype
+
+
+def batch_command(
+    requests: Annotated[Path, typer.Argument(help="A JSONL file: one job per line, {task, request, inputs, "
+                                                  "model} (inputs relative to the file's folder).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="A folder (new, or one an earlier batch of these "
+                                                                "jobs wrote: finished jobs are skipped).")],
+    device: Device = "auto", dtype: Dtype = "fp32",
+) -> None:
+    """Run a file of task requests, resumably; under `accelerate launch`, split across processes."""
+    from ..errors import InvalidParameter
+    from ..requests import readable
+    from ..tasks.registry import parse_job
+
+    readable("requests", requests)
+    if output.exists() and not output.is_dir():
+        raise InvalidParameter("output", "a folder", str(output))
+    jobs = []
+    for number, line in enumerate(requests.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            raise InvalidParameter("requests", f"JSON objects, one per line (line {number} is not JSON)",
+                                   line[:60]) from None
+        jobs.append(parse_job(data, f"line {number}", requests.parent))
+    if not jobs:
+        raise InvalidParameter("requests", "at least one job", str(requests))
+    folders = [output / f"{k:05d}-{job.digest()[:16]}" for k, job in enumerate(jobs)]
+    todo = [k for k, folder in enumerate(folders) if not (folder / "job.json").is_file()]
+
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu")
+    run_device = str(state.device) if device == "auto" else device  # (each process its own GPU)
+    with state.split_between_processes(todo) as mine:
+        _run(jobs, folders, list(mine), run_device, dtype, state.process_index)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        typer.echo(str(output))
+
+
+def _run(jobs, folders, mine: list[int], device: str, dtype: str, rank: int) -> None:
+    from ..io.files import atomic_write
+    from ..provenance import save_results
+    from ..tasks.registry import Models, run_job
+
+    models = Models(device, dtype)
+    for k in mine:
+        folder = folders[k]
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.png"):  # a job cut short before its job.json: made again, whole
+            stale.unlink()
+        paths = save_results(run_job(jobs[k], models), folder)
+        record = {"index": k, "task": jobs[k].task, "digest": jobs[k].digest(), "process": rank,
+                  "images": [p.name for p in paths]}
+        atomic_write(folder / "job.json", lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+        typer.echo(f"job {k + 1}/{len(jobs)}: {folder}", err=True)
