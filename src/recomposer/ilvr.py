@@ -11,8 +11,11 @@ compositing localises it: inside the region mask M_b and outside it the filter a
     M_t = M_b·[f < T_in] + (1 − M_b)·[f < T_out]                  (f: the share of the schedule done, 0 at the noisiest)
 
 so T_in = 0.5 guides the region for the first half of the steps and leaves it free after; N = 1 keeps every
-detail, N = 4 only a 4× coarser image. M_b is the mask blurred (a Gaussian of ``blur`` latent cells) so that the
-two filters meet without a seam. Everything runs on the latents (a VAE latent is spatially aligned with its image).
+detail, N = 4 only a 4× coarser image. M_b is the mask smoothed outwards, max(M, G_blur * M) (a Gaussian of ``blur``
+latent cells, never below the mask itself): the two filters meet without a seam outside the region, and the region
+keeps its own rule (a symmetric blur would give a small object's cells half the outside's rule: with T_out = 1 and
+N_out = 1 that pins the object to y at every step, whatever T_in says). Everything runs on the latents (a VAE latent
+is spatially aligned with its image).
 
 Two spaces (``space``):
     xt  the update above, y_{t−1} drawn afresh each step at the noise level of x'_{t−1} (the next timestep; the
@@ -82,7 +85,7 @@ def masked_ilvr(y0: torch.Tensor, mask: torch.Tensor, t_in: float, t_out: float,
         raise InvalidParameter("mask", f"a mask at the latent size {size[1]}x{size[0]}", tuple(mask.shape[-2:]))
     if space == "xt" and len(generators) != len(y0):
         raise InvalidParameter("generators", f"one per sample ({len(y0)})", len(generators))
-    m_b = blurred(mask.to(y0), blur)
+    m_b = torch.maximum(mask.to(y0), blurred(mask.to(y0), blur))  # smoothed outwards only
 
     def phi(x: torch.Tensor) -> torch.Tensor:
         return m_b * low_pass(x, n_in) + (1 - m_b) * low_pass(x, n_out)

@@ -76,7 +76,9 @@ def composite(backbone: Backbone, background: Image.Image, mask: Image.Image, re
         y0 = b.encode_image(reference).mode() * b.vae.config.scaling_factor  # (1, C, h, w)
     y0 = y0.repeat(request.batch, 1, 1, 1).to(b.device, b.dtype)
     blur = request.blur if request.blur is not None else f * max(request.n_in, request.n_out) / 2
-    coverage = torch.nn.functional.interpolate(region, size=latent, mode="area").to(b.device, b.dtype)
+    # the region at latent size: every cell the region touches (a cell half in it would take half the outside's
+    # rule, and a small object is mostly such cells)
+    coverage = torch.nn.functional.adaptive_max_pool2d(region, latent).to(b.device, b.dtype)
     generators = [torch.Generator("cpu").manual_seed(request.seed + k + 1_000_003) for k in range(request.batch)]
     hook = masked_ilvr(y0, coverage, request.t_in, request.t_out, request.n_in, request.n_out, request.space,
                        blur / f, generators)
