@@ -115,5 +115,9 @@ def figures(report: dict) -> dict:
     parts folder ships as ``benchmark.json`` so that the tasks can say when a condition is barely heard
     (tasks/composer.py, ``weak_conditions``)."""
     keys = ("figure", "floor", "single", "ceiling")
-    return {"format": 1, "model": report["settings"]["model"],
-            "conditions": {kind: {k: c[k] for k in keys} for kind, c in report["conditions"].items()}}
+    out = {"format": 1, "model": report["settings"]["model"],
+           "conditions": {kind: {k: c[k] for k in keys} for kind, c in report["conditions"].items()}}
+    if report.get("controlnet"):  # the parts' ControlNet, each hint kind beside the same floor and ceiling
+        out["controlnet"] = {kind: {k: c[k] for k in ("figure", "floor", "controlnet", "ceiling")}
+                             for kind, c in report["controlnet"]["kinds"].items()}
+    return out
