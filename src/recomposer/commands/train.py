@@ -36,6 +36,16 @@ CaptionAlone = Annotated[float, typer.Option(help="Share of samples that keep th
                                                   "condition dropped), beside Composer's dropout; may change "
                                                   "when a run resumes (the run file records from which step).")]
 
+Steps = Annotated[int, typer.Option(help="Optimizer updates in all (a resumed run continues up to it).")]
+Size = Annotated[Optional[int], typer.Option(help="Image side in pixels: a multiple of the VAE factor (default: the "
+                                                  "backbone's native size).")]
+WarmupSteps = Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")]
+CheckpointEvery = Annotated[int, typer.Option(help="A checkpoint every this many steps (and at the end).")]
+KeepCheckpoints = Annotated[int, typer.Option(help="Complete checkpoints kept (older ones are pruned).")]
+Resume = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint in --output.")]
+MixedPrecision = Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")]
+Cpu = Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")]
+
 ADAPTER_FILE = "composer.safetensors"
 RUN_FILE = "composer-run.json"  # the settings that must not change when a run is resumed
 CONTROLNET_RUN_FILE = "controlnet-run.json"
@@ -47,22 +57,18 @@ def train_composer(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, samples, loss.jsonl "
                                                                 "and the adapter; a run resumes from it.")],
     model: model_option("Diffusers model directory (the frozen backbone). Default: the bundled model.") = None,
-    steps: Annotated[int, typer.Option(help="Optimizer updates in all (a resumed run continues up to it).")]
-    = 10_000,
+    steps: Steps = 10_000,
     batch_size: Annotated[int, typer.Option(help="Shapes-world scenes per step (per process).")] = 8,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
-    size: Annotated[Optional[int], typer.Option(help="Image side in pixels: a multiple of the VAE factor "
-                                                     "(default: the backbone's native size).")] = None,
-    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    size: Size = None,
+    warmup_steps: WarmupSteps = 0,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the trained weights (what is written).")]
     = None,
-    checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps (and at the end).")]
-    = 500,
-    keep_checkpoints: Annotated[int, typer.Option(help="Complete checkpoints kept (older ones are pruned).")] = 2,
+    checkpoint_every: CheckpointEvery = 500,
+    keep_checkpoints: KeepCheckpoints = 2,
     sample_every: Annotated[int, typer.Option(help="A sample grid every this many steps (0: never).")] = 0,
     seed: Annotated[int, typer.Option(help="Seeds the adapter's initial weights and every step's draws.")] = 0,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint "
-                                                                      "in --output.")] = True,
+    resume: Resume = True,
     image_encoder: Annotated[Optional[str], typer.Option(help="A local CLIP vision model directory: trains "
                                                               "the image-embedding door too (default with "
                                                               "bundled parts: their image encoder).")] = None,
@@ -73,8 +79,8 @@ def train_composer(
     train_unet: Annotated[bool, typer.Option("--train-unet", help="Train the UNet with the adapter (the "
                                                                   "paper's setting); with --parts and no "
                                                                   "unet part yet, from a fresh UNet.")] = False,
-    mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
-    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    mixed_precision: MixedPrecision = "no",
+    cpu: Cpu = False,
     cache: Cache = None, max_minutes: MaxMinutes = None, min_snr_gamma: MinSnr = None,
     unet_shape: UnetShape = "default", parameterisation: Parameterisation = "epsilon",
     caption_alone: CaptionAlone = 0.0,
@@ -182,24 +188,20 @@ def train_controlnet(
     hint: Annotated[Optional[list[str]], typer.Option(help="World hint kind(s) to read: sketch, depth, instances; "
                                                            "repeat for one net of several kinds (default with "
                                                            "--parts: all three).")] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer updates in all (a resumed run continues up to it).")]
-    = 10_000,
+    steps: Steps = 10_000,
     batch_size: Annotated[int, typer.Option(help="Examples per step (per process).")] = 8,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (the paper: 1e-5 for Stable Diffusion).")] = 1e-5,
-    size: Annotated[Optional[int], typer.Option(help="Image side in pixels: a multiple of the VAE factor "
-                                                     "(default: the backbone's native size).")] = None,
-    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    size: Size = None,
+    warmup_steps: WarmupSteps = 0,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the net's weights (what is written).")] = None,
     sample_every: Annotated[int, typer.Option(help="A sample grid every this many steps (0: never): each example's "
                                                    "hint and what the net makes of it.")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps (and at the end).")]
-    = 500,
-    keep_checkpoints: Annotated[int, typer.Option(help="Complete checkpoints kept (older ones are pruned).")] = 2,
+    checkpoint_every: CheckpointEvery = 500,
+    keep_checkpoints: KeepCheckpoints = 2,
     seed: Annotated[int, typer.Option(help="Seeds the net's hint encoder and every step's draws.")] = 0,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint "
-                                                                      "in --output.")] = True,
-    mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
-    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    resume: Resume = True,
+    mixed_precision: MixedPrecision = "no",
+    cpu: Cpu = False,
     cache: Cache = None, max_minutes: MaxMinutes = None, min_snr_gamma: MinSnr = None,
 ) -> None:
     """Train a ControlNet (Zhang et al. 2023) on a frozen backbone: from shapes-world hints, or your triplets."""
@@ -297,25 +299,21 @@ def train_instruct(
                                                       "input_image / edit_prompt / edited_image records (what "
                                                       "`recomposer make-pairs` writes). Default: shapes-world "
                                                       "edits.")] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer updates in all (a resumed run continues up to it).")]
-    = 10_000,
+    steps: Steps = 10_000,
     batch_size: Annotated[int, typer.Option(help="Examples per step (per process).")] = 8,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (the reference: 1e-4).")] = 1e-4,
-    size: Annotated[Optional[int], typer.Option(help="Image side in pixels: a multiple of the VAE factor "
-                                                     "(default: the backbone's native size).")] = None,
-    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    size: Size = None,
+    warmup_steps: WarmupSteps = 0,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the UNet's weights (what is written).")] = None,
     sample_every: Annotated[int, typer.Option(help="A sample grid every this many steps (0: never): before, the "
                                                    "wanted after, the model's edit.")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps (and at the end).")]
-    = 500,
-    keep_checkpoints: Annotated[int, typer.Option(help="Complete checkpoints kept (older ones are pruned).")] = 2,
+    checkpoint_every: CheckpointEvery = 500,
+    keep_checkpoints: KeepCheckpoints = 2,
     rank: Annotated[int, typer.Option(help="With --parts: the rank of the delta written (models/delta.py).")] = 32,
     seed: Annotated[int, typer.Option(help="Seeds the stream of edits and every step's draws.")] = 0,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint "
-                                                                      "in --output.")] = True,
-    mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
-    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    resume: Resume = True,
+    mixed_precision: MixedPrecision = "no",
+    cpu: Cpu = False,
     max_minutes: MaxMinutes = None, min_snr_gamma: MinSnr = None,
 ) -> None:
     """Train an InstructPix2Pix model (Brooks et al. 2023): the UNet widened to hear the image it edits."""
@@ -391,16 +389,15 @@ def train_base(
                                                                 "resumes from it.")],
     parts: Annotated[Path, typer.Option(help="Folder of bundled-format parts holding the trained VAE "
                                              "(`train vae`); the UNet is written into it.")],
-    steps: Annotated[int, typer.Option(help="Optimizer updates in all (a resumed run continues up to it).")]
-    = 10_000,
+    steps: Steps = 10_000,
     batch_size: Annotated[int, typer.Option(help="Captioned shapes-world scenes per step.")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
     checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps.")] = 250,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the UNet's weights (the written UNet).")]
     = 0.995,
     seed: Annotated[int, typer.Option(help="Seeds the initial weights and every step's draws.")] = 0,
-    mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
-    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    mixed_precision: MixedPrecision = "no",
+    cpu: Cpu = False,
     cache: Cache = None, max_minutes: MaxMinutes = None, min_snr_gamma: MinSnr = None,
     unet_shape: UnetShape = "default", parameterisation: Parameterisation = "epsilon",
 ) -> None:
@@ -458,8 +455,8 @@ def train_vae(
     decoder_only: Annotated[bool, typer.Option("--decoder-only", help="Train the decoder only (with --init): "
                                                                       "latents, and models trained on them, stay "
                                                                       "valid.")] = False,
-    mixed_precision: Annotated[str, typer.Option(help="no, fp16 (GPU) or bf16.")] = "no",
-    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    mixed_precision: MixedPrecision = "no",
+    cpu: Cpu = False,
     max_minutes: MaxMinutes = None,
     evaluate: Annotated[int, typer.Option(help="Held-out renders the written figures are measured on.")] = 256,
 ) -> None:
@@ -507,7 +504,7 @@ def train_encoder(
     seed: Annotated[int, typer.Option(help="Seeds the initial weights and every step's draws.")] = 0,
     parts: Annotated[Optional[Path], typer.Option(help="Folder of bundled-format parts the result is written "
                                                        "into (default: --output).")] = None,
-    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    cpu: Cpu = False,
     max_minutes: MaxMinutes = None,
 ) -> None:
     """Train the bundled image encoder (semantics and style) against caption embeddings; writes
@@ -559,7 +556,7 @@ def train_analyser(
     seed: Annotated[int, typer.Option(help="Seeds the initial weights and every step's draws.")] = 0,
     parts: Annotated[Optional[Path], typer.Option(help="Folder of bundled-format parts the result is written "
                                                        "into (default: --output).")] = None,
-    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where a GPU is present.")] = False,
+    cpu: Cpu = False,
 ) -> None:
     """Train the shapes-world analyser (the controllability benchmark's judge): the segmenter and the instance
     classifier; writes PARTS/analyser.* with its held-out accuracy."""

@@ -160,3 +160,29 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def jsonl_records(path: Path, columns: tuple[str, ...], field: str) -> list[tuple[dict, str]]:
+    """The JSON objects of a JSONL file, one per non-blank line, each with string ``columns``: (record, "NAME line N")
+    pairs. Anything else is one InvalidParameter naming ``field`` and the line; an empty file is refused."""
+    import json
+
+    from ..errors import InvalidParameter
+
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path.name} line {number}"
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise InvalidParameter(field, f"JSON objects, one per line ({where} is not JSON)", line[:60]) from None
+            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in columns):
+                raise InvalidParameter(field, f"records with {', '.join(columns)} strings ({where})",
+                                       record if not isinstance(record, dict) else sorted(record))
+            records.append((record, where))
+    if not records:
+        raise InvalidParameter(field, "at least one record", str(path))
+    return records

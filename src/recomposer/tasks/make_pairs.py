@@ -18,7 +18,6 @@ edit settings (cross-attention replaced for 80% of the steps, self-attention for
 of many seeds by CLIP directional similarity; no such filter runs here (there is no CLIP offline by default).
 """
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,23 +54,13 @@ def read_triplets(path: str | Path) -> list[Triplet]:
     path = Path(path)
     if not path.is_file():
         raise InvalidParameter("triplets", "a JSONL file of caption / instruction / edited_caption records", str(path))
+    from ..io.files import jsonl_records
+
     triplets = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise InvalidParameter("triplets", f"JSON objects, one per line ({path.name} line {number} is not "
-                                                   "JSON)", line[:60]) from None
-            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record[k].strip()
-                                                       for k in TRIPLET_FIELDS):
-                raise InvalidParameter("triplets", f"records with non-empty {', '.join(TRIPLET_FIELDS)} strings "
-                                                   f"({path.name} line {number})", line[:80])
-            triplets.append(Triplet(*(record[k].strip() for k in TRIPLET_FIELDS)))
-    if not triplets:
-        raise InvalidParameter("triplets", "at least one record", str(path))
+    for record, where in jsonl_records(path, TRIPLET_FIELDS, "triplets"):
+        if not all(record[k].strip() for k in TRIPLET_FIELDS):
+            raise InvalidParameter("triplets", f"non-empty {', '.join(TRIPLET_FIELDS)} ({where})", record)
+        triplets.append(Triplet(*(record[k].strip() for k in TRIPLET_FIELDS)))
     return triplets
 
 

@@ -29,7 +29,6 @@ The net attends to the caption's tokens as at sampling: zero-padded to the backb
 (diffusers' ControlNetModel takes no attention mask; models/controlnet.py).
 """
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -181,27 +180,15 @@ def read_triplets(source: str | Path) -> list[Triplet]:
     if not path.is_file():
         raise InvalidParameter("data", "a JSONL file of image / conditioning_image / text records, or a folder "
                                        "with a metadata.jsonl", str(source))
+    from ..io.files import jsonl_records
+
     triplets = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path.name} line {number}"
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise InvalidParameter("data", f"JSON objects, one per line ({where} is not JSON)", line[:60]) from None
-            if not isinstance(record, dict) or not all(isinstance(record.get(k), str)
-                                                       for k in ("image", "conditioning_image", "text")):
-                raise InvalidParameter("data", f"records with image, conditioning_image and text strings ({where})",
-                                       record if not isinstance(record, dict) else sorted(record))
-            files = [path.parent / record[k] for k in ("image", "conditioning_image")]
-            for file in files:
-                if not file.is_file():
-                    raise InvalidParameter("data", f"files that exist ({where})", str(file))
-            triplets.append(Triplet(*files, record["text"]))
-    if not triplets:
-        raise InvalidParameter("data", "at least one record", str(path))
+    for record, where in jsonl_records(path, ("image", "conditioning_image", "text"), "data"):
+        files = [path.parent / record[k] for k in ("image", "conditioning_image")]
+        for file in files:
+            if not file.is_file():
+                raise InvalidParameter("data", f"files that exist ({where})", str(file))
+        triplets.append(Triplet(*files, record["text"]))
     return triplets
 
 

@@ -20,7 +20,6 @@ the instruction, plus the before image's posterior mode):
       edited_image records (diffusers' train_instruct_pix2pix columns; what ``recomposer make-pairs`` writes).
 """
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,30 +149,19 @@ def read_pairs(source: str | Path) -> list[Pair]:
     if not path.is_file():
         raise InvalidParameter("data", "a folder with a metadata.jsonl of input_image / edit_prompt / edited_image "
                                        "records (what `recomposer make-pairs` writes), or that file", str(source))
+    from ..io.files import jsonl_records
+
     pairs = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path.name} line {number}"
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise InvalidParameter("data", f"JSON objects, one per line ({where} is not JSON)", line[:60]) from None
-            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in PAIR_COLUMNS):
-                raise InvalidParameter("data", f"records with {', '.join(PAIR_COLUMNS)} strings ({where})",
-                                       record if not isinstance(record, dict) else sorted(record))
-            files = [path.parent / record[k] for k in ("input_image", "edited_image")]
-            for file in files:
-                if not file.is_file():
-                    raise InvalidParameter("data", f"files that exist ({where})", str(file))
-            sizes = [_image_size(file, where) for file in files]
-            if sizes[0] != sizes[1]:
-                raise InvalidParameter("data", f"before and after images of one size ({where})",
-                                       f"{sizes[0][0]}x{sizes[0][1]} and {sizes[1][0]}x{sizes[1][1]}")
-            pairs.append(Pair(files[0], record["edit_prompt"], files[1]))
-    if not pairs:
-        raise InvalidParameter("data", "at least one record", str(path))
+    for record, where in jsonl_records(path, PAIR_COLUMNS, "data"):
+        files = [path.parent / record[k] for k in ("input_image", "edited_image")]
+        for file in files:
+            if not file.is_file():
+                raise InvalidParameter("data", f"files that exist ({where})", str(file))
+        sizes = [_image_size(file, where) for file in files]
+        if sizes[0] != sizes[1]:
+            raise InvalidParameter("data", f"before and after images of one size ({where})",
+                                   f"{sizes[0][0]}x{sizes[0][1]} and {sizes[1][0]}x{sizes[1][1]}")
+        pairs.append(Pair(files[0], record["edit_prompt"], files[1]))
     return pairs
 
 
