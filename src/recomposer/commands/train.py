@@ -207,17 +207,13 @@ def train_controlnet(
     """Train a ControlNet (Zhang et al. 2023) on a frozen backbone: from shapes-world hints, or your triplets."""
     from .. import validation as v
     from ..models.controlnet import HINT_KINDS
-    from ..training import TrainConfig
 
     # 1. Every parameter, before anything loads.
-    config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, seed=seed,
-                         ema_decay=ema_decay, mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes,
-                         sample_every=sample_every).check()
-    if size is not None:
-        v.integer("size", size, 16)
-    if min_snr_gamma is not None:
-        v.real("min-snr-gamma", min_snr_gamma, 1e-3, 1e3)
+    config = _adapter_config(output, size, min_snr_gamma, steps=steps, batch_size=batch_size, lr=lr,
+                             warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
+                             keep_checkpoints=keep_checkpoints, seed=seed, ema_decay=ema_decay,
+                             mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes,
+                             sample_every=sample_every)
     if data is not None and (hint or cache is not None):
         raise RecomposerError("data", "your triplets carry their own hints: not with --hint or --cache")
     kinds = tuple(hint or (HINT_KINDS if parts is not None and data is None else ()))
@@ -318,17 +314,13 @@ def train_instruct(
 ) -> None:
     """Train an InstructPix2Pix model (Brooks et al. 2023): the UNet widened to hear the image it edits."""
     from .. import validation as v
-    from ..training import TrainConfig
 
     # 1. Every parameter, before anything loads.
-    config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, seed=seed,
-                         ema_decay=ema_decay, mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes,
-                         sample_every=sample_every).check()
-    if size is not None:
-        v.integer("size", size, 16)
-    if min_snr_gamma is not None:
-        v.real("min-snr-gamma", min_snr_gamma, 1e-3, 1e3)
+    config = _adapter_config(output, size, min_snr_gamma, steps=steps, batch_size=batch_size, lr=lr,
+                             warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
+                             keep_checkpoints=keep_checkpoints, seed=seed, ema_decay=ema_decay,
+                             mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes,
+                             sample_every=sample_every)
     v.integer("rank", rank, 1, 4096)
     from ..training.instruct import read_pairs
 
@@ -614,6 +606,19 @@ def train_analyser_part(name: str, config, seed: int):
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+def _adapter_config(output: Path, size: int | None, min_snr_gamma: float | None, **settings):
+    """An adapter trainer's TrainConfig (checked) and its --size and --min-snr-gamma checked, before anything loads."""
+    from .. import validation as v
+    from ..training import TrainConfig
+
+    config = TrainConfig(output_dir=output, **settings).check()
+    if size is not None:
+        v.integer("size", size, 16)
+    if min_snr_gamma is not None:
+        v.real("min-snr-gamma", min_snr_gamma, 1e-3, 1e3)
+    return config
+
 
 def _check_size(model: str, size: int | None) -> int | None:
     """Read the model's VAE factor from its configs (no weights) and check ``size`` against it."""

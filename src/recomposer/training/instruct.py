@@ -33,7 +33,7 @@ from ..denoiser import ModelInputs
 from ..errors import InvalidParameter, ModelError
 from ..models.backbone import Backbone
 from ..models.instruct import widen  # noqa: F401 (re-exported: the model a trainer widens)
-from .base import Diffusion, NullCaption, StepResult, caption_inputs, encode_batch
+from .base import BaseTraining, StepResult, caption_inputs, encode_batch
 
 DROP = 0.05  # the reference's p: text alone, both, image alone, 5% each
 PAIR_COLUMNS = ("input_image", "edit_prompt", "edited_image")  # diffusers' train_instruct_pix2pix columns
@@ -41,24 +41,18 @@ PAIR_COLUMNS = ("input_image", "edit_prompt", "edited_image")  # diffusers' trai
 
 # ---------------------------------------------------------------- the step
 
-class InstructTraining(nn.Module):
+class InstructTraining(BaseTraining):
     """A backbone whose UNet hears a source image (``widen``) as one module for ``training.train``: ``model(batch,
     generator)`` is a step's loss (module docstring)."""
 
     def __init__(self, backbone: Backbone, drop: float = DROP, min_snr_gamma: float | None = None):
-        super().__init__()
         expected = 2 * backbone.latent_channels
         if backbone.unet.config.in_channels != expected:
             raise ModelError("model", f"has a UNet of {backbone.unet.config.in_channels} input channels; an "
                                       f"instruction UNet reads {expected} (widen it first)")
-        self.drop = v.real("drop", drop, 0.0, 1 / 3)
-        self.diffusion = Diffusion(backbone, min_snr_gamma)
-        self.backbone, self.unet = backbone, backbone.unet
-        self.vae, self.text_encoder = backbone.vae, backbone.text_encoder
-        self.null = NullCaption.of(backbone)
-        for module in (self.vae, self.text_encoder):
-            module.requires_grad_(False).eval()
-        self.unet.requires_grad_(True).train()
+        drop = v.real("drop", drop, 0.0, 1 / 3)
+        super().__init__(backbone, caption_drop=2 * drop, min_snr_gamma=min_snr_gamma)  # (frozen VAE and text)
+        self.drop = drop
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         return self.step(batch, generator).loss
