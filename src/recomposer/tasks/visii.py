@@ -129,6 +129,7 @@ def learn_instruction(backbone: Backbone, pairs: list[tuple[Image.Image, Image.I
     if request.candidates:
         init = hard_prompt_search(backbone, images, size, request)
     states, mask, learnt = initial_caption(b, init)
+    learnt = learnt.to(states.device)
     from ..schedulers import make_scheduler
 
     scheduler = make_scheduler("ddpm", b.scheduler_config)  # q(x_t | x_0): the training betas
@@ -169,11 +170,11 @@ def learn_instruction(backbone: Backbone, pairs: list[tuple[Image.Image, Image.I
     final[:, learnt] = states[:, learnt] + delta.detach()
     tail = losses[-max(1, len(losses) // 10):]
     info = {"format": FORMAT, "model": b.identity(), "text_width": int(states.shape[-1]), "init": init,
-            "searched": list(request.candidates) and init, "request": asdict(request), "pairs": len(images),
+            "searched": init if request.candidates else None, "request": asdict(request), "pairs": len(images),
             "size": list(size), "clip": direction is not None, "loss_first": losses[0],
             "loss_last": sum(tail) / len(tail),
             "seconds": round(time.perf_counter() - started, 2)}
-    return Learned(final, mask, learnt, info)
+    return Learned(final.cpu(), None if mask is None else mask.cpu(), learnt.cpu(), info)
 
 
 def hard_prompt_search(backbone: Backbone, images: list, size: tuple[int, int], request: VisiiRequest,
