@@ -218,3 +218,5 @@ def test_the_benchmark_judges_a_parts_controlnet_beside_the_adapter(parts, tmp_p
     assert rows["instances"]["ceiling"] == report["conditions"]["instances"]["ceiling"]
     assert set(report["controlnet"]["seconds_per_image"]) == {"composer", "controlnet"}
     assert "ControlNet beside the Composer adapter" in (tmp_path / "bench" / "report.md").read_text()
+    shipped = json.loads((tmp_path / "bench" / "figures.json").read_text())["controlnet"]  # what benchmark.json holds
+    assert shipped["sketch"] == {k: rows["sketch"][k] for k in ("figure", "floor", "controlnet", "ceiling")}
