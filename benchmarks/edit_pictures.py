@@ -116,9 +116,11 @@ def composite_pictures(args) -> Image.Image:
     scribbled = np.array(background)
     scribbled[region] = (230, 40, 40)  # a red blob painted where the object goes
     scribble = CompositeRequest("a red shape", application="scribble", batch=3, **common)
-    rows = [("object immersion\n(T_in 0.5, N_in 2,\nresampling from 0.2)",
+    immersed = [(f"T_in {t}", composite(model, Image.fromarray(background), mask, replace(immersion, t_in=t, batch=1),
+                                        obj)[0].image) for t in (0.5, 0.7, 0.9)]
+    rows = [("object immersion\n(N_in 2, resampling\nfrom 0.2; T_in: the\nshare of steps guided)",
              titled_row([("background", Image.fromarray(background)), ("object's scene", obj), ("pasted", pasted)] +
-                        seeds(immersion, object_image=obj), tile=128, nearest=True)),
+                        immersed, tile=128, nearest=True)),
             ("scribble editing\n(T_in 0.6, N_in 2)",
              titled_row([("scribbled", Image.fromarray(scribbled)), ("mask", mask.convert("RGB"))] +
                         seeds(scribble, bg=Image.fromarray(scribbled)), tile=128, nearest=True)),
