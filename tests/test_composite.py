@@ -149,3 +149,18 @@ def test_bad_input_is_one_line_and_nothing_written(capsys, tmp_path, scene, tiny
                          tiny_dir, "--steps", 2, *args, "-o", tmp_path / "out.png")
     assert code != 0 and field in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_the_applications_by_name_are_composite_with_their_defaults(tiny, scene):
+    from recomposer.tasks.composite import augment_backgrounds, immerse, scribble_edit
+
+    bg, obj, mask, _ = scene
+    request = CompositeRequest("x", steps=3, seed=5, resamples=0, allow_flat=True)
+    for named, application, args in ((immerse, "immersion", (bg, obj, mask)), (scribble_edit, "scribble", (bg, mask)),
+                                     (augment_backgrounds, "augment", (bg, obj, mask))):
+        (ours,) = named(tiny, *args, request=request)
+        assert ours.provenance["params"]["application"] == application
+        given = obj if application != "scribble" else None
+        (direct,) = composite(tiny, bg, mask, CompositeRequest("x", application=application, steps=3, seed=5,
+                                                               resamples=0, allow_flat=True), given)
+        assert torch.equal(ours.pixels, direct.pixels)

@@ -7,7 +7,8 @@ hook (ilvr.py) towards the composite y, and optionally RePaint resampling (sampl
 
 The run starts from y's VAE posterior noised to the first step of the last ``strength`` of the schedule (img2img's
 start; strength 1: from noise, ILVR alone ties the result to y), and follows the caption with classifier-free
-guidance. The applications differ by their defaults (requests.COMPOSITE_APPLICATIONS):
+guidance. The applications differ by their defaults (requests.COMPOSITE_APPLICATIONS), each also a function of
+its own below (``immerse``, ``scribble_edit``, ``augment_backgrounds``):
 
     scribble    the region guided coarsely for part of the steps (T_in 0.6, N_in 2), the rest kept (T_out 1, N_out 1)
     immersion   the object guided for half the steps at N_in 2 (its structure kept, its look harmonised with the
@@ -23,7 +24,7 @@ Sizes: the background sets the size (cut down to multiples of the VAE's factor, 
 object and the mask must have the background's size (they are cut with it); nothing else is resized.
 """
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -103,3 +104,23 @@ def composite(backbone: Backbone, background: Image.Image, mask: Image.Image, re
             "prompt": request.prompt}
     return [Generated(im, floats[k], request.seed + k, {**base, "seed": request.seed + k, "batch_index": k})
             for k, im in enumerate(to_pil(result.pixels))]
+
+
+# ---------------------------------------------------------------- the applications by name
+
+def immerse(backbone: Backbone, background: Image.Image, object_image: Image.Image, mask: Image.Image,
+            request: CompositeRequest = CompositeRequest(), **run) -> list[Generated]:
+    """Object immersion: ``object_image``'s region pasted into ``background`` and harmonised with it."""
+    return composite(backbone, background, mask, replace(request, application="immersion"), object_image, **run)
+
+
+def scribble_edit(backbone: Backbone, scribbled: Image.Image, mask: Image.Image,
+                  request: CompositeRequest = CompositeRequest(application="scribble"), **run) -> list[Generated]:
+    """Scribble-guided local editing: the paint inside ``mask`` on ``scribbled`` guides that region coarsely."""
+    return composite(backbone, scribbled, mask, replace(request, application="scribble"), None, **run)
+
+
+def augment_backgrounds(backbone: Backbone, background: Image.Image, object_image: Image.Image, mask: Image.Image,
+                        request: CompositeRequest = CompositeRequest(application="augment"), **run) -> list[Generated]:
+    """Background augmentation: the object kept, a new background per sample of ``request.batch``."""
+    return composite(backbone, background, mask, replace(request, application="augment"), object_image, **run)
