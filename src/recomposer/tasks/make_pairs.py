@@ -110,12 +110,12 @@ def lm_triplets(captions: Sequence[str], lm: str | Path, max_new_tokens: int = 6
     import itertools
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from ..models.local import check_model_dir, load_pretrained
+    from ..models.local import check_model_dir, load_pretrained, load_tokenizer
 
     folder = check_model_dir(lm, "lm")  # config.json naming no code, safetensors weights (RELIABILITY R1)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer = load_tokenizer(folder, "lm")
     model = load_pretrained(AutoModelForCausalLM, folder, "lm", "cpu", torch.float32).eval()
     examples = list(itertools.islice(world_triplets(seed), shots))
     kept, skipped = [], 0
