@@ -8,8 +8,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "recomposer"
 
 LAYERS = [  # low to high: each may import its own layer and those before it
     {"__init__", "errors", "validation", "progress"},  # progress: named stages, reported to a listener
-    {"colour", "ellipse", "io", "schedulers", "requests", "invocation", "provenance", "attention"},  # maths, files,
-    #                                       names, requests, attention control
+    {"colour", "ellipse", "io", "schedulers", "requests", "invocation", "provenance", "attention", "jobs"},  # maths,
+    #                                       files, names, requests, attention control, the job queue
     {"conditions"},  # typed values
     {"world"},  # the shapes world (its scenes, renders, captions)
     {"models"},  # backbones, adapters, encoders, the analyser network
@@ -17,7 +17,7 @@ LAYERS = [  # low to high: each may import its own layer and those before it
     {"denoiser"},
     {"guidance"},
     {"sampling"},  # the one loop
-    {"inversion"},
+    {"inversion", "ilvr"},  # loop-level methods: inversion, masked ILVR
     {"tasks"},  # user-level operations
     {"training"},
     {"evaluation"},  # benchmarks and judges

@@ -1,9 +1,20 @@
 """Caption: the text prompt. Its null is the empty string, as in classifier-free guidance training."""
 
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
 
 from ..errors import InvalidParameter
 from .base import Condition
+
+
+class Prompts(NamedTuple):
+    """Encoded prompts: what a caption becomes for the model (``Backbone.encode_prompts``, ``Caption.prompts``)."""
+
+    tokens: torch.Tensor  # (B, T, D) token states for cross-attention
+    mask: torch.Tensor | None  # (B, T) 1 = attend, 0 = padding; None: attend to every token
+    sentence: torch.Tensor  # (B, D) one embedding per prompt
 
 
 @dataclass(frozen=True)

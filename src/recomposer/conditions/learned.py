@@ -40,7 +40,7 @@ class LearnedCaption(Caption):
 
     def prompts(self, backbone):
         """The states (and mask) on the backbone's device, then the text's encoding, joined along T."""
-        from ..models.backbone import Prompts
+        from .caption import Prompts
 
         like = {"device": backbone.device, "dtype": backbone.dtype}
         states = self.states.to(**like)

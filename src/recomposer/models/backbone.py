@@ -7,11 +7,12 @@ is kept in ``source`` so that a result's provenance can load it again.
 """
 
 from dataclasses import dataclass, field, replace
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from ..conditions.caption import Prompts  # noqa: F401 (re-exported: what encode_prompts returns)
 from .device import dtype_name
 
 
@@ -25,14 +26,6 @@ class ModelSource:
 
     def describe(self) -> dict:
         return {"kind": self.kind, "path": self.path, "config": self.config}
-
-
-class Prompts(NamedTuple):
-    """Encoded prompts (``Backbone.encode_prompts``)."""
-
-    tokens: torch.Tensor  # (B, T, D) token states for cross-attention
-    mask: torch.Tensor | None  # (B, T) 1 = attend, 0 = padding; None: attend to every token
-    sentence: torch.Tensor  # (B, D) one embedding per prompt
 
 
 @dataclass(eq=False)

@@ -114,7 +114,7 @@ def learn_instruction(backbone: Backbone, pairs: list[tuple[Image.Image, Image.I
                       clip=None, callback=None) -> Learned:
     """Visii (module docstring). ``clip``: a transformers CLIPModel for the cosine term (None: the term is off).
     ``callback(i, loss)`` after each iteration."""
-    from ..training.base import training_target
+    from ..schedulers import training_target
 
     request.check()
     if backbone.adapter(InstructChannels) is None:
@@ -182,7 +182,7 @@ def hard_prompt_search(backbone: Backbone, images: list, size: tuple[int, int], 
     """The candidate instruction whose plain encoding gives the lowest denoising loss on the pairs, averaged over
     ``probes`` fixed timesteps spread over the schedule (no gradients: a search over words, not states)."""
     from ..schedulers import make_scheduler
-    from ..training.base import training_target
+    from ..schedulers import training_target
 
     b = backbone
     scheduler = make_scheduler("ddpm", b.scheduler_config)

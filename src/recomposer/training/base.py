@@ -23,9 +23,8 @@ from torch import nn
 
 from .. import validation as v
 from ..denoiser import ModelInputs, forward_unet
-from ..errors import InvalidParameter
 from ..models.backbone import Backbone
-from ..schedulers import make_scheduler
+from ..schedulers import make_scheduler, training_target  # noqa: F401 (re-exported)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 CAPTION_DROP = 0.1
@@ -100,18 +99,6 @@ def noised(scheduler, latents: torch.Tensor, generator: torch.Generator) -> tupl
     count = scheduler.config.num_train_timesteps
     t = torch.randint(0, count, (len(latents),), generator=generator, device=generator.device).to(latents.device)
     return noise, t, scheduler.add_noise(latents, noise, t)
-
-
-def training_target(scheduler, prediction_type: str, latents: torch.Tensor, noise: torch.Tensor,
-                    timesteps: torch.Tensor) -> torch.Tensor:
-    """What the model should predict: ε, v = √ᾱ_t·ε − √(1 − ᾱ_t)·x_0 (Salimans & Ho 2022), or x_0."""
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    if prediction_type == "sample":
-        return latents
-    raise InvalidParameter("prediction_type", "one of " + ", ".join(PREDICTION_TYPES), prediction_type)
 
 
 def loss_weights(scheduler, prediction_type: str, timesteps: torch.Tensor, min_snr_gamma: float | None) -> torch.Tensor:
