@@ -198,6 +198,7 @@ class BackboneDenoiser:
         f = backbone.vae_factor
         self.size = (v.multiple_of("width", width, f), v.multiple_of("height", height, f))  # pixels
         self.consumes = frozenset({"caption"}).union(*(a.consumes for a in backbone.adapters))
+        self._prompts = {}  # caption -> its encoding: the sets of one run share captions (the empty one above all)
         self._step_adapters = [a for a in backbone.adapters if isinstance(a, StepAdapter)]
 
     @torch.no_grad()
@@ -208,7 +209,9 @@ class BackboneDenoiser:
             raise InvalidParameter("conditions", allowed, sorted(unknown))
         b = self.backbone
         caption = conds.get("caption", Caption(""))
-        prompt = caption.prompts(b)  # tokens (1, T, D), mask (1, T) or None
+        if caption not in self._prompts:
+            self._prompts[caption] = caption.prompts(b)  # tokens (1, T, D), mask (1, T) or None
+        prompt = self._prompts[caption]
         tokens, masks, channels = [prompt.tokens], [prompt.mask], []
         additions: dict[str, torch.Tensor] = {}
         down, mid, attention = None, None, {}
