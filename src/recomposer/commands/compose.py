@@ -22,7 +22,7 @@ import typer
 
 from ..errors import InvalidParameter
 from . import control
-from .options import Device, model_option
+from .options import AllowFlat, Batch, Device, Scheduler, Seed, Steps, chosen_seed, model_option
 
 FROM_KINDS = ("image_embedding", "palette", "sketch", "instances", "depth", "intensity")
 
@@ -30,33 +30,20 @@ Model = model_option("Diffusers model directory (default: the bundled model with
 Adapter = Annotated[Optional[str], typer.Option("--adapter", help="Composer adapter file for --model.")]
 Encoder = Annotated[Optional[str], typer.Option("--image-encoder", help="Local CLIP vision model directory (the "
                                                                         "adapter's); default: the bundled one.")]
-Scheduler = Annotated[str, typer.Option(help="ddim, ddpm, pndm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, "
-                                             "unipc.")]
-Steps = Annotated[int, typer.Option(help="Sampling steps.")]
 Guidance = Annotated[float, typer.Option(help="Composer guidance w (1: none).")]
-Seed = Annotated[Optional[int], typer.Option(help="Seed of the first image (image k uses seed + k); default: "
-                                                   "random, recorded in the PNG.")]
-Batch = Annotated[int, typer.Option(help="Number of images.")]
 Caption = Annotated[Optional[str], typer.Option(help="The caption condition.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="A folder for the images.")]
 Kinds = Annotated[str, typer.Option(help="Comma-separated condition kinds.")]
 Width = Annotated[Optional[int], typer.Option(help="Image width in pixels (default: the model's native size); "
                                                     "inputs are fitted to it.")]
 Height = Annotated[Optional[int], typer.Option(help="Image height in pixels (default: the model's native size).")]
-AllowFlat = Annotated[bool, typer.Option("--allow-flat", help="Keep images of one flat colour (otherwise an "
-                                                               "error: the model drew nothing).")]
 
 
 def _request(scheduler, steps, guidance, seed, batch, base: str | None = None, weights: list[str] | None = None,
              allow_flat: bool = False):
-    import secrets
-
-    from ..invocation import resolve
     from ..requests import ComposeRequest, Weight
 
-    if seed is None:
-        seed = secrets.randbelow(2**32)
-    resolve("seed", seed)
+    seed = chosen_seed(seed)
     parsed = []
     for text in weights or ():
         parts = text.split(":")

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import Config, Device, Dtype, Model
+from .options import AllowFlat, Batch, Config, Device, Dtype, Model, Scheduler, Seed, Steps, chosen_seed
 
 
 def composite_command(
@@ -46,28 +46,18 @@ def composite_command(
                                                  "noise).")] = 1.0,
     model: Model = None,
     config: Config = None,
-    scheduler: Annotated[str, typer.Option(help="ddim, ddpm, pndm, euler, euler_a, heun, dpmpp_2m, "
-                                                "dpmpp_2m_karras, unipc.")] = "ddim",
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
+    scheduler: Scheduler = "ddim", steps: Steps = 50,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the first image (image k uses seed + k); default: "
-                                                     "random, recorded in the PNG.")] = None,
-    batch: Annotated[int, typer.Option(help="Number of images.")] = 1,
-    allow_flat: Annotated[bool, typer.Option("--allow-flat", help="Keep images of one flat colour.")] = False,
+    seed: Seed = None, batch: Batch = 1, allow_flat: AllowFlat = False,
     device: Device = "auto", dtype: Dtype = "fp32",
     output: Annotated[Path, typer.Option("--output", "-o", help="A .png file or a folder.")] = Path("composites"),
 ) -> None:
     """Cross-domain compositing (Hachnochi et al. 2023): masked ILVR towards the composite, RePaint resampling."""
-    import secrets
-
     from ..errors import RecomposerError
-    from ..invocation import resolve
     from ..io.output import check_output
     from ..requests import CompositeRequest, readable
 
-    if seed is None:
-        seed = secrets.randbelow(2**32)
-    resolve("seed", seed)
+    seed = chosen_seed(seed)
     if augment and object_image is None:
         raise RecomposerError("augment", "needs --object (the object kept while the background changes)")
     application = "augment" if augment else "immersion" if object_image is not None else "scribble"

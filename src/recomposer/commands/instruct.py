@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import Config, Device, Dtype, model_option
+from .options import AllowFlat, Batch, Config, Device, Dtype, Scheduler, Seed, Steps, chosen_seed, model_option
 
 
 def instruct_command(
@@ -25,13 +25,8 @@ def instruct_command(
     guidance: Annotated[float, typer.Option(help="s_T: how far towards the instruction.")] = 7.5,
     image_guidance: Annotated[float, typer.Option(help="s_I: how close to the image (below 1 pushes away from "
                                                        "it, as the formula says).")] = 1.5,
-    scheduler: Annotated[str, typer.Option(help="ddim, ddpm, pndm, euler, euler_a, heun, dpmpp_2m, "
-                                                "dpmpp_2m_karras, unipc.")] = "euler_a",
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 100,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the first image (image k uses seed + k); default: "
-                                                     "random, recorded in the PNG.")] = None,
-    batch: Annotated[int, typer.Option(help="Number of images.")] = 1,
-    allow_flat: Annotated[bool, typer.Option("--allow-flat", help="Keep images of one flat colour.")] = False,
+    scheduler: Scheduler = "euler_a", steps: Steps = 100, seed: Seed = None, batch: Batch = 1,
+    allow_flat: AllowFlat = False,
     learned: Annotated[Optional[Path], typer.Option(help="An instruction learnt from example pairs by `recomposer "
                                                          "visii` (on this model) instead of INSTRUCTION.")] = None,
     with_text: Annotated[str, typer.Option(help="With --learned: words that follow the learnt instruction.")] = "",
@@ -39,17 +34,11 @@ def instruct_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="A .png file or a folder.")] = Path("instructed"),
 ) -> None:
     """InstructPix2Pix: edit an image by an instruction (Brooks et al. 2023), with dual guidance in one forward."""
-    import secrets
-
-    from ..invocation import resolve
+    from ..errors import RecomposerError
     from ..io.output import check_output
     from ..requests import InstructRequest, readable
 
-    from ..errors import RecomposerError
-
-    if seed is None:
-        seed = secrets.randbelow(2**32)
-    resolve("seed", seed)
+    seed = chosen_seed(seed)
     if learned is not None and instruction is not None:
         raise RecomposerError("instruction", "not with --learned (give extra words with --with-text)")
     if learned is None and with_text:

@@ -43,3 +43,25 @@ Dtype = Annotated[str, typer.Option("--dtype", help="fp32, fp16 (GPU) or bf16.",
 Model = model_option("Diffusers model directory, or a .safetensors file (with --config). Default: the bundled model.")
 Config = Annotated[Optional[str], typer.Option("--config", help="Diffusers-format directory with the configs "
                                                                  "for a single-file checkpoint.")]
+
+# Sampling options every image-making command shares.
+Scheduler = Annotated[str, typer.Option(help="ddim, ddpm, pndm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, "
+                                             "unipc.")]
+Steps = Annotated[int, typer.Option(help="Sampling steps.")]
+Seed = Annotated[Optional[int], typer.Option(help="Seed of the first image (image k uses seed + k); default: "
+                                                   "random, recorded in the PNG.")]
+Batch = Annotated[int, typer.Option(help="Number of images.")]
+AllowFlat = Annotated[bool, typer.Option("--allow-flat", help="Keep images of one flat colour (otherwise an "
+                                                               "error: the model drew nothing).")]
+
+
+def chosen_seed(seed: int | None) -> int:
+    """``--seed``, or a random one when it was left out, recorded so that a replay uses it."""
+    import secrets
+
+    from ..invocation import resolve
+
+    if seed is None:
+        seed = secrets.randbelow(2**32)
+    resolve("seed", seed)
+    return seed
