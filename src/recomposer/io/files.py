@@ -162,6 +162,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def dataset_records(source: str | Path, columns: tuple[str, ...], files: tuple[str, ...],
+                    field: str) -> list[tuple[dict, str]]:
+    """A training set's records: ``source`` a JSONL file or a folder holding a metadata.jsonl, each record with
+    string ``columns``; the columns in ``files`` name files relative to the JSONL's folder, which must exist, and
+    come back as absolute Paths. Pairs of (record, "NAME line N")."""
+    from ..errors import InvalidParameter
+
+    source = Path(source)
+    path = source / "metadata.jsonl" if source.is_dir() else source
+    if not path.is_file():
+        raise InvalidParameter(field, f"a JSONL file of {' / '.join(columns)} records, or a folder with a "
+                                      "metadata.jsonl", str(source))
+    records = []
+    for record, where in jsonl_records(path, columns, field):
+        record = {**record, **{k: path.parent / record[k] for k in files}}
+        for k in files:
+            if not record[k].is_file():
+                raise InvalidParameter(field, f"files that exist ({where})", str(record[k]))
+        records.append((record, where))
+    return records
+
+
 def jsonl_records(path: Path, columns: tuple[str, ...], field: str) -> list[tuple[dict, str]]:
     """The JSON objects of a JSONL file, one per non-blank line, each with string ``columns``: (record, "NAME line N")
     pairs. Anything else is one InvalidParameter naming ``field`` and the line; an empty file is refused."""

@@ -175,21 +175,11 @@ class Triplet:
 def read_triplets(source: str | Path) -> list[Triplet]:
     """Triplets from a JSONL file (one object per line with ``image``, ``conditioning_image`` and ``text``; paths
     relative to the file's folder), or from a folder holding such a ``metadata.jsonl``. Every file must exist."""
-    source = Path(source)
-    path = source / "metadata.jsonl" if source.is_dir() else source
-    if not path.is_file():
-        raise InvalidParameter("data", "a JSONL file of image / conditioning_image / text records, or a folder "
-                                       "with a metadata.jsonl", str(source))
-    from ..io.files import jsonl_records
+    from ..io.files import dataset_records
 
-    triplets = []
-    for record, where in jsonl_records(path, ("image", "conditioning_image", "text"), "data"):
-        files = [path.parent / record[k] for k in ("image", "conditioning_image")]
-        for file in files:
-            if not file.is_file():
-                raise InvalidParameter("data", f"files that exist ({where})", str(file))
-        triplets.append(Triplet(*files, record["text"]))
-    return triplets
+    files = ("image", "conditioning_image")
+    return [Triplet(record["image"], record["conditioning_image"], record["text"])
+            for record, _ in dataset_records(source, (*files, "text"), files, "data")]
 
 
 def triplet_batches(backbone: Backbone, triplets: Sequence[Triplet], batch_size: int, size: int,

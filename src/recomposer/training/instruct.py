@@ -138,24 +138,15 @@ class Pair:
 def read_pairs(source: str | Path) -> list[Pair]:
     """Pairs from a folder holding a metadata.jsonl (or the JSONL file itself): one object per line with
     input_image, edit_prompt and edited_image (paths relative to the file's folder). Every file must exist."""
-    source = Path(source)
-    path = source / "metadata.jsonl" if source.is_dir() else source
-    if not path.is_file():
-        raise InvalidParameter("data", "a folder with a metadata.jsonl of input_image / edit_prompt / edited_image "
-                                       "records (what `recomposer make-pairs` writes), or that file", str(source))
-    from ..io.files import jsonl_records
+    from ..io.files import dataset_records
 
     pairs = []
-    for record, where in jsonl_records(path, PAIR_COLUMNS, "data"):
-        files = [path.parent / record[k] for k in ("input_image", "edited_image")]
-        for file in files:
-            if not file.is_file():
-                raise InvalidParameter("data", f"files that exist ({where})", str(file))
-        sizes = [_image_size(file, where) for file in files]
+    for record, where in dataset_records(source, PAIR_COLUMNS, ("input_image", "edited_image"), "data"):
+        sizes = [_image_size(record[k], where) for k in ("input_image", "edited_image")]
         if sizes[0] != sizes[1]:
             raise InvalidParameter("data", f"before and after images of one size ({where})",
                                    f"{sizes[0][0]}x{sizes[0][1]} and {sizes[1][0]}x{sizes[1][1]}")
-        pairs.append(Pair(files[0], record["edit_prompt"], files[1]))
+        pairs.append(Pair(record["input_image"], record["edit_prompt"], record["edited_image"]))
     return pairs
 
 
