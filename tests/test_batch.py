@@ -42,8 +42,8 @@ def test_a_batch_runs_with_provenance_and_resumes_by_content(capsys, tmp_path, j
     folders = sorted((tmp_path / "out").iterdir())
     assert len(folders) == 4 and all((f / "job.json").is_file() for f in folders)
     record = json.loads((folders[0] / "job.json").read_text())
-    assert read_provenance(folders[0] / record["images"][0])["task"] == "generate"
-    assert read_provenance(folders[2] / json.loads((folders[2] / "job.json").read_text())["images"][0])["task"] \
+    assert read_provenance(folders[0] / record["files"][0])["task"] == "generate"
+    assert read_provenance(folders[2] / json.loads((folders[2] / "job.json").read_text())["files"][0])["task"] \
         == "composite"
     code, out, err = run(capsys, "batch", path, "-o", tmp_path / "out")
     assert code == 0 and "job " not in err, err  # everything finished: nothing runs again

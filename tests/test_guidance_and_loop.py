@@ -191,7 +191,7 @@ def test_img2img_batch_equals_singles(tiny, photo):
 def test_callbacks_see_every_step_in_order(tiny, photo):
     seen = []
     generate(tiny, GenerateRequest("x", steps=10, strength=0.5), image=photo,
-             callback=lambda step, x: seen.append((step.index, step.count, step.position, tuple(x.shape))))
+             callback=lambda s: seen.append((s.step.index, s.step.count, s.step.position, tuple(s.x_next.shape))))
     assert [s[0] for s in seen] == list(range(5))
     assert {s[1] for s in seen} == {5} and [s[2] for s in seen] == list(range(5, 10))
     assert seen[0][3] == (1, 4, 16, 16)
@@ -205,7 +205,7 @@ def test_cancellation_stops_between_steps(tiny):
     g, inputs = guided(d, cfg(P, 5.0), 1)
     with pytest.raises(Cancelled):
         sample(g, inputs, scheduler, torch.randn(1, 4, 16, 16), [torch.Generator()],
-               callback=lambda step, x: done.append(step.index), cancel=lambda: len(done) >= 3)
+               callback=lambda s: done.append(s.step.index), cancel=lambda: len(done) >= 3)
     assert done == [0, 1, 2] and len(d.batches) == 3
 
 
@@ -271,7 +271,7 @@ def test_the_loop_resamples_by_stepping_back(tiny, scheduler):
     third.set_timesteps(6)
     visits = []
     resampled = sample(g, inputs, third, x, [torch.Generator().manual_seed(3)],
-                       positions=resampling_positions(6, 2, 2, 2), callback=lambda step, x: visits.append(step.position))
+                       positions=resampling_positions(6, 2, 2, 2), callback=lambda s: visits.append(s.step.position))
     assert visits == [0, 1, 2, 3, 2, 3, 2, 3, 4, 5] and torch.isfinite(resampled).all()
     assert not torch.allclose(resampled, once)
 
@@ -281,7 +281,7 @@ def test_4_channel_inpainting_keeps_the_known_region(tiny, photo):
     mask[..., :, 16:] = 1
     seen = []
     out = generate(tiny, GenerateRequest("x", scheduler="ddim", steps=6, seed=1), image=photo, mask=mask,
-                   callback=lambda step, x: seen.append(x))
+                   callback=lambda s: seen.append(s.x_next))
     plain = generate(tiny, GenerateRequest("x", scheduler="ddim", steps=6, seed=1, strength=1.0), image=photo)
     last = seen[-1]
     known = tiny.encode_image(__import__("recomposer.io.images", fromlist=["to_tensor"]).to_tensor(photo))

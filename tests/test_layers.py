@@ -21,6 +21,7 @@ LAYERS = [  # low to high: each may import its own layer and those before it
     {"tasks"},  # user-level operations
     {"training"},
     {"evaluation"},  # benchmarks and judges
+    {"server"},  # the HTTP API and the web app over the job queue
     {"commands"},
     {"cli", "__main__"},
 ]

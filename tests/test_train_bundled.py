@@ -147,7 +147,7 @@ def test_a_controlnet_part_trains_on_world_hints_and_runs_as_bundled_kind(parts,
         assert code == 0 and (tmp_path / f"{kind}.png").is_file(), err
     # a world sample's layers (white lines on black, a 16-bit depth, a label map) are read as what they are
     assert main(["world", "sample", "3", "-o", str(tmp_path / "scene"), "--size", "128"]) == 0
-    from recomposer.commands.control import world_hint
+    from recomposer.tasks.controls import world_hint
 
     drawn = world_hint(tmp_path / "scene" / "sketch.png", "sketch", (64, 64))
     assert np.asarray(drawn).mean() > 200  # black lines on white, not the layer's white lines on black

@@ -15,6 +15,7 @@ import typer
 
 from .commands import control
 from .commands.batch import batch_command
+from .commands.serve import serve_command
 from .commands.bench import bench_app
 from .commands.compose import COMMANDS as COMPOSER_COMMANDS
 from .commands.composite import composite_command
@@ -55,6 +56,7 @@ app.add_typer(bench_app, name="bench")
 app.command("decompose")(decompose_command)
 app.command("make-pairs")(make_pairs_command)
 app.command("batch")(batch_command)
+app.command("serve")(serve_command)
 app.command("visii")(visii_command)
 REPLAYABLE: dict = {**COMPOSER_COMMANDS, **P2P_COMMANDS, "instruct": instruct_command,
                      "composite": composite_command}  # recall makes them again
@@ -325,6 +327,7 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
     from .models.device import resolve_device, resolve_dtype
     from .models.loading import load_bundled, load_model
     from .models.facts import check_fits, peek
+    from .tasks.controls import load_controls
     from .tasks.generate import generate as run, pixel_hash, resolve
 
     image = open_image(image_path, "image") if image_path is not None else None
@@ -345,7 +348,7 @@ def _run_generate(request, model, config, device, dtype, image_path, mask_path, 
         raise RecomposerError("model", "weights differ from those that made this image (sha256 mismatch)")
     hints, masks = control_inputs
     sized = resolve(backbone, request, image, mask)
-    controls = control.load_controls(request.controls, hints, masks, (sized.width, sized.height), backbone)
+    controls = load_controls(request.controls, hints, masks, (sized.width, sized.height), backbone)
     results = run(backbone, request, image=image, mask=mask, controls=controls)
     from .invocation import record_paths
 

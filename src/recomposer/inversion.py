@@ -127,7 +127,7 @@ def ddim_path(backbone: Backbone, image: torch.Tensor, prompt: str, steps: int) 
 
     with stage("inverting (DDIM)", total=steps) as advance:
         sample(denoiser, inputs, scheduler, x0, [torch.Generator("cpu").manual_seed(0)], hooks=[record],
-               callback=lambda step, x: advance(step.index + 1))
+               callback=lambda state: advance(state.step.index + 1))
     return path
 
 
@@ -189,7 +189,7 @@ def null_text(backbone: Backbone, path: list[torch.Tensor], prompt: str, steps: 
 
     with stage("null-text optimisation", total=steps) as advance:
         sample(guided, inputs, scheduler, path[-1], [torch.Generator("cpu").manual_seed(0)], before=[optimise],
-               callback=lambda step, x: advance(step.index + 1))
+               callback=lambda state: advance(state.step.index + 1))
     masks = None if null.context_mask is None else null.context_mask.float().repeat(steps, 1)
     return torch.stack(found), masks
 

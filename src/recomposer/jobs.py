@@ -92,13 +92,14 @@ class JobQueue:
         self.path, self.capacity, self.max_attempts = Path(path), capacity, max_attempts
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA journal_mode=WAL")  # (durable across a crash of the process; NORMAL sync per connection)
             db.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # explicit transactions only
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA busy_timeout=30000")
+        db.execute("PRAGMA synchronous=NORMAL")  # with WAL: a commit survives the process dying, not a power cut
         return db
 
     def _transaction(self):
@@ -185,6 +186,13 @@ class JobQueue:
         with self._transaction() as db:
             db.execute("UPDATE jobs SET state = ?, result = ?, reason = ?, finished = ? WHERE id = ? AND "
                        "state = 'running'", (state, result, reason, time.time(), job_id))
+        return self.get(job_id)
+
+    def requeue(self, job_id: str, reason: str) -> Job:
+        """A running job back in the queue (its server is stopping), with the reason."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET state = 'queued', worker = NULL, reason = ? WHERE id = ? AND state = "
+                       "'running'", (reason, job_id))
         return self.get(job_id)
 
     def recover(self) -> list[Job]:

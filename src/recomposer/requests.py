@@ -350,7 +350,57 @@ def edit_kind(source: str, edited: str) -> str:
                                      "every source word in order and adds words (a refinement)", edited)
 
 
+DRAWN_KINDS = ("sketch", "depth")  # kinds a user may give as a picture of the condition itself
+
+
+@dataclass(frozen=True)
+class ComposeJobRequest(ComposeRequest):
+    """``compose`` as one job (the HTTP API, the web app, ``recomposer batch``): the sampling of ComposeRequest and
+    what the command line gives as options. Each input named by a kind gives that kind (an image is decomposed, a
+    saved KIND.json is taken); ``image`` + ``mask`` regenerate a region and keep the rest."""
+
+    caption: str | None = None  # the caption condition
+    drawn: tuple[str, ...] = ()  # kinds whose input is a picture of the condition itself (lines on paper, a depth
+    #                              map, bright = near), not an image to decompose
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+
+    def check(self) -> "ComposeJobRequest":
+        super().check()
+        if self.caption is not None and not isinstance(self.caption, str):
+            raise InvalidParameter("caption", "a string or null", self.caption)
+        if not isinstance(self.drawn, tuple) or any(k not in DRAWN_KINDS for k in self.drawn):
+            raise InvalidParameter("drawn", "kinds from " + ", ".join(DRAWN_KINDS), self.drawn)
+        for name in ("width", "height"):
+            if getattr(self, name) is not None:
+                v.integer(name, getattr(self, name), 8, MAX_SIDE)
+        return self
+
+    def sampling(self) -> ComposeRequest:
+        """The ComposeRequest part (what a result's provenance records and ``recall`` rebuilds)."""
+        return ComposeRequest(**{f.name: getattr(self, f.name) for f in fields(ComposeRequest)})
+
+
+@dataclass(frozen=True)
+class DecomposeRequest:
+    """``decompose`` as one job: every representation of the ``image`` input (or the named ``kinds``)."""
+
+    kinds: tuple[str, ...] | None = None  # None: every kind the installed models can make
+    caption: str | None = None  # the caption condition (there is no offline captioner)
+
+    def check(self) -> "DecomposeRequest":
+        if self.kinds is not None:
+            if not isinstance(self.kinds, tuple) or not self.kinds:
+                raise InvalidParameter("kinds", "a non-empty list of kinds, or null for all", self.kinds)
+            for kind in self.kinds:
+                v.choice("kinds", kind, GLOBAL_KINDS + LOCAL_KINDS + ("blobs",))
+        if self.caption is not None and not isinstance(self.caption, str):
+            raise InvalidParameter("caption", "a string or null", self.caption)
+        return self
+
+
 NESTED = {("ComposeRequest", "weights"): Weight, ("ComposeRequest", "controls"): ControlRequest,
+          ("ComposeJobRequest", "weights"): Weight, ("ComposeJobRequest", "controls"): ControlRequest,
           ("P2PRequest", "edit"): Edit, ("GenerateRequest", "controls"): ControlRequest}
 
 

@@ -39,7 +39,7 @@ class StepState:
 
 BeforeHook = Callable[[torch.Tensor, Step], torch.Tensor]  # x_t -> x_t, before the model sees it
 StepHook = Callable[[StepState], torch.Tensor]  # -> x_{t−1}, after the scheduler's update
-StepCallback = Callable[[Step, torch.Tensor], None]  # sees x_{t-1}; for progress bars and previews
+StepCallback = Callable[[StepState], None]  # sees the step's state (x_{t−1}, x̂₀); progress and previews
 
 
 def sample(denoise, inputs, scheduler: SchedulerMixin, x: torch.Tensor, generators: Sequence[torch.Generator], *,
@@ -77,7 +77,7 @@ def sample(denoise, inputs, scheduler: SchedulerMixin, x: torch.Tensor, generato
                 state = StepState(step, x, prediction, state.x0, hook(state), scheduler, t_next)
             x, previous = state.x_next, position
             if callback is not None:
-                callback(step, x)
+                callback(state)
     return x
 
 

@@ -4,9 +4,10 @@ resumably, and split across processes, GPUs and nodes under `accelerate launch`.
     recomposer batch jobs.jsonl -o out/
     accelerate launch --multi_gpu --num_processes 2 -m recomposer batch jobs.jsonl -o out/   # (CPUs too: gloo)
 
-Every line is checked before anything loads. Job k's images go to OUT/NNNNN-<hash>/ (with their provenance), its
-``job.json`` written last: a job whose folder holds one is finished, and a re-run skips it (the hash is the job's
-content: task, request, model and the bytes of its inputs, so an edited line or input runs again). Under accelerate,
+Every line is checked before anything loads. Job k's files go to OUT/NNNNN-<hash>/ (images with their provenance),
+the folder written whole with its ``job.json`` (io/files.write_folder): a job whose folder exists is finished, and a
+re-run skips it (the hash is the job's content: task, request, model and the bytes of its inputs, so an edited line
+or input runs again). Under accelerate,
 process r takes its share of the unfinished jobs (``PartialState.split_between_processes``).
 """
 
@@ -61,18 +62,18 @@ def batch_command(
 
 
 def _run(jobs, folders, mine: list[int], device: str, dtype: str, rank: int) -> None:
-    from ..io.files import atomic_write
-    from ..provenance import save_results
-    from ..tasks.registry import Models, run_job
+    import shutil
+
+    from ..io.files import write_folder
+    from ..tasks.registry import Models, job_files, run_job
 
     models = Models(device, dtype)
     for k in mine:
         folder = folders[k]
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("*.png"):  # a job cut short before its job.json: made again, whole
-            stale.unlink()
-        paths = save_results(run_job(jobs[k], models), folder)
+        if folder.exists():  # a job cut short before its job.json (an older batch): made again, whole
+            shutil.rmtree(folder)
+        files = job_files(run_job(jobs[k], models))
         record = {"index": k, "task": jobs[k].task, "digest": jobs[k].digest(), "process": rank,
-                  "images": [p.name for p in paths]}
-        atomic_write(folder / "job.json", lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+                  "files": sorted(files)}
+        write_folder(folder, {**files, "job.json": json.dumps(record, indent=2) + "\n"})  # all files or none
         typer.echo(f"job {k + 1}/{len(jobs)}: {folder}", err=True)

@@ -171,6 +171,7 @@ def compose_command(
     from ..conditions.fitting import fit_image, fit_mask
     from ..io.images import open_image, open_mask
     from ..tasks.composer import compose, edit_region
+    from ..tasks.controls import load_controls
 
     given = dict(zip(FROM_KINDS, (image_embedding_from, palette_from, sketch_from, instances_from, depth_from,
                                   intensity_from)))
@@ -199,7 +200,7 @@ def compose_command(
 
     composer = _model(model, adapter, image_encoder, device)
     size = _size(width, height, composer)
-    nets = control.load_controls(controls, list(control_image or []), list(control_mask or []), size,
+    nets = load_controls(controls, list(control_image or []), list(control_mask or []), size,
                                  composer.backbone)
     conds = [CaptionCondition(caption)] if caption is not None else []
     for kind, source in sources.items():

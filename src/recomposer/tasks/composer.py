@@ -223,13 +223,15 @@ def slerp(a: np.ndarray, b: np.ndarray, s: float) -> np.ndarray:
 
 
 def edit_region(model: ComposerModel, image: Image.Image, mask: np.ndarray, conds: ConditionSet = ConditionSet(),
-                request: ComposeRequest = ComposeRequest(), controls: Sequence[ControlInput] = ()) -> list[Generated]:
+                request: ComposeRequest = ComposeRequest(), controls: Sequence[ControlInput] = (),
+                callback: StepCallback | None = None, cancel=None) -> list[Generated]:
     """Regenerate the pixels where ``mask`` (H, W) is true under ``conds`` (and ``controls``); every other pixel
     is kept. The image must already be of a size the model generates (``ComposerModel.fit``)."""
     from ..decompose.masking import masked_image
 
     masked = masked_image(image.convert("RGB"), mask)
-    results = compose(model, conds.with_(masked), request, task="edit", controls=controls)
+    results = compose(model, conds.with_(masked), request, task="edit", controls=controls, callback=callback,
+                      cancel=cancel)
     for r in results:
         r.provenance["psnr_outside_mask"] = psnr_outside(r.image, image, mask)
     return results

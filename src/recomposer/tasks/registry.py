@@ -5,10 +5,11 @@ A job is one JSON object:
     {"task": "generate", "request": {...the task's request fields...}, "inputs": {"image": "a.png"}, "model": null}
 
 ``request`` holds the fields of the task's request dataclass (requests.py: the same ones the command line fills;
-unknown fields are refused by name, missing ones take their defaults), ``inputs`` the paths of its images (read by
-the one image reader, io/images.py), ``model`` a model path (None: the bundled model for the task). ``run_job``
-checks all of it before any model loads, then returns the task's results (tasks/generate.py ``Generated``, each with
-its provenance). A later method joins by one entry in TASKS.
+unknown fields are refused by name, missing ones take their defaults), ``inputs`` the paths of its files (images,
+read by the one image reader, io/images.py; compose's inputs by kind also take a saved KIND.json, as ``--KIND-from``
+does), ``model`` a model path (None: the bundled model for the task). ``parse_job`` checks all of it before any
+model loads; ``run_job`` returns the task's results (tasks/generate.py ``Generated``, each with its provenance, or a
+decomposition's ``Files``), and ``job_files`` names them for a folder. A later method joins by one entry in TASKS.
 """
 
 import hashlib
@@ -18,52 +19,148 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidParameter
-from ..requests import CompositeRequest, GenerateRequest, InstructRequest, P2PRequest, from_json
+from ..requests import (ComposeJobRequest, CompositeRequest, DecomposeRequest, GenerateRequest, InstructRequest,
+                        P2PRequest, from_json)
+
+
+MAX_CONTROLS = 8  # ControlNets one job may name (each with its hint input, control_image_K, and mask, control_mask_K)
+CONTROL_INPUTS = tuple(f"control_{what}_{k}" for k in range(1, MAX_CONTROLS + 1) for what in ("image", "mask"))
+SOURCE_KINDS = ("image_embedding", "palette", "sketch", "instances", "depth", "intensity")  # compose's inputs by kind
 
 
 @dataclass(frozen=True)
 class Task:
     request: type  # the request dataclass
-    inputs: tuple[str, ...]  # image inputs it may take
+    inputs: tuple[str, ...]  # files it may take
     required: tuple[str, ...]  # ... and those it must have
-    run: Callable  # (backbone, request, images: dict[str, PIL.Image], cancel, callback) -> list[Generated]
-    instruction_model: bool = False  # the model is an instruction model (commands/instruct.py's loader)
+    run: Callable  # (model, request, paths: dict[str, Path], cancel, callback) -> list[Generated] | Files
+    model: str = "backbone"  # what it runs on: "backbone", "instruction" (an instruction model), "composer", "none"
 
 
-def _generate(backbone, request, images, cancel=None, callback=None):
-    import numpy as np
-    import torch
+@dataclass(frozen=True)
+class Files:
+    """What a job that makes files rather than images returns (decompose): names -> text, a PIL image, or a function
+    that writes into the folder (io/files.write_folder)."""
 
-    from .generate import generate
-
-    mask = images.get("mask")
-    if mask is not None:
-        mask = torch.from_numpy(np.asarray(mask.convert("L")) > 127).float()[None, None]
-    return generate(backbone, request, image=images.get("image"), mask=mask, cancel=cancel, callback=callback)
+    files: dict
+    summary: dict
 
 
-def _instruct(backbone, request, images, cancel=None, callback=None):
+def _controls(backbone, request, paths, size):
+    from .controls import load_controls
+
+    if len(request.controls) > MAX_CONTROLS:
+        raise InvalidParameter("controls", f"at most {MAX_CONTROLS} ControlNets", len(request.controls))
+    hints = []
+    for k in range(1, len(request.controls) + 1):
+        if f"control_image_{k}" not in paths:
+            raise InvalidParameter(f"inputs.control_image_{k}", f"the hint picture of ControlNet {k}", "missing")
+        hints.append(paths[f"control_image_{k}"])
+    masked = [f"control_mask_{k}" in paths for k in range(1, len(request.controls) + 1)]
+    masks = [paths[f"control_mask_{k}"] for k in range(1, len(request.controls) + 1)] if all(masked) else []
+    if any(masked) and not all(masked):
+        raise InvalidParameter("inputs.control_mask_K", "a mask for every ControlNet, or for none", masked)
+    return load_controls(request.controls, hints, masks, size, backbone)
+
+
+def _generate(backbone, request, paths, cancel=None, callback=None):
+    from ..io.images import open_image, open_mask
+    from .generate import generate, resolve
+
+    image = open_image(paths["image"], "image") if "image" in paths else None
+    if "mask" in paths and image is None:
+        raise InvalidParameter("inputs.mask", "given together with inputs.image", "only the mask")
+    mask = open_mask(paths["mask"], image.size, "mask") if "mask" in paths else None
+    sized = resolve(backbone, request, image, mask)
+    controls = _controls(backbone, request, paths, (sized.width, sized.height)) if request.controls else ()
+    return generate(backbone, request, image=image, mask=mask, cancel=cancel, callback=callback, controls=controls)
+
+
+def _compose(model, request, paths, cancel=None, callback=None):
+    from .. import validation as v
+    from ..conditions import Caption, ConditionSet, Depth
+    from ..conditions.fitting import fit_image, fit_mask
+    from ..conditions.sketch import Sketch
+    from ..conditions.sources import read_source
+    from ..io.images import open_image, open_mask
+    from .composer import compose, edit_region
+
+    b = model.backbone
+    size = (v.multiple_of("width", request.width or model.size, b.vae_factor),
+            v.multiple_of("height", request.height or model.size, b.vae_factor))
+    if ("image" in paths) != ("mask" in paths):
+        raise InvalidParameter("inputs.mask", "given together with inputs.image", "only one of them")
+    for kind in request.drawn:
+        if kind not in paths:
+            raise InvalidParameter("drawn", "kinds among the inputs", kind)
+    conds = [Caption(request.caption)] if request.caption is not None else []
+    for kind in SOURCE_KINDS:
+        if kind in paths:
+            drawn = {"sketch": lambda p: Sketch.from_image(p), "depth": lambda p: Depth.from_image(p, "inputs.depth")}
+            source = ConditionSet.of(drawn[kind](paths[kind])) if kind in request.drawn else \
+                read_source(paths[kind], (kind,), f"inputs.{kind}")
+            conds += list(model.decompose(source, (kind,), size=size).values())
+    if not conds and "image" not in paths and not request.controls:
+        raise InvalidParameter("inputs", "at least one condition: a caption, an input by kind, image + mask, or a "
+                                         "ControlNet", "none")
+    nets = _controls(b, request, paths, size) if request.controls else ()
+    sampling = request.sampling()
+    if "image" in paths:
+        picture = open_image(paths["image"], "inputs.image")
+        region = open_mask(paths["mask"], picture.size, "inputs.mask")[0, 0].numpy() > 0.5
+        return edit_region(model, fit_image(picture, size), fit_mask(region, size), ConditionSet(tuple(conds)),
+                           sampling, controls=nets, callback=callback, cancel=cancel)
+    return compose(model, ConditionSet(tuple(conds)), sampling, size=size, controls=nets, callback=callback,
+                   cancel=cancel)
+
+
+def _decompose(model, request, paths, cancel=None, callback=None):
+    import json
+
+    from ..conditions.files import save_condition
+    from ..decompose.decomposer import decompose
+    from ..decompose.sheet import decomposition_sheet
+    from ..io.images import open_image, open_mask
+
+    picture = open_image(paths["image"], "inputs.image")
+    region = open_mask(paths["mask"], picture.size, "inputs.mask")[0, 0].numpy() > 0.5 if "mask" in paths else None
+    result = decompose(picture, request.kinds, caption=request.caption, mask=region)
+    conds = result.conditions
+    summary = {"size": list(picture.size), "kinds": list(conds), "skipped": result.skipped}
+    files = {"input.png": picture, "sheet.png": decomposition_sheet(picture, conds),
+             "decomposition.json": json.dumps(summary, indent=2),
+             **{f"{k}-files": (lambda folder, c=c: save_condition(c, folder)) for k, c in conds.items()}}
+    return Files(files, summary)
+
+
+def _instruct(backbone, request, paths, cancel=None, callback=None):
+    from ..io.images import open_image
     from .instruct import instruct
 
-    return instruct(backbone, images["image"], request, cancel=cancel, callback=callback)
+    return instruct(backbone, open_image(paths["image"], "inputs.image"), request, cancel=cancel, callback=callback)
 
 
-def _composite(backbone, request, images, cancel=None, callback=None):
+def _composite(backbone, request, paths, cancel=None, callback=None):
+    from ..io.images import open_image
     from .composite import composite
 
+    images = {name: open_image(path, f"inputs.{name}") for name, path in paths.items()}
     return composite(backbone, images["background"], images["mask"], request, images.get("object"),
                      callback=callback, cancel=cancel)
 
 
-def _p2p(backbone, request, images, cancel=None, callback=None):
+def _p2p(backbone, request, paths, cancel=None, callback=None):
     from .p2p import prompt_to_prompt
 
     return list(prompt_to_prompt(backbone, request, callback=callback, cancel=cancel))
 
 
 TASKS = {
-    "generate": Task(GenerateRequest, ("image", "mask"), (), _generate),
-    "instruct": Task(InstructRequest, ("image",), ("image",), _instruct, instruction_model=True),
+    "generate": Task(GenerateRequest, ("image", "mask") + CONTROL_INPUTS, (), _generate),
+    "compose": Task(ComposeJobRequest, SOURCE_KINDS + ("image", "mask") + CONTROL_INPUTS, (), _compose,
+                    model="composer"),
+    "decompose": Task(DecomposeRequest, ("image", "mask"), ("image",), _decompose, model="none"),
+    "instruct": Task(InstructRequest, ("image",), ("image",), _instruct, model="instruction"),
     "composite": Task(CompositeRequest, ("background", "mask", "object"), ("background", "mask"), _composite),
     "p2p": Task(P2PRequest, (), (), _p2p),
 }
@@ -87,8 +184,10 @@ class Job:
         return h.hexdigest()
 
 
-def parse_job(data: object, source: str = "job", root: Path | None = None) -> Job:
-    """A job from its JSON (module docstring), every field checked; input paths relative to ``root``."""
+def parse_job(data: object, source: str = "job", root: Path | None = None,
+              locate: Callable[[str, str], Path] | None = None) -> Job:
+    """A job from its JSON (module docstring), every field checked; input paths relative to ``root``, or found by
+    ``locate(name, field)`` (the server's confinement: server/confine.py)."""
     from ..requests import model_kind, readable
 
     if not isinstance(data, dict):
@@ -110,6 +209,9 @@ def parse_job(data: object, source: str = "job", root: Path | None = None) -> Jo
     for key, value in given.items():
         if not isinstance(value, str):
             raise InvalidParameter(f"{source}.inputs.{key}", "a path", value)
+        if locate is not None:
+            inputs[key] = locate(value, f"{source}.inputs.{key}")
+            continue
         path = Path(value) if root is None or Path(value).is_absolute() else root / value
         inputs[key] = readable(f"{source}.inputs.{key}", path)
     model = data.get("model")
@@ -121,27 +223,46 @@ def parse_job(data: object, source: str = "job", root: Path | None = None) -> Jo
 
 
 class Models:
-    """Backbones loaded once per (model, instruction model?) for a run of many jobs."""
+    """Models loaded once per (model path, what the task runs on) for a run of many jobs."""
 
     def __init__(self, device: str = "auto", dtype: str = "fp32"):
         self.device, self.dtype, self.loaded = device, dtype, {}
 
     def get(self, job: Job):
-        key = (job.model, TASKS[job.task].instruction_model)
+        key = (job.model, TASKS[job.task].model)
+        if key[1] == "none":
+            return None
         if key not in self.loaded:
+            from ..models.device import resolve_device, resolve_dtype
             from ..models.loading import open_instruction_model, open_model
+            from .composer import load_composer
 
-            opener = open_instruction_model if key[1] else open_model
-            self.loaded[key] = opener(job.model, None, self.device, self.dtype)
+            if key[1] == "composer":
+                device = resolve_device(self.device)
+                self.loaded[key] = load_composer(job.model, None, None, device, resolve_dtype(self.dtype, device))
+            else:
+                opener = open_instruction_model if key[1] == "instruction" else open_model
+                self.loaded[key] = opener(job.model, None, self.device, self.dtype)
         return self.loaded[key]
 
 
-def run_job(job: Job, models: Models, cancel=None, callback=None) -> list:
-    """The job's results (each a Generated with its provenance)."""
-    from ..io.images import open_image
+def run_job(job: Job, models: Models, cancel=None, callback=None) -> "list | Files":
+    """The job's results: Generated images (each with its provenance), or the Files of a decomposition."""
+    return TASKS[job.task].run(models.get(job), job.request, dict(job.inputs), cancel=cancel, callback=callback)
 
-    images = {name: open_image(path, name) for name, path in job.inputs.items()}
-    return TASKS[job.task].run(models.get(job), job.request, images, cancel=cancel, callback=callback)
+
+def job_files(results: "list | Files") -> dict:
+    """A job's results as the files of its folder (io/files.write_folder): each image a PNG named by its seed (its
+    batch index after a repeated seed) with its provenance, or a decomposition's files."""
+    from ..provenance import write_png
+
+    if isinstance(results, Files):
+        return dict(results.files)
+    names = [f"{r.seed}.png" for r in results]
+    if len(set(names)) < len(names):
+        names = [f"{k:03d}-{r.seed}.png" for k, r in enumerate(results)]
+    return {name: (lambda folder, r=r, name=name: write_png(folder / name, r.image, r.provenance))
+            for name, r in zip(names, results)}
 
 
 def _plain(value):

@@ -119,10 +119,10 @@ def keep_at_latent_size(mask: torch.Tensor, size: tuple[int, int], cells: str = 
 
 
 def _counting(callback: StepCallback | None, seen: list, advance) -> StepCallback:
-    def counted(step, x):
-        seen.append(step.index)
+    def counted(state):
+        seen.append(state.step.index)
         advance(len(seen))
         if callback is not None:
-            callback(step, x)
+            callback(state)
 
     return counted

@@ -1,0 +1,264 @@
+"""The HTTP API and the web app, one FastAPI app over one job queue (issue 19). OpenAPI docs at /docs.
+
+    GET    /api/tasks                   every task: its request fields (name, type, default) and its inputs
+    POST   /api/jobs                    {task, request, inputs, model, key?, client?, release_on_disconnect?} -> 202
+    GET    /api/jobs                    the history, newest first
+    GET    /api/jobs/{id}               its state (queued, running, done, failed, cancelled; 404 "unknown")
+    GET    /api/jobs/{id}/events        server-sent events: progress (step, total, preview), then the final state
+    GET    /api/jobs/{id}/files/{name}  a file of a finished job (images carry their provenance)
+    GET    /api/jobs/{id}/provenance    each image's provenance record
+    DELETE /api/jobs/{id}               cancel: a queued job at once, a running one before its next step
+    DELETE /api/clients/{client}        cancel a client's queued jobs
+    POST   /api/uploads                 an image (multipart, field ``file``) through the one image reader -> its name
+    GET    /api/uploads/{name}          an uploaded image
+    GET    /api/models                  models, adapters and ControlNets found under the ``--models`` folders
+
+Inputs and models are names inside the server's folders (server/confine.py): uploads, finished jobs' files,
+``--inputs`` folders, ``--models`` folders; no URL is ever fetched. Requests that change state and come from
+another origin (an ``Origin`` other than this server's, or ``Sec-Fetch-Site: cross-site``) are refused (403).
+Errors are JSON: ``{"error": {"field": ..., "message": ...}}``; a full queue is 429 with ``Retry-After``.
+"""
+
+import asyncio
+import base64
+import hashlib
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..errors import RecomposerError
+from ..jobs import FINAL, JobQueue, QueueFull
+from ..tasks.registry import TASKS, parse_job
+from .confine import Roots
+from .workers import Live, Worker
+
+STATIC = Path(__file__).parent / "static"
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+
+
+@dataclass
+class Settings:
+    data: Path  # the queue file, uploads/ and results/
+    models: tuple[Path, ...] = ()  # folders searched for models, adapters, ControlNets
+    inputs: tuple[Path, ...] = ()  # folders whose files jobs may read
+    devices: tuple[str, ...] = ("cpu",)  # one worker each
+    dtype: str = "fp32"
+    capacity: int = 100  # queued jobs before 429
+    workers: bool = True  # start the workers (tests of the routes alone say False)
+    extra: dict = field(default_factory=dict)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    data = Path(settings.data)
+    (data / "uploads").mkdir(parents=True, exist_ok=True)
+    (data / "results").mkdir(parents=True, exist_ok=True)
+    queue = JobQueue(data / "queue.sqlite", capacity=settings.capacity)
+    roots = Roots(uploads=data / "uploads", results=data / "results",
+                  **{f"inputs{k}": p for k, p in enumerate(settings.inputs)})
+    model_roots = Roots(**{f"models{k}": p for k, p in enumerate(settings.models)})
+    live = Live()
+    workers = [Worker(queue, live, roots, data / "results", d, settings.dtype) for d in settings.devices]
+    tied: set[str] = set()  # queued jobs to cancel when their event stream closes
+
+    async def lifespan(app):
+        app.state.recovered = queue.recover()  # jobs a dead server left running: re-queued or failed, with reasons
+        if settings.workers:
+            for worker in workers:
+                worker.start()
+        yield
+        for worker in workers:
+            worker.stop()
+        for worker in workers:
+            if worker.is_alive():
+                await asyncio.to_thread(worker.join, 60)
+
+    app = FastAPI(title="recomposer", summary="Every recomposer task over one persistent job queue.",
+                  lifespan=lifespan)
+    app.state.queue, app.state.live, app.state.workers, app.state.settings = queue, live, workers, settings
+
+    @app.middleware("http")
+    async def same_origin_only(request: Request, call_next):
+        if request.method in STATE_CHANGING:
+            origin = request.headers.get("origin")
+            own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+            if (origin is not None and origin != own) or request.headers.get("sec-fetch-site") == "cross-site":
+                return error(403, "origin", f"requests that change state come from this server's own pages ({own})",
+                             origin or "cross-site")
+        return await call_next(request)
+
+    @app.exception_handler(RecomposerError)
+    async def refused(request: Request, e: RecomposerError):
+        return error(422, getattr(e, "field", "request"), str(e))
+
+    @app.get("/api/tasks")
+    def tasks() -> dict:
+        return {name: {"fields": describe(task.request), "inputs": list(task.inputs), "required": list(task.required),
+                       "model": task.model} for name, task in TASKS.items()}
+
+    @app.post("/api/jobs", status_code=202)
+    async def submit(request: Request):
+        body = await json_body(request)
+        extra = {k: body.pop(k) for k in ("key", "client", "release_on_disconnect") if k in body}
+        job = await asyncio.to_thread(check, body)
+        try:
+            queued = await asyncio.to_thread(queue.submit, job["task"], job, extra.get("key"), extra.get("client"))
+        except QueueFull as e:
+            return error(429, "queue", str(e), headers={"Retry-After": str(int(e.retry_after + 0.999))})
+        if extra.get("release_on_disconnect"):
+            tied.add(queued.id)
+        for worker in workers:
+            worker.wake.set()
+        return JSONResponse(shown(queued), status_code=202)
+
+    def check(body: dict) -> dict:
+        """The job, every field checked and every name resolved inside the server's folders (R: confinement)."""
+        model = body.get("model")
+        if model is not None:  # a folder (diffusers, parts) or a single .safetensors file, inside --models
+            single = isinstance(model, str) and model.lower().endswith(".safetensors")
+            body = {**body, "model": str(model_roots.find(model, "model", folder=not single))}
+        parsed = parse_job(body, "job", locate=roots.find)
+        return {"task": parsed.task, "request": body.get("request") or {}, "model": parsed.model,
+                "inputs": {k: str(p) for k, p in parsed.inputs.items()}}
+
+    @app.get("/api/jobs")
+    def history(limit: int = 50) -> list:
+        return [shown(j) for j in queue.jobs(limit=max(1, min(limit, 500)))]
+
+    @app.get("/api/jobs/{job_id}")
+    def status(job_id: str):
+        job = queue.get(job_id)
+        return JSONResponse(shown(job), status_code=404 if job.state == "unknown" else 200)
+
+    @app.get("/api/jobs/{job_id}/events")
+    async def events(job_id: str, request: Request):
+        async def stream():
+            seen, last = -1, None
+            try:
+                while True:
+                    job = await asyncio.to_thread(queue.get, job_id)
+                    now = live.get(job_id)
+                    if now is not None and now["version"] != seen:
+                        seen = now["version"]
+                        preview = now["preview"]
+                        yield sse("progress", {"state": "running", "step": now["step"], "total": now["total"],
+                                               "preview": None if preview is None else
+                                               "data:image/png;base64," + base64.b64encode(preview).decode()})
+                    elif now is None and job.state != last:
+                        yield sse("state", shown(job))
+                    last = job.state
+                    if job.state in FINAL or job.state == "unknown":
+                        yield sse("end", shown(job))
+                        return
+                    if await request.is_disconnected():
+                        return
+                    await asyncio.sleep(0.1)
+            finally:
+                if job_id in tied and queue.get(job_id).state == "queued":
+                    queue.cancel(job_id)  # its client went away and asked for that
+                tied.discard(job_id)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/jobs/{job_id}/files/{name:path}")
+    def result_file(job_id: str, name: str):
+        path = roots.find(f"{job_id}/{name}", "name", only=("results",))
+        return FileResponse(path, headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/jobs/{job_id}/provenance")
+    def provenance(job_id: str):
+        job = queue.get(job_id)
+        if job.state != "done":
+            return error(404 if job.state == "unknown" else 409, "job", f"is {job.state}, not done", job_id)
+        return (job.result or {}).get("provenance", [])
+
+    @app.delete("/api/jobs/{job_id}")
+    def cancel(job_id: str):
+        job = queue.get(job_id)
+        if job.state == "unknown":
+            return JSONResponse(shown(job), status_code=404)
+        if job.state == "running":
+            live.cancel(job_id)
+        return shown(queue.cancel(job_id))
+
+    @app.delete("/api/clients/{client}")
+    def release(client: str):
+        return {"cancelled": queue.release(client)}
+
+    @app.post("/api/uploads", status_code=201)
+    async def upload(file: UploadFile = File(...)):
+        from ..io.images import MAX_BYTES, open_image
+
+        raw = await file.read(MAX_BYTES + 1)
+        image = await asyncio.to_thread(open_image, raw, "file")  # format allow-list, pixel cap, as the CLI reads
+        name = hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()[:32] + ".png"
+        target = data / "uploads" / name
+        if not target.exists():
+            from ..io.files import save_png
+
+            await asyncio.to_thread(save_png, image, target, {"what": "an image uploaded to recomposer serve"})
+        return JSONResponse({"name": name, "width": image.width, "height": image.height}, status_code=201)
+
+    @app.get("/api/uploads/{name}")
+    def uploaded(name: str):
+        return FileResponse(roots.find(name, "name", only=("uploads",)))
+
+    @app.get("/api/models")
+    def models() -> dict:
+        from .catalogue import catalogue
+
+        return catalogue(settings.models)
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"workers": [{"device": w.device, "alive": w.is_alive()} for w in workers],
+                "queued": len(queue.jobs(("queued",), limit=10_000))}
+
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="app")
+    return app
+
+
+def error(status: int, field: str, message: str, given: object = None, headers: dict | None = None) -> JSONResponse:
+    body = {"field": field, "message": message, **({"given": str(given)[:200]} if given is not None else {})}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+async def json_body(request: Request) -> dict:
+    from ..errors import InvalidParameter
+
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise InvalidParameter("content-type", "application/json", request.headers.get("content-type"))
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise InvalidParameter("body", "a JSON object", "not JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidParameter("body", "a JSON object", type(body).__name__)
+    return body
+
+
+def shown(job) -> dict:
+    """A job as the API shows it (the request as submitted; inputs by the names the client gave are resolved)."""
+    out = job.as_json()
+    out.pop("client", None)
+    return out
+
+
+def sse(event: str, payload: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(payload, default=str)}\n\n"
+
+
+def describe(cls) -> list[dict]:
+    """A request dataclass's fields for a form: name, type, default (JSON), and the field's comment if any."""
+    out = []
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else None)
+        default = asdict(default) if is_dataclass(default) else default
+        kind = f.type.__name__ if isinstance(f.type, type) else str(f.type).replace("typing.", "")
+        out.append({"name": f.name, "type": kind.replace("recomposer.requests.", ""), "default": default,
+                    "required": f.default is MISSING and f.default_factory is MISSING})
+    return out
