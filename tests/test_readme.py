@@ -18,6 +18,7 @@ from recomposer.cli import main
 README = Path(__file__).resolve().parents[1] / "README.md"
 NEEDS_MODELS = {  # line prefix -> why it cannot run in a test (its options are covered by their own tests)
     "recomposer decompose photo.jpg -o parts-models/": "needs real DPT, CLIP and BLIP directories",
+    "recomposer serve": "a server that runs until it is stopped (tests/test_serve.py, tests/test_webapp.py run it)",
 }
 STEP_OPTIONS = ("--steps", "--classifier-steps")
 COUNTS = {"--scenes": "64", "--workers": "1",  # a world cache of 64 scenes in this process, not 32,768 in two
@@ -96,6 +97,11 @@ def inputs(tmp_path, monkeypatch, tiny):
     triplets = [{"image": "a.png", "conditioning_image": "my-drawing.png", "text": "a shape"},
                 {"image": "b.png", "conditioning_image": "my-depth.png", "text": "shapes"}]
     (tmp_path / "triplets.jsonl").write_text("".join(json.dumps(t) + "\n" for t in triplets))
+    jobs = [{"task": "generate", "request": {"prompt": "a red circle", "steps": 2, "seed": 1}},  # the README's, 2 steps
+            {"task": "compose", "request": {"caption": "a blue square", "steps": 2},
+             "inputs": {"sketch": "a.png", "palette": "b.png"}},
+            {"task": "composite", "request": {"steps": 2}, "inputs": {"background": "a.png", "mask": "box.png"}}]
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(j) + "\n" for j in jobs))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

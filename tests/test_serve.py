@@ -47,7 +47,7 @@ def idle(tmp_path):
 
 
 def test_a_generate_job_runs_with_progress_a_preview_and_provenance(server):
-    job = server.post("/api/jobs", json={"task": "generate", "request": {"prompt": "a red circle", "steps": 12,
+    job = server.post("/api/jobs", json={"task": "generate", "request": {"prompt": "a red circle", "steps": 80,
                                                                          "guidance": 3, "seed": 5}})
     assert job.status_code == 202 and job.json()["state"] == "queued"
     with server.stream("GET", f"/api/jobs/{job.json()['id']}/events") as stream:
@@ -56,13 +56,13 @@ def test_a_generate_job_runs_with_progress_a_preview_and_provenance(server):
     assert kinds[-1] == "end" and "progress" in kinds, kinds
     progress = [json.loads(e.split(": ", 1)[1]) for e, k in zip(events[1::2], kinds) if k == "progress"]
     assert any((p["preview"] or "").startswith("data:image/png;base64,") for p in progress)
-    assert progress[-1]["total"] == 12
+    assert progress[-1]["total"] == 80
     done = json.loads(events[-1].split(": ", 1)[1])
     assert done["state"] == "done" and done["result"]["images"] == ["5.png"]
     image = server.get(f"/api/jobs/{done['id']}/files/5.png")
     assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (64, 64)
     record = server.get(f"/api/jobs/{done['id']}/provenance").json()[0]
-    assert record["task"] == "generate" and record["params"]["seed"] == 5 and record["params"]["steps"] == 12
+    assert record["task"] == "generate" and record["params"]["seed"] == 5 and record["params"]["steps"] == 80
 
 
 def test_decompose_then_compose_from_its_saved_conditions_and_another_image(server, tmp_path):

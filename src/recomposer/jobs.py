@@ -20,6 +20,7 @@ and ``unknown`` for an id the queue never had (never an empty answer that could 
 
 import json
 import sqlite3
+import threading
 from contextlib import closing
 import time
 import uuid
@@ -91,9 +92,18 @@ class JobQueue:
             raise RecomposerError("capacity", f"must be a whole number >= 1, got {capacity!r}")
         self.path, self.capacity, self.max_attempts = Path(path), capacity, max_attempts
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")  # (durable across a crash of the process; NORMAL sync per connection)
             db.executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection to the file (opened once per thread: a status poll costs a query, not a
+        connect)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        return db
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # explicit transactions only
@@ -103,7 +113,7 @@ class JobQueue:
         return db
 
     def _transaction(self):
-        return _Immediate(self._connect())
+        return _Immediate(self._db())
 
     # --- clients ----------------------------------------------------------------------------------
     def submit(self, kind: str, request: dict, key: str | None = None, client: str | None = None) -> Job:
@@ -126,15 +136,13 @@ class JobQueue:
 
     def get(self, job_id: str) -> Job:
         """The job, or a Job in state ``unknown`` for an id this queue never had."""
-        with closing(self._connect()) as db:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (str(job_id),)).fetchone()
+        row = self._db().execute("SELECT * FROM jobs WHERE id = ?", (str(job_id),)).fetchone()
         return _job(row) if row is not None else Job(str(job_id), "", {}, "unknown")
 
     def jobs(self, states: tuple[str, ...] = STATES, limit: int = 100) -> list[Job]:
         marks = ",".join("?" * len(states))
-        with closing(self._connect()) as db:
-            rows = db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created DESC LIMIT ?",
-                              (*states, limit)).fetchall()
+        rows = self._db().execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created DESC LIMIT ?",
+                                  (*states, limit)).fetchall()
         return [_job(r) for r in rows]
 
     def cancel(self, job_id: str) -> Job:
@@ -168,9 +176,9 @@ class JobQueue:
 
     def progress(self, job_id: str, step: int, total: int) -> bool:
         """Record progress; True when the job has been asked to stop (the worker then raises Cancelled)."""
-        with closing(self._connect()) as db:
-            db.execute("UPDATE jobs SET step = ?, total = ? WHERE id = ? AND state = 'running'", (step, total, job_id))
-            row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        db = self._db()
+        db.execute("UPDATE jobs SET step = ?, total = ? WHERE id = ? AND state = 'running'", (step, total, job_id))
+        row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row["cancel_requested"])
 
     def finish(self, job_id: str, result: dict) -> Job:
@@ -221,7 +229,7 @@ class JobQueue:
 
 
 class _Immediate:
-    """``with`` a connection inside BEGIN IMMEDIATE … COMMIT (ROLLBACK on error), closed after."""
+    """``with`` a connection inside BEGIN IMMEDIATE … COMMIT (ROLLBACK on error)."""
 
     def __init__(self, db: sqlite3.Connection):
         self.db = db
@@ -231,10 +239,7 @@ class _Immediate:
         return self.db
 
     def __exit__(self, kind, value, trace) -> None:
-        try:
-            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
-        finally:
-            self.db.close()
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
 def _job(row: sqlite3.Row) -> Job:

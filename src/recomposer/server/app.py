@@ -23,6 +23,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import time
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from .workers import Live, Worker
 
 STATIC = Path(__file__).parent / "static"
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+EVENTS_PER_S = 10  # progress events a stream sends at most
 
 
 @dataclass
@@ -135,28 +137,39 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/api/jobs/{job_id}/events")
     async def events(job_id: str, request: Request):
+        """Progress (at most ``EVENTS_PER_S`` a second, each with the latest preview), then the final state at once."""
+
         async def stream():
-            seen, last = -1, None
+            changed, seen, last, sent = asyncio.Event(), -1, None, 0.0
+            live.watch(job_id, asyncio.get_running_loop(), changed)
             try:
                 while True:
-                    job = await asyncio.to_thread(queue.get, job_id)
                     now = live.get(job_id)
+                    wait = 1 / EVENTS_PER_S if now is not None else 1.0
                     if now is not None and now["version"] != seen:
-                        seen = now["version"]
-                        preview = now["preview"]
-                        yield sse("progress", {"state": "running", "step": now["step"], "total": now["total"],
-                                               "preview": None if preview is None else
-                                               "data:image/png;base64," + base64.b64encode(preview).decode()})
-                    elif now is None and job.state != last:
-                        yield sse("state", shown(job))
-                    last = job.state
-                    if job.state in FINAL or job.state == "unknown":
-                        yield sse("end", shown(job))
-                        return
+                        due = sent + 1 / EVENTS_PER_S - time.monotonic()
+                        if due <= 0:
+                            seen, sent = now["version"], time.monotonic()
+                            yield sse("progress", progress(now))
+                        else:
+                            wait = due
+                    elif now is None:
+                        job = await asyncio.to_thread(queue.get, job_id)
+                        if job.state in FINAL or job.state == "unknown":
+                            yield sse("end", shown(job))
+                            return
+                        if job.state != last:
+                            last = job.state
+                            yield sse("state", shown(job))
                     if await request.is_disconnected():
                         return
-                    await asyncio.sleep(0.1)
+                    try:
+                        await asyncio.wait_for(changed.wait(), timeout=wait)
+                    except asyncio.TimeoutError:
+                        pass
+                    changed.clear()
             finally:
+                live.unwatch(job_id, changed)
                 if job_id in tied and queue.get(job_id).state == "queued":
                     queue.cancel(job_id)  # its client went away and asked for that
                 tied.discard(job_id)
@@ -245,6 +258,12 @@ def shown(job) -> dict:
     out = job.as_json()
     out.pop("client", None)
     return out
+
+
+def progress(now: dict) -> dict:
+    preview = now["preview"]
+    return {"state": "running", "step": now["step"], "total": now["total"],
+            "preview": None if preview is None else "data:image/png;base64," + base64.b64encode(preview).decode()}
 
 
 def sse(event: str, payload: dict) -> str:

@@ -7,7 +7,7 @@ not at all (io/files.write_folder), then record it done, failed (with the reason
 What the queue file does not hold lives in ``Live``: each running job's step and its latest preview (x̂₀ of the
 first sample, decoded with the model's own VAE), and the cancel flags, so a cancel takes effect before the next
 step and progress costs no write per step. Previews are rationed by time: a decode runs only when the time since
-the last one is at least ``PREVIEW_SHARE``⁻¹ times what a decode costs (and 0.25 s), so they take ≤ 5% of a job.
+the last one is at least ``PREVIEW_SHARE``⁻¹ times what a decode costs (and 0.5 s), so they take ≤ 2% of a job.
 
 A server that stops gracefully stops its running jobs before their next step and puts them back in the queue (a
 server killed outright leaves them ``running``: the next start's ``JobQueue.recover`` re-queues them).
@@ -30,23 +30,27 @@ from ..jobs import JobQueue
 from ..tasks.registry import Files, Models, job_files, parse_job, run_job
 from .confine import Roots
 
-PREVIEW_SHARE = 0.05
-PREVIEW_EVERY = 0.25  # seconds, at least
+PREVIEW_SHARE = 0.02
+PREVIEW_EVERY = 0.5  # seconds, at least (and the first after as long)
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the queue file
 log = logging.getLogger("recomposer.serve")
 
 
 class Live:
-    """Running jobs' progress, previews and cancel flags, shared by the workers and the routes (thread-safe)."""
+    """Running jobs' progress, previews and cancel flags, shared by the workers and the routes (thread-safe). An event
+    stream ``watch``es a job: its asyncio event is set (on the stream's own loop) when the job starts or ends; progress
+is read at the stream's own pace (a wake per step would take interpreter time from the job itself)."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.running: dict[str, dict] = {}
         self.cancels: set[str] = set()
+        self.watchers: dict[str, list] = {}
 
     def start(self, job_id: str, device: str) -> None:
         with self.lock:
             self.running[job_id] = {"step": 0, "total": 0, "preview": None, "version": 0, "device": device}
+        self._notify(job_id)
 
     def update(self, job_id: str, **values) -> None:
         with self.lock:
@@ -59,9 +63,11 @@ class Live:
             return dict(self.running[job_id]) if job_id in self.running else None
 
     def end(self, job_id: str) -> None:
+        """After the job's final state is in the queue file."""
         with self.lock:
             self.running.pop(job_id, None)
             self.cancels.discard(job_id)
+        self._notify(job_id)
 
     def cancel(self, job_id: str) -> None:
         with self.lock:
@@ -70,6 +76,24 @@ class Live:
     def cancelled(self, job_id: str) -> bool:
         with self.lock:
             return job_id in self.cancels
+
+    def watch(self, job_id: str, loop, event) -> None:
+        with self.lock:
+            self.watchers.setdefault(job_id, []).append((loop, event))
+
+    def unwatch(self, job_id: str, event) -> None:
+        with self.lock:
+            left = [w for w in self.watchers.get(job_id, []) if w[1] is not event]
+            if left:
+                self.watchers[job_id] = left
+            else:
+                self.watchers.pop(job_id, None)
+
+    def _notify(self, job_id: str) -> None:
+        with self.lock:
+            watchers = list(self.watchers.get(job_id, ()))
+        for loop, event in watchers:
+            loop.call_soon_threadsafe(event.set)
 
 
 class Worker(threading.Thread):
@@ -81,8 +105,10 @@ class Worker(threading.Thread):
         self.device, self.dtype = device, dtype
         self.models = Models(device, dtype)
         self.wake, self.stopping = threading.Event(), threading.Event()
+        self.threads = torch.get_num_threads()  # OpenMP's count is per thread: a new thread would take the default
 
     def run(self) -> None:
+        torch.set_num_threads(self.threads)
         while not self.stopping.is_set():
             job = self.queue.claim(self.name)
             if job is None:
@@ -151,7 +177,7 @@ class Reporter:
 
     def __init__(self, worker: Worker, job_id: str, backbone):
         self.worker, self.job_id, self.backbone = worker, job_id, backbone
-        self.last_preview, self.decode_time, self.last_write = 0.0, 0.0, 0.0
+        self.last_preview, self.decode_time, self.last_write = time.monotonic(), 0.0, 0.0
 
     def __call__(self, state) -> None:
         step, total, now = state.step.index + 1, state.step.count, time.monotonic()

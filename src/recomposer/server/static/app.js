@@ -35,7 +35,8 @@ async function api(path, options = {}) {
   if (!response.ok) {
     const e = body?.error || {message: response.statusText};
     const retry = response.headers.get("retry-after");
-    throw new Error((e.field ? e.field + ": " : "") + e.message + (retry ? ` (retry after ${retry} s)` : ""));
+    const named = e.field && !e.message.startsWith(e.field) ? e.field + ": " : "";
+    throw new Error(named + e.message + (retry ? ` (retry after ${retry} s)` : ""));
   }
   return body;
 }
@@ -178,6 +179,7 @@ function draw(title, mode, backgroundUrl) {
     const sctx = strokes.getContext("2d");
     let erasing = false, down = false, last = null;
     const paint = () => {
+      ctx.imageSmoothingEnabled = false;
       ctx.clearRect(0, 0, canvas.width, canvas.height);
       if (background) ctx.drawImage(background, 0, 0);
       else { ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height); }
@@ -244,6 +246,7 @@ function follow(id) {
   $("run").className = "run busy";
   $("cancel").hidden = false;
   $("run-state").textContent = "queued";
+  delete $("run-state").dataset.state;
   $("bar-fill").style.width = "0";
   $("preview").hidden = true;
   source = new EventSource(`/api/jobs/${id}/events`);
@@ -275,9 +278,10 @@ function showResults(job) {
   const box = $("results");
   box.replaceChildren();
   for (const name of job.result?.images || []) {
-    if (job.kind === "decompose" && !name.endsWith("sheet.png")) continue;
+    if (job.kind === "decompose" && name !== "sheet.png") continue;
     box.append(el("a", {href: `/api/jobs/${job.id}/files/${name}`, target: "_blank"},
-                  el("img", {src: `/api/jobs/${job.id}/files/${name}`, alt: name, className: "result"})));
+                  el("img", {src: `/api/jobs/${job.id}/files/${name}`, alt: name,
+                             className: name === "sheet.png" ? "sheet" : "result"})));
   }
 }
 
@@ -292,7 +296,7 @@ async function refreshHistory() {
   $("history").replaceChildren(...jobs.map((job) => {
     const req = job.request.request || {};
     const words = req.prompt || req.caption || req.instruction || req.edited || "";
-    const thumbs = (job.result?.images || []).filter((n) => job.kind !== "decompose" || n === "sheet.png")
+    const thumbs = (job.result?.images || []).filter((n) => job.kind !== "decompose" || n === "input.png")
       .slice(0, 4).map((n) => el("img", {src: `/api/jobs/${job.id}/files/${n}`, alt: n}));
     const record = job.result?.provenance?.[0] || job.result?.summary || {reason: job.reason};
     return el("li", {className: "state-" + job.state}, ...thumbs,
@@ -405,14 +409,18 @@ async function start() {
   TASKS = await api("/api/tasks");
   for (const [name, page] of Object.entries(PAGES)) {
     if (page.task && !TASKS[page.task]) continue;
-    const tab = el("button", {type: "button", textContent: page.title, onclick: () => open(name)});
+    const tab = el("button", {type: "button", textContent: page.title, onclick: () => {
+      if (location.hash === "#" + name) open(name); else location.hash = name;
+    }});
     tab.dataset.page = name;
     $("tabs").append(tab);
   }
   const models = await api("/api/models");
   $("model").replaceChildren(...models.models.map((m) => el("option", {value: m.name ?? "",
     textContent: m.label + (m.adapters.length ? ` (${m.adapters.join(", ")})` : "")})));
-  open(location.hash.slice(1) in PAGES ? location.hash.slice(1) : "generate");
+  const route = () => open(location.hash.slice(1) in PAGES ? location.hash.slice(1) : "generate");
+  window.addEventListener("hashchange", route);
+  route();
   refreshHistory();
 }
 start().catch((e) => showError(e.message));
