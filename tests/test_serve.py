@@ -85,6 +85,43 @@ def test_decompose_then_compose_from_its_saved_conditions_and_another_image(serv
     assert sorted(kinds) == ["caption", "palette", "sketch"]
 
 
+def test_an_inverted_photo_is_edited_by_prompt_to_prompt(server, photo):
+    name = server.post("/api/uploads", files={"file": ("a.png", png(photo), "image/png")}).json()["name"]
+    inverted = server.post("/api/jobs", json={"task": "invert", "inputs": {"image": name},
+                                              "request": {"prompt": "a red cat", "method": "ddim", "steps": 4}}).json()
+    inverted = wait(server, inverted["id"])
+    assert inverted["state"] == "done" and "inversion.json" in inverted["result"]["files"], inverted["reason"]
+    inversion = {"inversion": f"{inverted['id']}/inversion.json"}
+    wrong = server.post("/api/jobs", json={"task": "p2p", "inputs": inversion, "request": {
+        "source": "a red dog", "edited": "a blue dog", "steps": 4}}).json()
+    edit = server.post("/api/jobs", json={"task": "p2p", "inputs": inversion, "request": {
+        "source": "a red cat", "edited": "a blue cat", "steps": 4}}).json()
+    wrong, edit = wait(server, wrong["id"]), wait(server, edit["id"])
+    assert wrong["state"] == "failed" and wrong["reason"].startswith("source:")
+    assert edit["state"] == "done" and len(edit["result"]["images"]) == 2, edit["reason"]
+
+
+def test_visii_learns_an_instruction_that_instruct_then_applies(server):
+    from recomposer.world.render import render
+    from recomposer.world.scene import sample_scene
+
+    before, after, other = (Image.fromarray(render(sample_scene(s), 64).image) for s in (3, 4, 5))
+    names = {k: server.post("/api/uploads", files={"file": ("x.png", png(im), "image/png")}).json()["name"]
+             for k, im in (("before", before), ("after", after), ("image", other))}
+    learnt = server.post("/api/jobs", json={"task": "visii", "request": {"steps": 3},
+                                            "inputs": {"before": names["before"], "after": names["after"]}}).json()
+    learnt = wait(server, learnt["id"])
+    assert learnt["state"] == "done" and "instruction.safetensors" in learnt["result"]["files"], learnt["reason"]
+    sha = learnt["result"]["summary"]["sha256"]
+    applied = server.post("/api/jobs", json={"task": "instruct", "request": {"instruction": "", "learned": sha,
+                                                                             "steps": 3},
+                                             "inputs": {"image": names["image"],
+                                                        "learned": f"{learnt['id']}/instruction.safetensors"}})
+    applied = wait(server, applied.json()["id"])
+    assert applied["state"] == "done", applied["reason"]
+    assert applied["result"]["provenance"][0]["params"]["learned"] == sha
+
+
 def test_submit_is_idempotent_by_key_and_a_full_queue_answers_429(idle):
     body = {"task": "generate", "request": {"prompt": "x"}, "key": "k1"}
     first, again = idle.post("/api/jobs", json=body).json(), idle.post("/api/jobs", json=body).json()

@@ -136,3 +136,39 @@ def test_a_bad_upload_shows_its_error(page, app_url, scenes):
     page.wait_for_selector("#error:not([hidden])")
     assert page.inner_text("#error").startswith("file:")
     assert page.locator(".slot[data-slot=image] img:not([hidden])").count() == 0
+
+
+def test_a_real_image_is_inverted_then_edited_by_prompt_to_prompt(page, app_url, scenes):
+    page.goto(app_url + "/#p2p")
+    page.fill("input[name=source]", "a gray crescent")
+    page.fill("input[name=edited]", "a red crescent")
+    page.fill("input[name=steps]", "6")
+    page.click("summary:has-text('edit a real image')")
+    page.set_input_files("input[data-slot=image]", str(scenes / "7.png"))
+    page.wait_for_selector(".slot[data-slot=image] img:not([hidden])")
+    page.click("button:text-is('Invert this image')")
+    page.wait_for_selector("text=now edits the inverted image", timeout=60_000)
+    page.click("button.primary")
+    page.wait_for_selector("#history li:first-child b:text-is('p2p')", timeout=60_000)
+    page.wait_for_selector("#run-state[data-state=done]", timeout=60_000)
+    record = page.evaluate("fetch('/api/jobs?limit=1').then(r => r.json())")[0]
+    assert record["state"] == "done" and set(record["request"]["inputs"]) == {"inversion"}
+    assert page.locator("#results img").count() == 2
+
+
+def test_an_edit_is_learnt_from_a_pair_then_applied(page, app_url, scenes):
+    page.goto(app_url + "/#instruct")
+    page.set_input_files("input[data-slot=image]", str(scenes / "7.png"))
+    page.click("summary:has-text('learn the edit')")
+    page.set_input_files("input[data-slot=before]", str(scenes / "7.png"))
+    page.set_input_files("input[data-slot=after]", str(scenes / "11.png"))
+    page.wait_for_selector(".slot[data-slot=after] img:not([hidden])")
+    page.locator("details[open] input[type=number]").fill("3")
+    page.click("button:text-is('Learn this edit')")
+    page.wait_for_selector("text=applies the learnt edit", timeout=60_000)
+    page.fill("input[name=steps]", "4")
+    page.click("button.primary")
+    page.wait_for_selector("#history li:first-child b:text-is('instruct')", timeout=60_000)
+    page.wait_for_selector("#run-state[data-state=done]", timeout=60_000)
+    record = page.evaluate("fetch('/api/jobs?limit=1').then(r => r.json())")[0]
+    assert record["state"] == "done" and record["request"]["request"]["learned"]

@@ -70,7 +70,8 @@ class Inversion:
         mask = None if self.null_masks is None else self.null_masks[index:index + 1]
         return ModelInputs(context=self.nulls[index:index + 1], context_mask=mask)
 
-    def save(self, folder: str | Path) -> Path:
+    def files(self) -> dict:
+        """inversion.json and inversion.safetensors, as io/files.write_folder takes them."""
         from safetensors.torch import save
 
         tensors = {"latents": self.latents.detach().float().cpu().contiguous()}
@@ -79,8 +80,11 @@ class Inversion:
         if self.null_masks is not None:
             tensors["null_masks"] = self.null_masks.detach().float().cpu().contiguous()
         data = save(tensors)
-        return write_folder(folder, {"inversion.json": json.dumps(asdict(self.info), indent=2) + "\n",
-                                     "inversion.safetensors": lambda tmp: (tmp / "inversion.safetensors").write_bytes(data)})
+        return {"inversion.json": json.dumps(asdict(self.info), indent=2) + "\n",
+                "inversion.safetensors": lambda tmp: (tmp / "inversion.safetensors").write_bytes(data)}
+
+    def save(self, folder: str | Path) -> Path:
+        return write_folder(folder, self.files())
 
     @classmethod
     def load(cls, folder: str | Path, backbone: Backbone | None = None) -> "Inversion":

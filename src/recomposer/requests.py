@@ -399,6 +399,29 @@ class DecomposeRequest:
         return self
 
 
+INVERSION_METHODS = ("ddim", "null-text", "negative-prompt")
+
+
+@dataclass(frozen=True)
+class InvertRequest:
+    """A real image inverted (inversion.py) so that a Prompt-to-Prompt edit can start from it."""
+
+    prompt: str  # what the image shows (the edit's source prompt)
+    method: str = "null-text"  # INVERSION_METHODS
+    steps: int = 50  # DDIM steps (its edits use the same)
+    guidance: float = 7.5  # the guidance its edits will use (null-text optimises for it)
+    inner: int = 10  # null-text: at most this many Adam steps per sampling step
+
+    def check(self) -> "InvertRequest":
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InvalidParameter("prompt", "a prompt of at least one word", self.prompt)
+        v.choice("method", self.method, INVERSION_METHODS)
+        v.integer("steps", self.steps, 1, MAX_STEPS)
+        v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
+        v.integer("inner", self.inner, 0, 1000)
+        return self
+
+
 NESTED = {("ComposeRequest", "weights"): Weight, ("ComposeRequest", "controls"): ControlRequest,
           ("ComposeJobRequest", "weights"): Weight, ("ComposeJobRequest", "controls"): ControlRequest,
           ("P2PRequest", "edit"): Edit, ("GenerateRequest", "controls"): ControlRequest}

@@ -182,8 +182,8 @@ class Reporter:
     def __call__(self, state) -> None:
         step, total, now = state.step.index + 1, state.step.count, time.monotonic()
         values = {"step": step, "total": total}
-        if self.backbone is not None and now - self.last_preview >= max(PREVIEW_EVERY, self.decode_time /
-                                                                         PREVIEW_SHARE):
+        due = now - self.last_preview >= max(PREVIEW_EVERY, self.decode_time / PREVIEW_SHARE)
+        if due and self.backbone is not None and getattr(state, "x0", None) is not None:
             started = time.monotonic()
             values["preview"] = preview_png(self.backbone, state.x0[:1])
             self.decode_time, self.last_preview = time.monotonic() - started, time.monotonic()

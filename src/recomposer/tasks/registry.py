@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..errors import InvalidParameter
 from ..requests import (ComposeJobRequest, CompositeRequest, DecomposeRequest, GenerateRequest, InstructRequest,
-                        P2PRequest, from_json)
+                        InvertRequest, P2PRequest, from_json)
+from .visii import VisiiRequest
 
 
 MAX_CONTROLS = 8  # ControlNets one job may name (each with its hint input, control_image_K, and mask, control_mask_K)
@@ -136,8 +137,59 @@ def _decompose(model, request, paths, cancel=None, callback=None):
 def _instruct(backbone, request, paths, cancel=None, callback=None):
     from ..io.images import open_image
     from .instruct import instruct
+    from .visii import check_learned, load_learned
 
-    return instruct(backbone, open_image(paths["image"], "inputs.image"), request, cancel=cancel, callback=callback)
+    learned = None
+    if "learned" in paths:  # a Visii instruction file (a visii job's instruction.safetensors)
+        learned = load_learned(paths["learned"])
+        check_learned(learned.info, backbone, "inputs.learned")
+    return instruct(backbone, open_image(paths["image"], "inputs.image"), request, cancel=cancel, callback=callback,
+                    learned=learned)
+
+
+def _visii(backbone, request, paths, cancel=None, callback=None):
+    import json
+
+    from ..errors import Cancelled
+    from ..io.images import open_image
+    from .visii import learn_instruction, learned_bytes
+
+    pairs = []
+    for k in range(1, MAX_PAIRS + 1):
+        suffix = "" if k == 1 else f"_{k}"
+        if f"before{suffix}" in paths or f"after{suffix}" in paths:
+            if f"before{suffix}" not in paths or f"after{suffix}" not in paths:
+                raise InvalidParameter(f"inputs.before{suffix}", "given with its after image", "only one of them")
+            before, after = (open_image(paths[f"{w}{suffix}"], f"inputs.{w}{suffix}") for w in ("before", "after"))
+            if before.size != after.size:
+                raise InvalidParameter(f"inputs.after{suffix}", f"the size of its before image, {before.size}",
+                                       after.size)
+            pairs.append((before, after))
+
+    def tick(i, loss):
+        if cancel is not None and cancel():
+            raise Cancelled(f"cancelled at iteration {i + 1} of {request.steps}")
+        if callback is not None:
+            callback(Tick(i, request.steps))
+
+    learned = learn_instruction(backbone, pairs, request, callback=tick)
+    data = learned_bytes(learned)
+    sha256 = hashlib.sha256(data).hexdigest()  # what ``instruct``'s ``learned`` field names (load_learned's hash)
+    return Files({"instruction.safetensors": lambda folder: (folder / "instruction.safetensors").write_bytes(data),
+                  "visii.json": json.dumps({**learned.info, "sha256": sha256}, indent=2, default=str)},
+                 {"sha256": sha256, **{k: v for k, v in learned.info.items() if isinstance(v, (str, int, float))}})
+
+
+def _invert(backbone, request, paths, cancel=None, callback=None):
+    from ..conditions.fitting import fit_image
+    from ..inversion import invert
+    from ..io.images import open_image, to_tensor
+
+    size = (backbone.native_size, backbone.native_size)
+    result = invert(backbone, to_tensor(fit_image(open_image(paths["image"], "inputs.image"), size)), request.prompt,
+                    request.method, request.steps, request.guidance, request.inner)
+    return Files(result.files(), {"prompt": request.prompt, "method": request.method, "steps": request.steps,
+                                  "guidance": request.guidance})
 
 
 def _composite(backbone, request, paths, cancel=None, callback=None):
@@ -152,7 +204,31 @@ def _composite(backbone, request, paths, cancel=None, callback=None):
 def _p2p(backbone, request, paths, cancel=None, callback=None):
     from .p2p import prompt_to_prompt
 
-    return list(prompt_to_prompt(backbone, request, callback=callback, cancel=cancel))
+    inversion = None
+    if "inversion" in paths:  # an invert job's inversion.json: the source row starts from that image's x_T
+        from ..inversion import Inversion
+
+        inversion = Inversion.load(paths["inversion"].parent, backbone)
+        if request.source != inversion.info.prompt:
+            raise InvalidParameter("source", f"the inversion's prompt, {inversion.info.prompt!r}", request.source)
+    return list(prompt_to_prompt(backbone, request, inversion, callback=callback, cancel=cancel))
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Progress of a task that is not a sampling loop (Visii's optimisation), as a step callback sees it."""
+
+    index: int
+    count: int
+    x0 = None
+
+    @property
+    def step(self):
+        return self
+
+
+MAX_PAIRS = 4
+PAIR_INPUTS = tuple(f"{w}{'' if k == 1 else f'_{k}'}" for k in range(1, MAX_PAIRS + 1) for w in ("before", "after"))
 
 
 TASKS = {
@@ -160,9 +236,11 @@ TASKS = {
     "compose": Task(ComposeJobRequest, SOURCE_KINDS + ("image", "mask") + CONTROL_INPUTS, (), _compose,
                     model="composer"),
     "decompose": Task(DecomposeRequest, ("image", "mask"), ("image",), _decompose, model="none"),
-    "instruct": Task(InstructRequest, ("image",), ("image",), _instruct, model="instruction"),
+    "instruct": Task(InstructRequest, ("image", "learned"), ("image",), _instruct, model="instruction"),
+    "visii": Task(VisiiRequest, PAIR_INPUTS, ("before", "after"), _visii, model="instruction"),
+    "invert": Task(InvertRequest, ("image",), ("image",), _invert),
     "composite": Task(CompositeRequest, ("background", "mask", "object"), ("background", "mask"), _composite),
-    "p2p": Task(P2PRequest, (), (), _p2p),
+    "p2p": Task(P2PRequest, ("inversion",), (), _p2p),
 }
 
 

@@ -260,20 +260,26 @@ def check_learned(learned_info: dict, backbone: Backbone, source: str) -> None:
 
 # ---------------------------------------------------------------- the file
 
-def save_learned(learned: Learned, path):
-    """The learnt instruction as one safetensors file (all or nothing): states, mask, learnt positions, and its
-    ``info`` as JSON in the metadata. Returns the path written."""
+def learned_bytes(learned: Learned) -> bytes:
+    """The learnt instruction as a safetensors file's bytes: states, mask, learnt positions, and its ``info`` as JSON
+    in the metadata."""
     import json
-    from pathlib import Path
 
     from safetensors.torch import save
-
-    from ..io.files import atomic_write
 
     tensors = {"states": learned.states[0].float().contiguous(), "learnt": learned.learnt.to(torch.uint8)}
     if learned.mask is not None:
         tensors["mask"] = learned.mask[0].float().contiguous()
-    data = save(tensors, metadata={"recomposer_visii": json.dumps(learned.info)})
+    return save(tensors, metadata={"recomposer_visii": json.dumps(learned.info)})
+
+
+def save_learned(learned: Learned, path):
+    """``learned_bytes`` as one file, all or nothing. Returns the path written."""
+    from pathlib import Path
+
+    from ..io.files import atomic_write
+
+    data = learned_bytes(learned)
     return atomic_write(Path(path), lambda f: f.write(data))
 
 

@@ -10,13 +10,15 @@ const PAGES = {
                    "needs its settings under “controls” and its hint (control_image_1)."},
   compose: {title: "Compose", special: "compose"},
   instruct: {title: "Instruct", task: "instruct", main: ["instruction"], inputs: {image: "upload"},
-             hint: "Edit an image by an instruction (InstructPix2Pix)."},
+             hint: "Edit an image by an instruction (InstructPix2Pix), or by an edit learnt from a before/after " +
+                   "pair (Visii).", extra: visiiSection},
   composite: {title: "Composite", task: "composite", main: ["prompt", "application"],
               inputs: {background: "upload", mask: "mask:background", object: "upload"},
               hint: "Cross-domain compositing: paste an object (or scribble) on a background, mark the region, " +
                     "and let masked ILVR blend it in."},
   p2p: {title: "Prompt-to-Prompt", task: "p2p", main: ["source", "edited"], inputs: {},
-        hint: "Two prompts that differ by a word: the second image keeps the first one's layout."},
+        hint: "Two prompts that differ by a word: the second image keeps the first one's layout. To edit a real " +
+              "image, invert it first (under the source prompt).", extra: inversionSection},
 };
 const COMMON = ["steps", "guidance", "seed", "batch"];  // shown on every page beside its main fields
 const COMPOSE_KINDS = ["image_embedding", "palette", "sketch", "instances", "depth", "intensity"];
@@ -334,14 +336,64 @@ function open(name, from = null) {
   }
   const form = fieldsBlock(page.task, page.main, from?.request || {});
   const go = el("button", {className: "primary", type: "button", textContent: "Run " + page.title});
+  const prepared = {inputs: {}, request: {}};  // what an extra section (an inversion, a learnt edit) adds
   go.onclick = () => {
     let request;
     try { request = readRequest(form); } catch (e) { return showError(e.message); }
-    const inputs = {};
+    const inputs = {...prepared.inputs};
     for (const [input, s] of Object.entries(slots)) if (s.state.name) inputs[input] = s.state.name;
-    submit({task: page.task, request, inputs});
+    submit({task: page.task, request: {...request, ...prepared.request}, inputs});
   };
-  root.append(holder, form, go);
+  root.append(holder);
+  if (page.extra) root.append(page.extra(form, prepared));
+  root.append(form, go);
+}
+
+// A step that prepares a job's input by another job (a Visii instruction, an inversion): its own slots and button.
+function preparation(title, slotNames, button, run, numbers = {}) {
+  const slots = {}, row = el("div", {className: "slots"}), note = el("p", {className: "hint"});
+  for (const name of slotNames) { slots[name] = slot(name, "upload", slots); row.append(slots[name].box); }
+  const values = {}, settings = el("div", {className: "grid"});
+  for (const [name, value] of Object.entries(numbers)) {
+    values[name] = el("input", {type: "number", value});
+    settings.append(el("label", {className: "field"}, el("span", {textContent: name}), values[name]));
+  }
+  const go = el("button", {type: "button", textContent: button});
+  go.onclick = async () => {
+    for (const name of slotNames) if (!slots[name].state.name) return showError(`${name}: upload it first`);
+    const numbers = Object.fromEntries(Object.entries(values).map(([k, input]) => [k, Number(input.value)]));
+    note.textContent = await run(slots, numbers) || "";
+  };
+  return el("details", {}, el("summary", {textContent: title}), row, settings, go, note);
+}
+
+function visiiSection(form, prepared) {
+  return preparation("learn the edit from a before/after pair (Visii)", ["before", "after"], "Learn this edit",
+    async (slots, numbers) => {
+      const steps = Object.values(numbers)[0];
+      const job = await submit({task: "visii", request: {steps},
+                                inputs: {before: slots.before.state.name, after: slots.after.state.name}});
+      const done = job && await whenFinished();
+      if (done?.state !== "done") return "";
+      prepared.inputs.learned = `${done.id}/instruction.safetensors`;
+      prepared.request.learned = done.result.summary.sha256;
+      return `Instruct now applies the learnt edit (${prepared.request.learned.slice(0, 12)}…); the instruction ` +
+             "field adds words after it.";
+    }, {"optimisation steps (the reference: 1000)": 200});
+}
+
+function inversionSection(form, prepared) {
+  return preparation("edit a real image: invert it under the source prompt", ["image"], "Invert this image",
+    async (slots) => {
+      const request = readRequest(form);
+      const job = await submit({task: "invert", inputs: {image: slots.image.state.name},
+                                request: {prompt: request.source, steps: request.steps, guidance: request.guidance,
+                                          method: "negative-prompt"}});
+      const done = job && await whenFinished();
+      if (done?.state !== "done") return "";
+      prepared.inputs.inversion = `${done.id}/inversion.json`;
+      return `Prompt-to-Prompt now edits the inverted image (keep the source prompt and ${request.steps} DDIM steps).`;
+    });
 }
 
 function composePage(root, from) {
