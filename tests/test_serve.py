@@ -273,6 +273,13 @@ def test_models_adapters_and_controlnets_are_listed_from_the_model_folders(tmp_p
     assert job.status_code == 202
 
 
+def test_the_api_docs_page_works_offline(idle):
+    page = idle.get("/docs").text
+    assert "openapi.json" in page and "cdn" not in page.lower() and "https://" not in page
+    paths = idle.get("/openapi.json").json()["paths"]
+    assert {"/api/jobs", "/api/jobs/{job_id}", "/api/uploads", "/api/models", "/api/tasks"} <= set(paths)
+
+
 def test_serve_refuses_bad_options_before_it_binds(capsys):
     from recomposer.cli import main
 

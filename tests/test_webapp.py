@@ -81,6 +81,10 @@ def test_generate_end_to_end(page, app_url):
     assert last_job(page).startswith("generate done")
     page.locator("#history li").first.locator("summary").click()
     assert '"steps": 8' in page.locator("#history li pre").first.inner_text()
+    page.fill("textarea[name=prompt]", "something else")
+    page.fill("input[name=steps]", "30")
+    page.locator("#history li").first.locator("button", has_text="Use these settings again").click()
+    assert page.input_value("textarea[name=prompt]") == "a red circle" and page.input_value("input[name=steps]") == "8"
 
 
 def test_compose_decomposes_swaps_a_condition_and_recomposes(page, app_url, scenes):

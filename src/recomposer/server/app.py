@@ -1,4 +1,5 @@
-"""The HTTP API and the web app, one FastAPI app over one job queue (issue 19). OpenAPI docs at /docs.
+"""The HTTP API and the web app, one FastAPI app over one job queue (issue 19). The OpenAPI schema is at
+/openapi.json, drawn as a page at /docs (our own page, offline: FastAPI's loads Swagger UI from a CDN).
 
     GET    /api/tasks                   every task: its request fields (name, type, default) and its inputs
     POST   /api/jobs                    {task, request, inputs, model, key?, client?, release_on_disconnect?} -> 202
@@ -79,7 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.to_thread(worker.join, 60)
 
     app = FastAPI(title="recomposer", summary="Every recomposer task over one persistent job queue.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # /docs is ours: Swagger UI loads from a CDN
     app.state.queue, app.state.live, app.state.workers, app.state.settings = queue, live, workers, settings
 
     @app.middleware("http")
@@ -98,11 +99,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/api/tasks")
     def tasks() -> dict:
+        """Every task: its request fields (name, type, default), its inputs, and what it runs on."""
         return {name: {"fields": describe(task.request), "inputs": list(task.inputs), "required": list(task.required),
                        "model": task.model} for name, task in TASKS.items()}
 
     @app.post("/api/jobs", status_code=202)
     async def submit(request: Request):
+        """Queue a job: {task, request, inputs, model}, and optionally key (idempotent submit), client and
+        release_on_disconnect. 202 with the job; 422 naming the bad field; 429 with Retry-After when full."""
         body = await json_body(request)
         extra = {k: body.pop(k) for k in ("key", "client", "release_on_disconnect") if k in body}
         job = await asyncio.to_thread(check, body)
@@ -128,16 +132,20 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/api/jobs")
     def history(limit: int = 50) -> list:
+        """The jobs, newest first, with their requests, states, reasons and results."""
         return [shown(j) for j in queue.jobs(limit=max(1, min(limit, 500)))]
 
     @app.get("/api/jobs/{job_id}")
     def status(job_id: str):
+        """One job's state: queued, running (with step and total), done, failed (with the reason), cancelled;
+        404 with state "unknown" for an id this queue never had."""
         job = queue.get(job_id)
         return JSONResponse(shown(job), status_code=404 if job.state == "unknown" else 200)
 
     @app.get("/api/jobs/{job_id}/events")
     async def events(job_id: str, request: Request):
-        """Progress (at most ``EVENTS_PER_S`` a second, each with the latest preview), then the final state at once."""
+        """Server-sent events: progress (at most 10 a second, each with the latest preview of x̂₀), then the final
+        state at once."""
 
         async def stream():
             changed, seen, last, sent = asyncio.Event(), -1, None, 0.0
@@ -178,11 +186,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/api/jobs/{job_id}/files/{name:path}")
     def result_file(job_id: str, name: str):
+        """A file of a finished job (its images carry their provenance)."""
         path = roots.find(f"{job_id}/{name}", "name", only=("results",))
         return FileResponse(path, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/jobs/{job_id}/provenance")
     def provenance(job_id: str):
+        """Each image's provenance record (409 until the job is done)."""
         job = queue.get(job_id)
         if job.state != "done":
             return error(404 if job.state == "unknown" else 409, "job", f"is {job.state}, not done", job_id)
@@ -190,6 +200,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.delete("/api/jobs/{job_id}")
     def cancel(job_id: str):
+        """Cancel: a queued job at once, a running one before its next step."""
         job = queue.get(job_id)
         if job.state == "unknown":
             return JSONResponse(shown(job), status_code=404)
@@ -199,10 +210,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.delete("/api/clients/{client}")
     def release(client: str):
+        """Cancel every queued job of a client."""
         return {"cancelled": queue.release(client)}
 
     @app.post("/api/uploads", status_code=201)
     async def upload(file: UploadFile = File(...)):
+        """An image (multipart field ``file``), read by the command line's image reader (format allow-list, pixel
+        cap); stored as PNG under its content hash, which is its name for a job's inputs."""
         from ..io.images import MAX_BYTES, open_image
 
         raw = await file.read(MAX_BYTES + 1)
@@ -217,18 +231,25 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/api/uploads/{name}")
     def uploaded(name: str):
+        """An uploaded image."""
         return FileResponse(roots.find(name, "name", only=("uploads",)))
 
     @app.get("/api/models")
     def models() -> dict:
+        """Models, adapters and ControlNets found under the --models folders (and the bundled model)."""
         from .catalogue import catalogue
 
         return catalogue(settings.models)
 
     @app.get("/api/health")
     def health() -> dict:
+        """The workers and the number of queued jobs."""
         return {"workers": [{"device": w.device, "alive": w.is_alive()} for w in workers],
                 "queued": len(queue.jobs(("queued",), limit=10_000))}
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return FileResponse(STATIC / "docs.html")
 
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="app")
     return app
