@@ -13,6 +13,7 @@ and ``unknown`` for an id the queue never had (never an empty answer that could 
   ``capacity`` queued jobs it raises ``QueueFull`` with a retry-after estimate: a job is refused, never dropped.
 - ``claim`` hands the oldest queued job to one worker (an immediate transaction: two workers never get one job).
 - ``release(client)`` cancels a client's queued jobs (a client that went away and asked for it).
+- ``requeue``: a running job back in the queue, with the reason (its server is stopping gracefully).
 - ``recover``, called by the one process that owns the queue when it starts (the server; never by a worker that
   joins a live queue): a job left ``running`` by a process that died is queued again (up to ``max_attempts``), else
   failed with the reason, never silently lost and never silently cancelled.
@@ -94,7 +95,7 @@ class JobQueue:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")  # (durable across a crash of the process; NORMAL sync per connection)
+            db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:

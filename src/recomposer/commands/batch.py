@@ -7,8 +7,8 @@ resumably, and split across processes, GPUs and nodes under `accelerate launch`.
 Every line is checked before anything loads. Job k's files go to OUT/NNNNN-<hash>/ (images with their provenance),
 the folder written whole with its ``job.json`` (io/files.write_folder): a job whose folder exists is finished, and a
 re-run skips it (the hash is the job's content: task, request, model and the bytes of its inputs, so an edited line
-or input runs again). Under accelerate,
-process r takes its share of the unfinished jobs (``PartialState.split_between_processes``).
+or input runs again). Under accelerate, process r takes its share of the unfinished jobs
+(``PartialState.split_between_processes``).
 """
 
 import json

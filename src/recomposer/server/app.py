@@ -25,14 +25,14 @@ import base64
 import hashlib
 import json
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..errors import RecomposerError
+from ..errors import InvalidParameter, RecomposerError
 from ..jobs import FINAL, JobQueue, QueueFull
 from ..tasks.registry import TASKS, parse_job
 from .confine import Roots
@@ -52,7 +52,6 @@ class Settings:
     dtype: str = "fp32"
     capacity: int = 100  # queued jobs before 429
     workers: bool = True  # start the workers (tests of the routes alone say False)
-    extra: dict = field(default_factory=dict)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -109,6 +108,11 @@ def create_app(settings: Settings) -> FastAPI:
         release_on_disconnect. 202 with the job; 422 naming the bad field; 429 with Retry-After when full."""
         body = await json_body(request)
         extra = {k: body.pop(k) for k in ("key", "client", "release_on_disconnect") if k in body}
+        for name in ("key", "client"):
+            if name in extra and (not isinstance(extra[name], str) or not 0 < len(extra[name]) <= 200):
+                raise InvalidParameter(name, "a string of 1 to 200 characters", extra[name])
+        if not isinstance(extra.get("release_on_disconnect", False), bool):
+            raise InvalidParameter("release_on_disconnect", "true or false", extra["release_on_disconnect"])
         job = await asyncio.to_thread(check, body)
         try:
             queued = await asyncio.to_thread(queue.submit, job["task"], job, extra.get("key"), extra.get("client"))
@@ -121,7 +125,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(shown(queued), status_code=202)
 
     def check(body: dict) -> dict:
-        """The job, every field checked and every name resolved inside the server's folders (R: confinement)."""
+        """The job, every field checked and every name resolved inside the server's folders (server/confine.py)."""
         model = body.get("model")
         if model is not None:  # a folder (diffusers, parts) or a single .safetensors file, inside --models
             single = isinstance(model, str) and model.lower().endswith(".safetensors")
@@ -261,8 +265,6 @@ def error(status: int, field: str, message: str, given: object = None, headers: 
 
 
 async def json_body(request: Request) -> dict:
-    from ..errors import InvalidParameter
-
     if not request.headers.get("content-type", "").startswith("application/json"):
         raise InvalidParameter("content-type", "application/json", request.headers.get("content-type"))
     try:

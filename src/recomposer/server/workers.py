@@ -38,8 +38,8 @@ log = logging.getLogger("recomposer.serve")
 
 class Live:
     """Running jobs' progress, previews and cancel flags, shared by the workers and the routes (thread-safe). An event
-    stream ``watch``es a job: its asyncio event is set (on the stream's own loop) when the job starts or ends; progress
-is read at the stream's own pace (a wake per step would take interpreter time from the job itself)."""
+    stream ``watch``es a job: its asyncio event is set (on the stream's own loop) when the job starts or ends;
+    progress is read at the stream's own pace (a wake per step would take interpreter time from the job itself)."""
 
     def __init__(self):
         self.lock = threading.Lock()
