@@ -122,6 +122,17 @@ def test_visii_learns_an_instruction_that_instruct_then_applies(server):
     assert applied["result"]["provenance"][0]["params"]["learned"] == sha
 
 
+def test_two_workers_serve_one_queue(tmp_path):
+    """(On a GPU machine, one per device: --devices cuda:0,cuda:1; here two CPU workers.)"""
+    with TestClient(create_app(Settings(tmp_path / "data", devices=("cpu", "cpu")))) as client:
+        ids = [client.post("/api/jobs", json={"task": "generate", "request": {"prompt": "x", "steps": 30,
+                                                                              "seed": k}}).json()["id"]
+               for k in range(4)]
+        jobs = [wait(client, i) for i in ids]
+    assert [j["state"] for j in jobs] == ["done"] * 4
+    assert {j["worker"] for j in jobs} == {"worker-0-cpu", "worker-1-cpu"}
+
+
 def test_submit_is_idempotent_by_key_and_a_full_queue_answers_429(idle):
     body = {"task": "generate", "request": {"prompt": "x"}, "key": "k1"}
     first, again = idle.post("/api/jobs", json=body).json(), idle.post("/api/jobs", json=body).json()

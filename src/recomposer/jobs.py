@@ -80,6 +80,7 @@ class Job:
     created: float = 0.0
     started: float | None = None
     finished: float | None = None
+    worker: str | None = None  # the worker that claimed it last
 
     def as_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -247,4 +248,4 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(row["id"], row["kind"], json.loads(row["request"]), row["state"], row["key"], row["client"],
                row["attempts"], bool(row["cancel_requested"]), row["step"], row["total"],
                json.loads(row["result"]) if row["result"] else None, row["reason"], row["created"], row["started"],
-               row["finished"])
+               row["finished"], row["worker"])

@@ -63,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
                   **{f"inputs{k}": p for k, p in enumerate(settings.inputs)})
     model_roots = Roots(**{f"models{k}": p for k, p in enumerate(settings.models)})
     live = Live()
-    workers = [Worker(queue, live, roots, data / "results", d, settings.dtype) for d in settings.devices]
+    workers = [Worker(queue, live, roots, data / "results", d, settings.dtype, k) for k, d in enumerate(settings.devices)]
     tied: set[str] = set()  # queued jobs to cancel when their event stream closes
 
     async def lifespan(app):

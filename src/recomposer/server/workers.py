@@ -99,8 +99,9 @@ class Live:
 class Worker(threading.Thread):
     """Runs the queue's jobs on one device until ``stop``."""
 
-    def __init__(self, queue: JobQueue, live: Live, roots: Roots, results: Path, device: str, dtype: str = "fp32"):
-        super().__init__(name=f"worker-{device}", daemon=True)
+    def __init__(self, queue: JobQueue, live: Live, roots: Roots, results: Path, device: str, dtype: str = "fp32",
+                 index: int = 0):
+        super().__init__(name=f"worker-{index}-{device}", daemon=True)
         self.queue, self.live, self.roots, self.results = queue, live, roots, Path(results)
         self.device, self.dtype = device, dtype
         self.models = Models(device, dtype)
