@@ -83,6 +83,10 @@ def test_decompose_then_compose_from_its_saved_conditions_and_another_image(serv
     assert done["state"] == "done", done["reason"]
     kinds = list(done["result"]["provenance"][0]["conditions"])
     assert sorted(kinds) == ["caption", "palette", "sketch"]
+    assert any(note.startswith("caption: this model barely follows") for note in done["result"]["notes"])
+    again = wait(server, server.post("/api/jobs", json={"task": "compose", "request": {"caption": "a cat", "steps": 2},
+                                                        "inputs": {"palette": names[1]}}).json()["id"])
+    assert any(note.startswith("caption:") for note in again["result"]["notes"])  # each job its own notices
 
 
 def test_an_inverted_photo_is_edited_by_prompt_to_prompt(server, photo):

@@ -36,7 +36,7 @@ from ..errors import InvalidParameter, RecomposerError
 from ..jobs import FINAL, JobQueue, QueueFull
 from ..tasks.registry import TASKS, parse_job
 from .confine import Roots
-from .workers import Live, Worker
+from .workers import Live, Worker, route_notices
 
 STATIC = Path(__file__).parent / "static"
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
@@ -67,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     tied: set[str] = set()  # queued jobs to cancel when their event stream closes
 
     async def lifespan(app):
+        route_notices()
         app.state.recovered = queue.recover()  # jobs a dead server left running: re-queued or failed, with reasons
         if settings.workers:
             for worker in workers:

@@ -12,6 +12,9 @@ the last one is at least ``PREVIEW_SHARE``⁻¹ times what a decode costs (and 0
 A server that stops gracefully stops its running jobs before their next step and puts them back in the queue (a
 server killed outright leaves them ``running``: the next start's ``JobQueue.recover`` re-queues them).
 
+The notices a task gives (a condition the model barely follows, a size off its own) go into the job's result record
+(``route_notices``), each job its own.
+
 Out of memory (CUDA's, or the CPU allocator's) fails the job with that reason; the worker frees the cache and takes
 the next job (RELIABILITY R10). Any other unexpected error fails the job with its type and message, never the worker.
 """
@@ -34,6 +37,31 @@ PREVIEW_SHARE = 0.02
 PREVIEW_EVERY = 0.5  # seconds, at least (and the first after as long)
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the queue file
 log = logging.getLogger("recomposer.serve")
+_job_notes = threading.local()  # the notices of the job this thread runs
+
+
+def route_notices() -> None:
+    """Every Notice a task gives (a weak condition, a size off the model's own) goes to the job that ran it, each
+    time (not once per process as on the command line); other warnings go where they went."""
+    import warnings
+
+    from ..errors import Notice
+
+    warnings.filterwarnings("always", category=Notice)
+    previous = warnings.showwarning
+    if getattr(previous, "routes_notices", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        notes = getattr(_job_notes, "notes", None)
+        if notes is not None and issubclass(category, Notice):
+            if str(message) not in notes:
+                notes.append(str(message))
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show.routes_notices = True
+    warnings.showwarning = show
 
 
 class Live:
@@ -124,6 +152,7 @@ class Worker(threading.Thread):
 
     def execute(self, job) -> None:
         self.live.start(job.id, self.device)
+        _job_notes.notes = []
         try:
             parsed = parse_job(job.request, "job", locate=self.roots.find)
             model = self.models.get(parsed)
@@ -147,6 +176,7 @@ class Worker(threading.Thread):
                 log.error("job %s failed:\n%s", job.id, traceback.format_exc())
                 self.queue.fail(job.id, f"internal error ({type(e).__name__}: {first_line(e)})")
         finally:
+            _job_notes.notes = None
             self.live.end(job.id)
 
     def store(self, job_id: str, results) -> dict:
@@ -161,11 +191,13 @@ class Worker(threading.Thread):
         if folder.exists():
             shutil.rmtree(folder)
         write_folder(folder, files)
+        notes = list(_job_notes.notes or [])  # what the task said of its result (RELIABILITY: never silent)
         if isinstance(results, Files):
             names = sorted(p.name for p in folder.rglob("*") if p.is_file())
-            return {"files": names, "images": [n for n in names if n.endswith(".png")], "summary": results.summary}
-        return {"files": sorted(files), "images": list(files),
-                "provenance": [r.provenance for r in results]}
+            return {"files": names, "images": [n for n in names if n.endswith(".png")], "summary": results.summary,
+                    "notes": notes}
+        return {"files": sorted(files), "images": list(files), "provenance": [r.provenance for r in results],
+                "notes": notes}
 
     def release_memory(self) -> None:
         self.models.loaded.clear()

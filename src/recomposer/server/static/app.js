@@ -278,7 +278,7 @@ const whenFinished = () => new Promise((resolve) => finished.push(resolve));
 
 function showResults(job) {
   const box = $("results");
-  box.replaceChildren();
+  box.replaceChildren(...(job.result?.notes || []).map((note) => el("p", {className: "note", textContent: note})));
   for (const name of job.result?.images || []) {
     if (job.kind === "decompose" && name !== "sheet.png") continue;
     box.append(el("a", {href: `/api/jobs/${job.id}/files/${name}`, target: "_blank"},
