@@ -176,3 +176,27 @@ def test_an_edit_is_learnt_from_a_pair_then_applied(page, app_url, scenes):
     page.wait_for_selector("#run-state[data-state=done]", timeout=60_000)
     record = page.evaluate("fetch('/api/jobs?limit=1').then(r => r.json())")[0]
     assert record["state"] == "done" and record["request"]["request"]["learned"]
+
+
+def test_scribbles_painted_over_the_background_become_the_background(page, app_url, scenes):
+    page.goto(app_url + "/#composite")
+    page.set_input_files("input[data-slot=background]", str(scenes / "11.png"))
+    page.wait_for_selector(".slot[data-slot=background] img:not([hidden])")
+    first = page.get_attribute(".slot[data-slot=background] img", "src")
+    page.locator(".slot[data-slot=background] button", has_text="draw").click()
+    page.wait_for_selector("#drawing[open] #colour")
+    page.fill("#colour", "#ff0000")
+    page.evaluate("document.getElementById('brush').value = 24")  # 4 picture pixels wide at this zoom
+    box = page.locator("#canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.2, steps=8)
+    page.mouse.up()
+    page.click("#use-drawing")
+    page.wait_for_function(f"document.querySelector('.slot[data-slot=background] img').getAttribute('src') != {first!r}")
+    src = page.get_attribute(".slot[data-slot=background] img", "src")
+    painted = np.asarray(Image.open(__import__("io").BytesIO(page.request.get(app_url + src).body())).convert("RGB"))
+    original = np.asarray(Image.open(scenes / "11.png").convert("RGB"))
+    assert painted.shape == original.shape
+    assert (painted[13, 20:44] == (255, 0, 0)).all()  # the scribble
+    assert (painted[40:] == original[40:]).all()  # and the picture under it, untouched

@@ -13,9 +13,9 @@ const PAGES = {
              hint: "Edit an image by an instruction (InstructPix2Pix), or by an edit learnt from a before/after " +
                    "pair (Visii).", extra: visiiSection},
   composite: {title: "Composite", task: "composite", main: ["prompt", "application"],
-              inputs: {background: "upload", mask: "mask:background", object: "upload"},
-              hint: "Cross-domain compositing: paste an object (or scribble) on a background, mark the region, " +
-                    "and let masked ILVR blend it in."},
+              inputs: {background: "paint", mask: "mask:background", object: "upload"},
+              hint: "Cross-domain compositing: paste an object on a background (or paint scribbles over it, with " +
+                    "the scribble application), mark the region, and let masked ILVR blend it in."},
   p2p: {title: "Prompt-to-Prompt", task: "p2p", main: ["source", "edited"], inputs: {},
         hint: "Two prompts that differ by a word: the second image keeps the first one's layout. To edit a real " +
               "image, invert it first (under the source prompt).", extra: inversionSection},
@@ -140,12 +140,16 @@ function slot(name, how, slots) {
     file.value = "";
   };
   box.append(el("label", {className: "upload"}, "upload", file));
-  if (how.startsWith("mask:") || how === "lines") {
-    const under = how.startsWith("mask:") ? how.slice(5) : null;
+  if (how.startsWith("mask:") || how === "lines" || how === "paint") {
+    const under = how.startsWith("mask:") ? how.slice(5) : how === "paint" ? name : null;
     box.append(el("button", {type: "button", textContent: "draw", onclick: async () => {
       const background = under ? slots[under]?.state.name : null;
-      if (under && !background) return showError(`${name}: give the ${under} first, then draw the mask over it`);
-      const blob = await draw(name, how.startsWith("mask:") ? "mask" : "lines", background && fileUrl(background));
+      if (under && !background) {
+        return showError(how === "paint" ? `${name}: upload it first, then paint over it`
+                                         : `${name}: give the ${under} first, then draw the mask over it`);
+      }
+      const mode = how.startsWith("mask:") ? "mask" : how === "paint" ? "paint" : "lines";
+      const blob = await draw(name, mode, background && fileUrl(background));
       if (blob) {
         try { set((await upload(blob)).name, how === "lines"); } catch (e) { showError(e.message); }
       }
@@ -162,8 +166,9 @@ function slot(name, how, slots) {
 function draw(title, mode, backgroundUrl) {
   return new Promise(async (resolve) => {
     const dialog = $("drawing"), canvas = $("canvas"), ctx = canvas.getContext("2d");
-    $("drawing-title").textContent = mode === "mask" ? `${title}: paint the region to change` :
-                                                     `${title}: draw lines`;
+    $("drawing-title").textContent = {mask: `${title}: paint the region to change`, lines: `${title}: draw lines`,
+                                      paint: `${title}: paint over it (scribbles in the colour chosen)`}[mode];
+    $("colour").hidden = mode !== "paint";
     let background = null;
     if (backgroundUrl) {
       background = new Image();
@@ -195,7 +200,7 @@ function draw(title, mode, backgroundUrl) {
     };
     const line = (a, b) => {
       sctx.globalCompositeOperation = erasing ? "destination-out" : "source-over";
-      sctx.strokeStyle = mode === "mask" ? "#ff3030" : "#000";
+      sctx.strokeStyle = mode === "mask" ? "#ff3030" : mode === "paint" ? $("colour").value : "#000";
       sctx.lineWidth = Number($("brush").value) / scale * (mode === "mask" ? 2 : 1);
       sctx.lineCap = sctx.lineJoin = "round";
       sctx.beginPath(); sctx.moveTo(...a); sctx.lineTo(...b); sctx.stroke();
@@ -214,6 +219,7 @@ function draw(title, mode, backgroundUrl) {
       const octx = out.getContext("2d");
       octx.fillStyle = mode === "mask" ? "#000" : "#fff";
       octx.fillRect(0, 0, out.width, out.height);
+      if (mode === "paint") octx.drawImage(background, 0, 0);  // the picture with the scribbles on it
       if (mode === "mask") {  // every painted pixel white
         const data = sctx.getImageData(0, 0, out.width, out.height), o = octx.getImageData(0, 0, out.width, out.height);
         for (let i = 0; i < data.data.length; i += 4) if (data.data[i + 3] > 0) o.data.fill(255, i, i + 3);
