@@ -158,6 +158,18 @@ def test_a_real_image_is_inverted_then_edited_by_prompt_to_prompt(page, app_url,
     record = page.evaluate("fetch('/api/jobs?limit=1').then(r => r.json())")[0]
     assert record["state"] == "done" and set(record["request"]["inputs"]) == {"inversion"}
     assert page.locator("#results img").count() == 2
+    page.locator("#history li").first.locator("summary").click()
+    page.locator("#history li").first.locator("button", has_text="Use these settings again").click()
+    page.fill("input[name=edited]", "a blue crescent")
+    page.click("button.primary")  # the same inverted image, another edit
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        again = page.evaluate("fetch('/api/jobs?limit=1').then(r => r.json())")[0]
+        if again["request"]["request"]["edited"] == "a blue crescent" and again["state"] == "done":
+            break
+        time.sleep(0.2)
+    assert again["request"]["request"]["edited"] == "a blue crescent" and again["state"] == "done"
+    assert again["request"]["inputs"] == record["request"]["inputs"]
 
 
 def test_an_edit_is_learnt_from_a_pair_then_applied(page, app_url, scenes):

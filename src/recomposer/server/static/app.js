@@ -8,7 +8,7 @@ const PAGES = {
              inputs: {image: "upload", mask: "mask:image", control_image_1: "lines"},
              hint: "Text to image; give an image for img2img, and draw a mask over it to inpaint. A ControlNet " +
                    "needs its settings under “controls” and its hint (control_image_1)."},
-  compose: {title: "Compose", special: "compose"},
+  compose: {title: "Compose", task: "compose", special: "compose"},
   instruct: {title: "Instruct", task: "instruct", main: ["instruction"], inputs: {image: "upload"},
              hint: "Edit an image by an instruction (InstructPix2Pix), or by an edit learnt from a before/after " +
                    "pair (Visii).", extra: visiiSection},
@@ -20,6 +20,7 @@ const PAGES = {
         hint: "Two prompts that differ by a word: the second image keeps the first one's layout. To edit a real " +
               "image, invert it first (under the source prompt).", extra: inversionSection},
 };
+const PREPARED_ON = {decompose: "compose", visii: "instruct", invert: "p2p"};  // jobs that prepare another's input
 const COMMON = ["steps", "guidance", "seed", "batch"];  // shown on every page beside its main fields
 const COMPOSE_KINDS = ["image_embedding", "palette", "sketch", "instances", "depth", "intensity"];
 const $ = (id) => document.getElementById(id);
@@ -318,7 +319,7 @@ async function refreshHistory() {
 
 function reuse(job) {
   const task = job.request.task;
-  const page = Object.keys(PAGES).find((k) => PAGES[k].task === task) || (task === "decompose" ? "compose" : null);
+  const page = Object.keys(PAGES).find((k) => PAGES[k].task === task) || PREPARED_ON[task];
   if (!page) return showError(`no page for ${task}`);
   $("model").value = job.request.model || "";
   open(page, job.request);
@@ -343,6 +344,9 @@ function open(name, from = null) {
   const form = fieldsBlock(page.task, page.main, from?.request || {});
   const go = el("button", {className: "primary", type: "button", textContent: "Run " + page.title});
   const prepared = {inputs: {}, request: {}};  // what an extra section (an inversion, a learnt edit) adds
+  for (const [input, name] of Object.entries(from?.inputs || {})) {
+    if (!(input in page.inputs) && page.task === from.task) prepared.inputs[input] = name;  // kept when reused
+  }
   go.onclick = () => {
     let request;
     try { request = readRequest(form); } catch (e) { return showError(e.message); }
