@@ -190,7 +190,32 @@ def test_null_text_beats_ddim_at_the_edit_guidance_and_negative_prompt_retraces_
     assert psnr(optimised, image) > psnr(plain, image) + 1, (psnr(optimised, image), psnr(plain, image))
     # ∅ := the prompt: at any guidance the sampler follows the prompt alone, DDIM's own path (guidance 1)
     assert torch.allclose(negative, reconstruct(backbone, ddim, caption, 1.0), atol=1e-4)
-    assert null.nulls.shape[0] == 10 and fast.nulls is None
+    assert null.info.first == 1 and null.nulls.shape[0] == 10 - 1 and fast.nulls is None  # zero terminal SNR
+
+
+def test_direct_inversion_keeps_the_source_row_on_the_ddim_path(bundled_scene, tmp_path):
+    """Ju et al. 2024: the source row is the image up to the VAE, exactly; the edited row follows its own prompt.
+    On the bundled model (zero terminal SNR) the path starts one level below x_T, where it still holds the image."""
+    from recomposer.inversion import ddim_path, zero_terminal_snr
+
+    backbone, image, caption = bundled_scene
+    direct = invert(backbone, image, caption, "direct", steps=10, guidance=3.0)
+    assert zero_terminal_snr(backbone) and direct.info.first == 1 and direct.path.shape[0] == 9
+    with torch.no_grad():
+        vae = backbone.decode(ddim_path(backbone, image, caption, 10)[0])[0].float().clamp(-1, 1)
+    source, edited = prompt_to_prompt(backbone, P2PRequest(caption, caption.replace("a ", "one ", 1), steps=10,
+                                                           guidance=3.0), direct)
+    assert torch.allclose(source.pixels * 2 - 1, vae, atol=1e-4)
+    assert not torch.allclose(edited.pixels, source.pixels, atol=1e-3)
+    direct.save(tmp_path / "inv")
+    assert torch.equal(Inversion.load(tmp_path / "inv", backbone).path, direct.path.float())
+
+
+def test_a_schedule_with_signal_at_its_end_inverts_all_the_way_up(tiny):
+    from recomposer.inversion import zero_terminal_snr
+
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    assert not zero_terminal_snr(tiny) and invert(tiny, image, SOURCE, "direct", steps=4).info.first == 0
 
 
 def test_a_saved_inversion_reloads_bit_identically_and_refuses_another_model(tiny, tmp_path):

@@ -9,6 +9,14 @@
   1e-5 + i·2e-5, in fp32 whatever the model's dtype; ∅_i carries over to step i + 1 as its start.
 - Negative-prompt inversion (Miyake et al. 2023): no optimisation; the unconditional embedding at every step is
   the prompt's own (ε̂ = ε(c) at the source), so the guided DDIM run retraces the DDIM path. Far faster.
+- Direct inversion (Ju et al. 2024, "PnP inversion"): no optimisation either; the DDIM path is kept, and an edit puts
+  its source row back on it after every step (``direct_hook``): the source branch is the image exactly (up to the
+  VAE), while the edited row follows its own prompt with the source's attention. As fast as DDIM inversion.
+
+On a schedule with zero terminal SNR (ᾱ_T = 0, Lin et al. 2024: the bundled model's) the last inverse step keeps
+nothing of the image (x_T = ε̂ exactly), and sampling from it has to guess the image back from pure noise. There
+the path stops one level lower, at the sampling schedule's second timestep, and an edit starts sampling there
+(``InversionInfo.first`` = 1): every level the path keeps still holds √ᾱ_t·x₀.
 
 An ``Inversion`` (x_T, the per-step null embeddings when optimised, what it was made from) is saved as
 inversion.safetensors + inversion.json and loads back bit-identically, so every later edit of the image
@@ -34,10 +42,11 @@ from .io.files import write_folder
 from .io.weights import load_safetensors
 from .models.backbone import Backbone
 from .progress import stage
+from .requests import INVERSION_METHODS
 from .sampling import StepState, sample
 from .schedulers import make_scheduler
 
-METHODS = ("ddim", "null-text", "negative-prompt")
+METHODS = INVERSION_METHODS
 FORMAT = 1
 
 
@@ -54,6 +63,7 @@ class InversionInfo:
     model: str  # the backbone's identity (sha256 of its weights)
     image_sha256: str
     format: int = FORMAT
+    first: int = 0  # the sampling position its latents sit at (1 on a zero-terminal-SNR schedule; module docstring)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,7 @@ class Inversion:
     latents: torch.Tensor  # (1, C, h, w) x_T
     nulls: torch.Tensor | None = None  # (steps, T, D) the optimised unconditional token states, step by step
     null_masks: torch.Tensor | None = None  # (steps, T) their attention mask (backbones that mask padding)
+    path: torch.Tensor | None = None  # (steps − first, C, h, w) direct: the DDIM path after each sampled step
 
     def null_inputs(self, index: int) -> ModelInputs | None:
         """The unconditional ModelInputs of step ``index`` (None: the method keeps the plain null)."""
@@ -79,6 +90,8 @@ class Inversion:
             tensors["nulls"] = self.nulls.detach().float().cpu().contiguous()
         if self.null_masks is not None:
             tensors["null_masks"] = self.null_masks.detach().float().cpu().contiguous()
+        if self.path is not None:
+            tensors["path"] = self.path.detach().float().cpu().contiguous()
         data = save(tensors)
         return {"inversion.json": json.dumps(asdict(self.info), indent=2) + "\n",
                 "inversion.safetensors": lambda tmp: (tmp / "inversion.safetensors").write_bytes(data)}
@@ -104,7 +117,7 @@ class Inversion:
         if backbone is not None and info.model != backbone.identity():
             raise ModelError("inversion", f"{folder} was made with another model (sha256 {info.model[:12]}…, this "
                                           f"one {backbone.identity()[:12]}…); invert the image with this model")
-        return cls(info, tensors["latents"], tensors.get("nulls"), tensors.get("null_masks"))
+        return cls(info, tensors["latents"], tensors.get("nulls"), tensors.get("null_masks"), tensors.get("path"))
 
 
 def image_sha256(pixels: torch.Tensor) -> str:
@@ -144,17 +157,28 @@ def invert(backbone: Backbone, image: torch.Tensor, prompt: str, method: str = "
     v.integer("inner", inner, 0, 1000)
     b = backbone
     path = ddim_path(b, image, prompt, steps)
+    first = 1 if steps > 1 and zero_terminal_snr(b) else 0
     info = InversionInfo(method, prompt, steps, 1.0 if method == "ddim" else guidance, image.shape[-1],
-                         image.shape[-2], b.identity(), image_sha256(image))
+                         image.shape[-2], b.identity(), image_sha256(image), first=first)
+    start = path[len(path) - 1 - first]  # the latents at sampling position ``first``
+    if method == "direct":  # after the step at position p the path is at path[N − 1 − p]
+        return Inversion(info, start, path=torch.cat(path[len(path) - 2 - first::-1]))
     if method != "null-text":
-        return Inversion(info, path[-1])
-    nulls, masks = null_text(b, path, prompt, steps, guidance, inner, (image.shape[-1], image.shape[-2]))
-    return Inversion(info, path[-1], nulls, masks)
+        return Inversion(info, start)
+    nulls, masks = null_text(b, path, prompt, steps, guidance, inner, (image.shape[-1], image.shape[-2]), first)
+    return Inversion(info, start, nulls, masks)
+
+
+def zero_terminal_snr(backbone: Backbone) -> bool:
+    """Whether the backbone's schedule ends at ᾱ_T ≈ 0 (Lin et al. 2024), where x_T keeps nothing of x₀."""
+    scheduler = make_scheduler("ddim", backbone.scheduler_config)
+    return bool(scheduler.alphas_cumprod[-1] < 1e-4)
 
 
 def null_text(backbone: Backbone, path: list[torch.Tensor], prompt: str, steps: int, guidance: float, inner: int,
-              size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The per-step null embeddings (steps, T, D) (and masks) for the DDIM ``path``, optimised through the loop."""
+              size: tuple[int, int], first: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The per-step null embeddings (steps − first, T, D) (and masks) for the DDIM ``path``, optimised through the
+    loop from sampling position ``first``."""
     b = backbone
     denoiser = BackboneDenoiser(b, size)
     guided = Guided(denoiser)
@@ -168,7 +192,7 @@ def null_text(backbone: Backbone, path: list[torch.Tensor], prompt: str, steps: 
 
     def optimise(x: torch.Tensor, step) -> torch.Tensor:
         nonlocal current
-        target = path[len(path) - 2 - step.index]  # where the DDIM path is after this step
+        target = path[len(path) - 2 - step.position]  # where the DDIM path is after this step
         t = step.timestep
         x_in = scheduler.scale_model_input(x, t)
         with torch.no_grad():
@@ -191,15 +215,27 @@ def null_text(backbone: Backbone, path: list[torch.Tensor], prompt: str, steps: 
         inputs.per_step[(0, 0, step.position)] = ModelInputs(current.to(b.dtype), null.context_mask)
         return x
 
-    with stage("null-text optimisation", total=steps) as advance:
-        sample(guided, inputs, scheduler, path[-1], [torch.Generator("cpu").manual_seed(0)], before=[optimise],
-               callback=lambda state: advance(state.step.index + 1))
-    masks = None if null.context_mask is None else null.context_mask.float().repeat(steps, 1)
+    with stage("null-text optimisation", total=steps - first) as advance:
+        sample(guided, inputs, scheduler, path[len(path) - 1 - first], [torch.Generator("cpu").manual_seed(0)],
+               first=first, before=[optimise], callback=lambda state: advance(state.step.index + 1))
+    masks = None if null.context_mask is None else null.context_mask.float().repeat(steps - first, 1)
     return torch.stack(found), masks
 
 
+def direct_hook(inversion: Inversion, row: int = 0):
+    """Direct inversion's step hook: after the step at sampling position p, row ``row`` (the source) is put back on
+    the DDIM path (Ju et al. 2024); the other rows are left to their own prompts."""
+    def hook(state: StepState) -> torch.Tensor:
+        x = state.x_next.clone()
+        x[row] = inversion.path[state.step.position - inversion.info.first].to(x)
+        return x
+
+    return hook
+
+
 def inversion_plan_overrides(inversion: Inversion, inputs, samples: range, positions: range) -> None:
-    """Put an inversion's per-step null embeddings into encoded guided inputs (set 0 of each of ``samples``)."""
+    """Put an inversion's per-step null embeddings into encoded guided inputs (set 0 of each of ``samples``), the
+    k-th at the k-th of ``positions`` (those the edit samples: from ``inversion.info.first``)."""
     for index, position in enumerate(positions):
         null = inversion.null_inputs(index)
         if null is None:

@@ -399,7 +399,7 @@ class DecomposeRequest:
         return self
 
 
-INVERSION_METHODS = ("ddim", "null-text", "negative-prompt")
+INVERSION_METHODS = ("ddim", "null-text", "negative-prompt", "direct")  # inversion.py explains each
 
 
 @dataclass(frozen=True)

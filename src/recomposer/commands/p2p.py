@@ -126,7 +126,7 @@ def _write_pair(output: Path, results: dict) -> None:
 def invert_command(
     image: Annotated[Path, typer.Argument(help="The image to invert (fitted to the model's size).")],
     prompt: Annotated[str, typer.Option("--prompt", help="What the image shows (the edit's source prompt).")],
-    method: Annotated[str, typer.Option(help="ddim, null-text or negative-prompt.")] = "null-text",
+    method: Annotated[str, typer.Option(help="ddim, null-text, negative-prompt or direct.")] = "null-text",
     steps: Annotated[int, typer.Option(help="DDIM steps (edits of this inversion use the same).")] = 50,
     guidance: Annotated[float, typer.Option(help="Guidance the edits will use (null-text optimises for it).")]
     = 7.5,
@@ -135,12 +135,12 @@ def invert_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="A new folder for the inversion.")]
     = Path("inversion"),
 ) -> None:
-    """Invert a real image (DDIM, null-text, or negative-prompt inversion) so that `recomposer p2p --inversion`
+    """Invert a real image (DDIM, null-text, negative-prompt or direct inversion) so that `recomposer p2p --inversion`
     can edit it; writes inversion.safetensors + inversion.json and the reconstruction."""
     from .. import validation as v
-    from ..requests import readable
+    from ..requests import INVERSION_METHODS, readable
 
-    v.choice("method", method, ("ddim", "null-text", "negative-prompt"))
+    v.choice("method", method, INVERSION_METHODS)
     v.integer("steps", steps, 1, 1000)
     v.real("guidance", guidance, 0.0, 100.0)
     v.integer("inner", inner, 0, 1000)

@@ -78,10 +78,15 @@ def prompt_to_prompt(backbone: Backbone, request: P2PRequest, inversion=None, ca
         from ..inversion import inversion_plan_overrides
 
         start = inversion.latents.repeat(2, 1, 1, 1)
-        inversion_plan_overrides(inversion, inputs, range(2), range(request.steps))
+        inversion_plan_overrides(inversion, inputs, range(2), range(inversion.info.first, request.steps))
+        if inversion.info.method == "direct":
+            from ..inversion import direct_hook
+
+            hooks.append(direct_hook(inversion))
     latent = (size[1] // b.vae_factor, size[0] // b.vae_factor)
     with installed(b.unet, control, latent):
-        result = run(denoise, inputs, b, sampling, size, hooks=hooks, start=start, callback=callback, cancel=cancel)
+        result = run(denoise, inputs, b, sampling, size, hooks=hooks, start=start, callback=callback, cancel=cancel,
+                     start_position=0 if inversion is None else inversion.info.first)
     images = to_pil(result.pixels)
     floats = (result.pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
     params = {**asdict(request), "width": size[0], "height": size[1], "kind": kind, "batch": 2}

@@ -53,11 +53,13 @@ def run(denoise, inputs, backbone: Backbone, sampling: Sampling, size: tuple[int
         image: torch.Tensor | None = None, inpainting: bool = False, keep: torch.Tensor | None = None,
         cells: str = "nearest", posterior: str = "sample",
         before: Sequence[BeforeHook] = (), hooks: Sequence[StepHook] = (), callback: StepCallback | None = None,
-        cancel=None, positions: Sequence[int] | None = None, start: torch.Tensor | None = None) -> Run:
+        cancel=None, positions: Sequence[int] | None = None, start: torch.Tensor | None = None,
+        start_position: int = 0) -> Run:
     """Sample ``sampling.batch`` images of ``size`` (width, height) with ``denoise(x, step, inputs)``.
 
     image (1, 3, H, W) in [-1, 1]: start from it (img2img; with ``keep`` or a mask-hearing model, inpainting).
-    start (B, C, h, w): start from these latents instead (an inversion's x_T), over the whole schedule.
+    start (B, C, h, w): start from these latents instead (an inversion's), at schedule position ``start_position``
+    (0: x_T, the whole schedule).
     """
     b = backbone
     width, height = size
@@ -68,7 +70,7 @@ def run(denoise, inputs, backbone: Backbone, sampling: Sampling, size: tuple[int
     shape = (sampling.batch, b.latent_channels, height // b.vae_factor, width // b.vae_factor)
     first, hooks = 0, list(hooks)
     if start is not None:
-        x = start.to(b.device, b.dtype)
+        x, first = start.to(b.device, b.dtype), start_position
     elif image is None:
         x = noise(shape, generators, b.device, b.dtype) * scheduler.init_noise_sigma
     else:

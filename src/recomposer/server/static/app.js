@@ -398,7 +398,7 @@ function inversionSection(form, prepared) {
       const request = readRequest(form);
       const job = await submit({task: "invert", inputs: {image: slots.image.state.name},
                                 request: {prompt: request.source, steps: request.steps, guidance: request.guidance,
-                                          method: "negative-prompt"}});
+                                          method: "direct"}});
       const done = job && await whenFinished();
       if (done?.state !== "done") return "";
       prepared.inputs.inversion = `${done.id}/inversion.json`;
