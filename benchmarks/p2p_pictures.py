@@ -4,7 +4,7 @@
 
 Rows: a word swap, a refinement, a reweighting, a local blend (each: the source, then its edit, for three
 seeds); one prompt's cross-attention maps per word at each resolution; and a held-out shapes-world render
-(an image the model never saw, from its own world) and a real photo, each inverted with null-text inversion,
+(an image the model never saw, from its own world) and a real photo, each inverted with direct inversion,
 reconstructed and edited. Everything runs through the same functions as `recomposer p2p`, `attention` and `invert`.
 """
 
@@ -22,7 +22,7 @@ def main():
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/images/p2p.png"))
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
 
     from recomposer.inversion import invert, psnr
     from recomposer.io.images import to_tensor
@@ -61,7 +61,7 @@ def main():
     scene = make_sample(eval_seeds(1, 1)[0], size=b.native_size)  # "a sky background with a big blue hexagon"
     real = Image.fromarray(scene.rendered.image)
     pixels = to_tensor(real)
-    inversion = invert(b, pixels, scene.caption, "null-text", args.steps, 5.0, 10)
+    inversion = invert(b, pixels, scene.caption, "direct", args.steps, 5.0)
     same = Edit(cross_replace=1.0, self_replace=1.0)
     again, _ = prompt_to_prompt(b, replace(base, source=scene.caption, edited=scene.caption, edit=same), inversion)
     row = [("held-out render", real), (f"rebuilt {psnr(to_tensor(again.image), pixels):.1f} dB", again.image)]
@@ -77,7 +77,7 @@ def main():
 
     photo = fit_image(Image.fromarray(data.coffee()), (b.native_size, b.native_size))
     pixels = to_tensor(photo)
-    inversion = invert(b, pixels, "a cup of coffee", "null-text", args.steps, 5.0, 10)
+    inversion = invert(b, pixels, "a cup of coffee", "direct", args.steps, 5.0)
     again, _ = prompt_to_prompt(b, replace(base, source="a cup of coffee", edited="a cup of coffee", edit=same),
                                 inversion)
     row = [("photo", photo), (f"rebuilt {psnr(to_tensor(again.image), pixels):.1f} dB", again.image)]
