@@ -8,6 +8,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -217,13 +218,30 @@ def test_bad_requests_are_refused_by_field_before_they_are_queued(server):
              ({"task": "generate", "request": {"prompt": "x", "stepz": 3}}, "job.request"),
              ({"task": "generate", "request": {"prompt": "x", "steps": 0}}, "steps"),
              ({"task": "instruct", "request": {"instruction": "x"}}, "job.inputs"),
-             ({"task": "generate", "request": {"prompt": "x"}, "model": "/etc"}, "model")]
+             ({"task": "generate", "request": {"prompt": "x"}, "model": "/etc"}, "model"),
+             ({"task": "generate", "request": {"prompt": "x"}, "key": 7}, "key")]
     for body, field in cases:
         answer = server.post("/api/jobs", json=body)
         assert answer.status_code == 422 and field in answer.json()["error"]["field"] + answer.json()["error"][
             "message"], (body, answer.json())
     assert server.post("/api/jobs", content=b"{}", headers={"content-type": "text/plain"}).status_code == 422
     assert server.get("/api/jobs").json() == []
+
+
+def test_a_depth_from_an_image_without_a_depth_model_fails_by_name(server, photo):
+    name = server.post("/api/uploads", files={"file": ("a.png", png(photo), "image/png")}).json()["name"]
+    job = server.post("/api/jobs", json={"task": "compose", "request": {"steps": 2}, "inputs": {"depth": name}})
+    failed = wait(server, job.json()["id"])
+    assert failed["state"] == "failed" and failed["reason"].startswith("inputs.depth:")
+    refused = server.post("/api/jobs", json={"task": "compose", "request": {"steps": 2, "drawn": ["depth"]},
+                                             "inputs": {"depth": name}})
+    assert "grayscale" in wait(server, refused.json()["id"])["reason"]  # a colour picture is no depth map
+    ramp = Image.fromarray((np.arange(64)[None].repeat(64, 0) * 4).astype(np.uint8), "L")
+    ramp_name = server.post("/api/uploads", files={"file": ("d.png", png(ramp), "image/png")}).json()["name"]
+    drawn = server.post("/api/jobs", json={"task": "compose", "request": {"steps": 2, "drawn": ["depth"]},
+                                           "inputs": {"depth": ramp_name}})
+    done = wait(server, drawn.json()["id"])
+    assert done["state"] == "done", done["reason"]
 
 
 def test_uploads_go_through_the_image_reader(server, photo):

@@ -15,8 +15,8 @@ SOURCE_KINDS = ("image_embedding", "palette", "sketch", "instances", "depth", "i
 
 @dataclass(frozen=True)
 class Files:
-    """What a job that makes files rather than images returns (decompose): names -> text, a PIL image, or a function
-    that writes into the folder (io/files.write_folder)."""
+    """What a job that makes files rather than images returns (decompose, invert, visii): names -> text, a PIL image,
+    or a function that writes into the folder (io/files.write_folder); ``summary`` goes into the job's record."""
 
     files: dict
     summary: dict
@@ -58,6 +58,7 @@ def compose_job(model, request, paths, cancel=None, callback=None):
     from ..conditions.fitting import fit_image, fit_mask
     from ..conditions.sketch import Sketch
     from ..conditions.sources import read_source
+    from ..decompose.depth import bundled_depth_estimator
     from ..io.images import open_image, open_mask
     from .composer import compose, edit_region
 
@@ -69,12 +70,16 @@ def compose_job(model, request, paths, cancel=None, callback=None):
     for kind in request.drawn:
         if kind not in paths:
             raise InvalidParameter("drawn", "kinds among the inputs", kind)
+    drawn = {"sketch": lambda p: Sketch.from_image(p), "depth": lambda p: Depth.from_image(p, "inputs.depth")}
     conds = [Caption(request.caption)] if request.caption is not None else []
     for kind in SOURCE_KINDS:
         if kind in paths:
-            drawn = {"sketch": lambda p: Sketch.from_image(p), "depth": lambda p: Depth.from_image(p, "inputs.depth")}
             source = ConditionSet.of(drawn[kind](paths[kind])) if kind in request.drawn else \
                 read_source(paths[kind], (kind,), f"inputs.{kind}")
+            if kind == "depth" and not isinstance(source, ConditionSet) and bundled_depth_estimator() is None:
+                raise InvalidParameter("inputs.depth", "a saved depth (a decompose job's depth.json) or a depth map "
+                                                       "with drawn: [\"depth\"]: there is no depth model to estimate "
+                                                       "one from an image", str(paths[kind]))
             conds += list(model.decompose(source, (kind,), size=size).values())
     if not conds and "image" not in paths and not request.controls:
         raise InvalidParameter("inputs", "at least one condition: a caption, an input by kind, image + mask, or a "
