@@ -53,6 +53,17 @@ def test_a_batch_runs_with_provenance_and_resumes_by_content(capsys, tmp_path, j
     assert code == 0 and err.count("job ") == 1 and "job 1/4" in err, err
 
 
+def test_a_job_that_fails_fails_alone_and_runs_again_next_time(capsys, tmp_path, jobs):
+    path, lines = jobs
+    bad = {"task": "p2p", "request": {"source": "a red cat", "edited": "a cat", "steps": 2}, "model": lines[0]["model"]}
+    path.write_text(json.dumps(bad) + "\n" + json.dumps(lines[0]) + "\n")  # (word counts: neither swap nor refine)
+    code, out, err = run(capsys, "batch", path, "-o", tmp_path / "out")
+    assert code != 0 and "job 1/2 failed: edited:" in err and "job 2/2: " in err, err
+    assert "1 job(s) failed (jobs 1" in err
+    code, out, err = run(capsys, "batch", path, "-o", tmp_path / "out")
+    assert code != 0 and "job 1/2 failed" in err and "job 2/2" not in err  # the finished one is not run again
+
+
 @pytest.mark.parametrize("line, field", [
     ({"task": "paint"}, "line 2.task"),
     ({"task": "generate", "request": {"prompt": "x", "stepz": 2}}, "line 2.request"),

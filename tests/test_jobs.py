@@ -86,3 +86,18 @@ def test_a_restart_requeues_or_fails_running_jobs_with_their_reason(tmp_path):
     job = again.get(first.id)
     assert job.state == "failed" and "2 times" in job.reason
     assert {j.state for j in again.jobs()} == {"failed", "queued"}  # nothing lost
+
+
+def test_a_cancel_asked_for_survives_a_crash_and_a_graceful_requeue_costs_no_attempt(tmp_path):
+    queue = JobQueue(tmp_path / "q.sqlite", max_attempts=2)
+    a, b = queue.submit("generate", {"n": 1}), queue.submit("generate", {"n": 2})
+    queue.claim("w"), queue.claim("w")
+    queue.cancel(a.id)  # asked while it ran; then the process dies
+    queue.progress(b.id, 3, 10)
+    queue.requeue(b.id, "re-queued: the server stopped while it ran")  # a graceful stop
+    again = queue.get(b.id)
+    assert (again.state, again.attempts, again.step, again.total) == ("queued", 0, 0, 0)
+    queue.claim("w")
+    recovered = {j.id: j for j in JobQueue(tmp_path / "q.sqlite").recover()}
+    assert recovered[a.id].state == "cancelled" and "server stopped" in recovered[a.id].reason
+    assert recovered[b.id].state == "queued" and recovered[b.id].attempts == 1

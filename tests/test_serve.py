@@ -16,6 +16,11 @@ from PIL import Image
 from recomposer.server.app import Settings, create_app
 
 FINAL = ("done", "failed", "cancelled")
+OWN = "http://127.0.0.1:7860"
+
+
+def client_of(app) -> TestClient:
+    return TestClient(app, base_url=OWN)  # a loopback name: the server answers no other Host (DNS rebinding)
 
 
 def wait(client, job_id, states=FINAL, timeout=120):
@@ -36,14 +41,14 @@ def png(image: Image.Image) -> bytes:
 
 @pytest.fixture
 def server(tmp_path):
-    with TestClient(create_app(Settings(tmp_path / "data", inputs=(tmp_path / "inputs",)))) as client:
+    with client_of(create_app(Settings(tmp_path / "data", inputs=(tmp_path / "inputs",)))) as client:
         yield client
 
 
 @pytest.fixture
 def idle(tmp_path):
     """The routes without workers: jobs stay queued."""
-    with TestClient(create_app(Settings(tmp_path / "data", capacity=3, workers=False))) as client:
+    with client_of(create_app(Settings(tmp_path / "data", capacity=3, workers=False))) as client:
         yield client
 
 
@@ -129,7 +134,7 @@ def test_visii_learns_an_instruction_that_instruct_then_applies(server):
 
 def test_two_workers_serve_one_queue(tmp_path):
     """(On a GPU machine, one per device: --devices cuda:0,cuda:1; here two CPU workers.)"""
-    with TestClient(create_app(Settings(tmp_path / "data", devices=("cpu", "cpu")))) as client:
+    with client_of(create_app(Settings(tmp_path / "data", devices=("cpu", "cpu")))) as client:
         ids = [client.post("/api/jobs", json={"task": "generate", "request": {"prompt": "x", "steps": 30,
                                                                               "seed": k}}).json()["id"]
                for k in range(4)]
@@ -144,6 +149,8 @@ def test_submit_is_idempotent_by_key_and_a_full_queue_answers_429(idle):
     assert first["id"] == again["id"]
     for k in range(2):
         assert idle.post("/api/jobs", json={**body, "key": f"k{k + 2}"}).status_code == 202
+    other = idle.post("/api/jobs", json={**body, "request": {"prompt": "y"}})  # key k1, another job
+    assert other.status_code == 409 and other.json()["error"]["field"] == "key"
     full = idle.post("/api/jobs", json={**body, "key": "k9"})
     assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1 and "full" in full.json()["error"][
         "message"]
@@ -180,6 +187,9 @@ def test_a_client_that_goes_away_frees_its_queued_job_when_it_asked(idle):
     for job in (tied, kept):
         with idle.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
             next(stream.iter_lines())  # the client reads one event, then goes away
+    end = time.monotonic() + 10
+    while idle.get(f"/api/jobs/{tied['id']}").json()["state"] != "cancelled" and time.monotonic() < end:
+        time.sleep(0.05)
     assert idle.get(f"/api/jobs/{tied['id']}").json()["state"] == "cancelled"
     assert idle.get(f"/api/jobs/{kept['id']}").json()["state"] == "queued"
     assert idle.delete("/api/clients/nobody").json() == {"cancelled": 0}
@@ -187,11 +197,11 @@ def test_a_client_that_goes_away_frees_its_queued_job_when_it_asked(idle):
 
 def test_a_restart_loses_no_job(tmp_path):
     settings = Settings(tmp_path / "data", workers=False)
-    with TestClient(create_app(settings)) as client:
+    with client_of(create_app(settings)) as client:
         ids = [client.post("/api/jobs", json={"task": "generate", "request": {"prompt": f"x{k}"}}).json()["id"]
                for k in range(3)]
         client.app.state.queue.claim("a worker that dies")  # the first job was running when the process died
-    with TestClient(create_app(settings)) as client:
+    with client_of(create_app(settings)) as client:
         jobs = [client.get(f"/api/jobs/{i}").json() for i in ids]
         assert [j["state"] for j in jobs] == ["queued"] * 3
         assert "re-queued" in jobs[0]["reason"] and jobs[0]["attempts"] == 1
@@ -219,7 +229,11 @@ def test_bad_requests_are_refused_by_field_before_they_are_queued(server):
              ({"task": "generate", "request": {"prompt": "x", "steps": 0}}, "steps"),
              ({"task": "instruct", "request": {"instruction": "x"}}, "job.inputs"),
              ({"task": "generate", "request": {"prompt": "x"}, "model": "/etc"}, "model"),
-             ({"task": "generate", "request": {"prompt": "x"}, "key": 7}, "key")]
+             ({"task": "generate", "request": {"prompt": "x"}, "key": 7}, "key"),
+             ({"task": "generate", "request": {"prompt": "x", "controls": [{"net": "/tmp"}]},
+               "inputs": {}}, "request.controls.0.net"),  # a ControlNet outside --models
+             ({"task": "compose", "request": {"weights": [{"kind": "palette", "scale": "big"}]}}, "weight"),
+             ({"task": "p2p", "request": {"source": "a", "edited": "b", "edit": [1]}}, "job.request.edit")]
     for body, field in cases:
         answer = server.post("/api/jobs", json=body)
         assert answer.status_code == 422 and field in answer.json()["error"]["field"] + answer.json()["error"][
@@ -259,7 +273,9 @@ def test_requests_that_change_state_from_another_origin_are_refused(server):
     body = {"task": "p2p", "request": {"source": "a cat", "edited": "a dog"}}
     assert server.post("/api/jobs", json=body, headers={"origin": "http://evil.example"}).status_code == 403
     assert server.post("/api/jobs", json=body, headers={"sec-fetch-site": "cross-site"}).status_code == 403
-    assert server.post("/api/jobs", json=body, headers={"origin": "http://testserver"}).status_code == 202
+    assert server.post("/api/jobs", json=body, headers={"origin": OWN}).status_code == 202
+    rebound = server.get("/api/jobs", headers={"host": "evil.example:7860"})  # a DNS name rebound to 127.0.0.1
+    assert rebound.status_code == 421 and rebound.json()["error"]["field"] == "host"
     assert server.get("/api/jobs", headers={"origin": "http://evil.example"}).status_code == 200  # reading is not
 
 
@@ -296,7 +312,7 @@ def test_models_adapters_and_controlnets_are_listed_from_the_model_folders(tmp_p
     shutil.copytree(tiny_dir, models / "tiny-sd")
     (models / "nets" / "canny").mkdir(parents=True)
     (models / "nets" / "canny" / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
-    with TestClient(create_app(Settings(tmp_path / "data", models=(models,), workers=False))) as client:
+    with client_of(create_app(Settings(tmp_path / "data", models=(models,), workers=False))) as client:
         found = client.get("/api/models").json()
         job = client.post("/api/jobs", json={"task": "generate", "request": {"prompt": "x"},
                                              "model": str(models / "tiny-sd")})

@@ -127,7 +127,7 @@ def image_sha256(pixels: torch.Tensor) -> str:
 # ---------------------------------------------------------------- DDIM inversion
 
 @torch.no_grad()
-def ddim_path(backbone: Backbone, image: torch.Tensor, prompt: str, steps: int) -> list[torch.Tensor]:
+def ddim_path(backbone: Backbone, image: torch.Tensor, prompt: str, steps: int, cancel=None) -> list[torch.Tensor]:
     """[x_0, x_{t_1}, …, x_T]: the image's latents walked up the DDIM schedule of ``steps`` steps (guidance 1)."""
     b = backbone
     size = (image.shape[-1], image.shape[-2])
@@ -144,19 +144,20 @@ def ddim_path(backbone: Backbone, image: torch.Tensor, prompt: str, steps: int) 
 
     with stage("inverting (DDIM)", total=steps) as advance:
         sample(denoiser, inputs, scheduler, x0, [torch.Generator("cpu").manual_seed(0)], hooks=[record],
-               callback=lambda state: advance(state.step.index + 1))
+               callback=lambda state: advance(state.step.index + 1), cancel=cancel)
     return path
 
 
 def invert(backbone: Backbone, image: torch.Tensor, prompt: str, method: str = "null-text", steps: int = 50,
-           guidance: float = 7.5, inner: int = 10) -> Inversion:
-    """Invert ``image`` (1, 3, H, W) in [-1, 1] under ``prompt`` with ``method`` (module docstring)."""
+           guidance: float = 7.5, inner: int = 10, cancel=None) -> Inversion:
+    """Invert ``image`` (1, 3, H, W) in [-1, 1] under ``prompt`` with ``method`` (module docstring). ``cancel``:
+    asked before every step (the loop's rule)."""
     v.choice("method", method, METHODS)
     v.integer("steps", steps, 1, 1000)
     v.real("guidance", guidance, 0.0, 100.0)
     v.integer("inner", inner, 0, 1000)
     b = backbone
-    path = ddim_path(b, image, prompt, steps)
+    path = ddim_path(b, image, prompt, steps, cancel)
     first = 1 if steps > 1 and zero_terminal_snr(b) else 0
     info = InversionInfo(method, prompt, steps, 1.0 if method == "ddim" else guidance, image.shape[-1],
                          image.shape[-2], b.identity(), image_sha256(image), first=first)
@@ -165,7 +166,8 @@ def invert(backbone: Backbone, image: torch.Tensor, prompt: str, method: str = "
         return Inversion(info, start, path=torch.cat(path[len(path) - 2 - first::-1]))
     if method != "null-text":
         return Inversion(info, start)
-    nulls, masks = null_text(b, path, prompt, steps, guidance, inner, (image.shape[-1], image.shape[-2]), first)
+    nulls, masks = null_text(b, path, prompt, steps, guidance, inner, (image.shape[-1], image.shape[-2]), first,
+                             cancel)
     return Inversion(info, start, nulls, masks)
 
 
@@ -176,7 +178,7 @@ def zero_terminal_snr(backbone: Backbone) -> bool:
 
 
 def null_text(backbone: Backbone, path: list[torch.Tensor], prompt: str, steps: int, guidance: float, inner: int,
-              size: tuple[int, int], first: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+              size: tuple[int, int], first: int = 0, cancel=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The per-step null embeddings (steps − first, T, D) (and masks) for the DDIM ``path``, optimised through the
     loop from sampling position ``first``."""
     b = backbone
@@ -217,7 +219,7 @@ def null_text(backbone: Backbone, path: list[torch.Tensor], prompt: str, steps: 
 
     with stage("null-text optimisation", total=steps - first) as advance:
         sample(guided, inputs, scheduler, path[len(path) - 1 - first], [torch.Generator("cpu").manual_seed(0)],
-               first=first, before=[optimise], callback=lambda state: advance(state.step.index + 1))
+               first=first, before=[optimise], callback=lambda state: advance(state.step.index + 1), cancel=cancel)
     masks = None if null.context_mask is None else null.context_mask.float().repeat(steps - first, 1)
     return torch.stack(found), masks
 

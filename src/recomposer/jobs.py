@@ -199,20 +199,29 @@ class JobQueue:
         return self.get(job_id)
 
     def requeue(self, job_id: str, reason: str) -> Job:
-        """A running job back in the queue (its server is stopping), with the reason."""
+        """A running job back in the queue (its server is stopping gracefully), with the reason; the attempt it was
+        on is not counted (it did not fail)."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = 'queued', worker = NULL, reason = ? WHERE id = ? AND state = "
-                       "'running'", (reason, job_id))
+            db.execute("UPDATE jobs SET state = 'queued', worker = NULL, reason = ?, step = 0, total = 0, attempts = "
+                       "attempts - 1 WHERE id = ? AND state = 'running'", (reason, job_id))
         return self.get(job_id)
+
+    def by_key(self, key: str) -> Job | None:
+        """The job submitted with the client's ``key``, if any."""
+        row = self._db().execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+        return _job(row) if row is not None else None
 
     def recover(self) -> list[Job]:
         """Jobs a dead process left running: queued again while they have attempts left, else failed, each with
         its reason. Only for the queue's owner at start-up, while no worker of the file is alive."""
         with self._transaction() as db:
-            rows = db.execute("SELECT id, attempts FROM jobs WHERE state = 'running'").fetchall()
+            rows = db.execute("SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running'").fetchall()
             for row in rows:
-                if row["attempts"] < self.max_attempts:
-                    db.execute("UPDATE jobs SET state = 'queued', worker = NULL, cancel_requested = 0, reason = ? "
+                if row["cancel_requested"]:  # its cancel was asked for: it is not run again
+                    db.execute("UPDATE jobs SET state = 'cancelled', finished = ?, reason = 'cancelled while it ran "
+                               "(the server stopped before it ended)' WHERE id = ?", (time.time(), row["id"]))
+                elif row["attempts"] < self.max_attempts:
+                    db.execute("UPDATE jobs SET state = 'queued', worker = NULL, step = 0, total = 0, reason = ? "
                                "WHERE id = ?", (f"re-queued: the server stopped while it ran (attempt "
                                                 f"{row['attempts']})", row["id"]))
                 else:

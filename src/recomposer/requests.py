@@ -30,12 +30,15 @@ def from_json(cls, data: dict, source: str = "request"):
         raise InvalidParameter(source, f"fields of {cls.__name__} ({', '.join(known)})", unknown)
     values = {}
     for name, value in data.items():
-        nested = NESTED.get((cls.__name__, name))
-        if nested is not None and isinstance(value, dict):
+        nested, many = NESTED.get((cls.__name__, name)), name in MANY
+        if nested is not None and many:  # a list of nested requests (JSON objects), nothing else
+            if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+                raise InvalidParameter(f"{source}.{name}", f"a list of JSON objects of {nested.__name__} fields", value)
+            value = tuple(from_json(nested, item, f"{source}.{name}") for item in value)
+        elif nested is not None:  # one nested request
+            if not isinstance(value, dict):
+                raise InvalidParameter(f"{source}.{name}", f"a JSON object of {nested.__name__} fields", value)
             value = from_json(nested, value, f"{source}.{name}")
-        elif nested is not None and isinstance(value, list):
-            value = tuple(from_json(nested, item, f"{source}.{name}") if isinstance(item, dict) else item
-                          for item in value)
         elif isinstance(value, list):
             value = tuple(value)
         values[name] = value
@@ -135,6 +138,12 @@ class Weight:
     start: float = 0.0
     end: float = 1.0
 
+    def check(self) -> "Weight":
+        v.choice("weight", self.kind, GLOBAL_KINDS + LOCAL_KINDS)
+        v.real("weight", self.scale, -GUIDANCE_MAX, GUIDANCE_MAX)
+        v.fraction_window("weight", self.start, self.end)
+        return self
+
 
 @dataclass(frozen=True)
 class ComposeRequest:
@@ -149,6 +158,10 @@ class ComposeRequest:
     controls: tuple[ControlRequest, ...] = ()  # ControlNets beside the conditions, each with its hint
 
     def check(self) -> "ComposeRequest":
+        if not isinstance(self.base, tuple):
+            raise InvalidParameter("base", "a list of kinds", self.base)
+        for kind in self.base:
+            v.choice("base", kind, GLOBAL_KINDS + LOCAL_KINDS)
         v.choice("scheduler", self.scheduler, NAMES)
         v.integer("steps", self.steps, 1, MAX_STEPS)
         v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
@@ -177,6 +190,12 @@ class Edit:
     blend_start: float = 0.0  # share of the steps after which the blend applies
 
     def check(self) -> "Edit":
+        for name in ("cross_replace_words", "reweight"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(isinstance(word, str) for word in value):
+                raise InvalidParameter(name.replace("_", "-"), "an object of word: number", value)
+        if not isinstance(self.blend, tuple) or not all(isinstance(word, str) for word in self.blend):
+            raise InvalidParameter("blend", "a list of words", self.blend)
         v.real("cross-replace", self.cross_replace, 0.0, 1.0)
         v.real("self-replace", self.self_replace, 0.0, 1.0)
         v.integer("self-max-queries", self.self_max_queries, 1)
@@ -422,6 +441,7 @@ class InvertRequest:
         return self
 
 
+MANY = ("weights", "controls")  # the nested fields that are lists
 NESTED = {("ComposeRequest", "weights"): Weight, ("ComposeRequest", "controls"): ControlRequest,
           ("ComposeJobRequest", "weights"): Weight, ("ComposeJobRequest", "controls"): ControlRequest,
           ("P2PRequest", "edit"): Edit, ("GenerateRequest", "controls"): ControlRequest}

@@ -55,25 +55,38 @@ def batch_command(
     state = PartialState(cpu=device == "cpu")
     run_device = str(state.device) if device == "auto" else device  # (each process its own GPU)
     with state.split_between_processes(todo) as mine:
-        _run(jobs, folders, list(mine), run_device, dtype, state.process_index)
+        failed = _run(jobs, folders, list(mine), run_device, dtype, state.process_index)
     state.wait_for_everyone()
     if state.is_main_process:
         typer.echo(str(output))
+    if failed:  # every other job ran; these run again on the next run of the batch
+        from ..errors import RecomposerError
+
+        raise RecomposerError("requests", f"{len(failed)} job(s) failed (jobs {', '.join(map(str, failed))} in the "
+                                          "file's order; each said why above); a re-run of the batch retries them")
 
 
-def _run(jobs, folders, mine: list[int], device: str, dtype: str, rank: int) -> None:
+def _run(jobs, folders, mine: list[int], device: str, dtype: str, rank: int) -> list[int]:
+    """Run this process's jobs; the numbers (1-based) of those that failed, each said on stderr."""
     import shutil
 
+    from ..errors import RecomposerError
     from ..io.files import write_folder
     from ..tasks.registry import Models, job_files, run_job
 
-    models = Models(device, dtype)
+    models, failed = Models(device, dtype), []
     for k in mine:
         folder = folders[k]
         if folder.exists():  # a job cut short before its job.json (an older batch): made again, whole
             shutil.rmtree(folder)
-        files = job_files(run_job(jobs[k], models))
+        try:
+            files = job_files(run_job(jobs[k], models))
+        except RecomposerError as e:  # one job's bad input or result fails that job, not the batch
+            typer.echo(f"job {k + 1}/{len(jobs)} failed: {e}", err=True)
+            failed.append(k + 1)
+            continue
         record = {"index": k, "task": jobs[k].task, "digest": jobs[k].digest(), "process": rank,
                   "files": sorted(files)}
         write_folder(folder, {**files, "job.json": json.dumps(record, indent=2) + "\n"})  # all files or none
         typer.echo(f"job {k + 1}/{len(jobs)}: {folder}", err=True)
+    return failed

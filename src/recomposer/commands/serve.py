@@ -16,6 +16,7 @@ import typer
 from .options import Dtype
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ANY = ("0.0.0.0", "::")  # every interface: any Host header is served (the warning says what that means)
 
 
 def serve_command(
@@ -55,6 +56,8 @@ def serve_command(
 
     from ..server.app import Settings, create_app
 
-    app = create_app(Settings(Path(data), tuple(models or ()), tuple(inputs or ()), chosen, dtype, capacity))
+    hosts = LOOPBACK if host in LOOPBACK else None if host in ANY else LOOPBACK + (host,)  # Host headers served
+    app = create_app(Settings(Path(data), tuple(models or ()), tuple(inputs or ()), chosen, hosts, dtype, capacity))
     typer.echo(f"recomposer serve: http://{host}:{port}/ (API docs at /docs), data in {data}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # (open event streams would hold a graceful stop for as long as their jobs run: they get 3 s)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

@@ -24,22 +24,28 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import time
+from urllib.parse import urlsplit
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..errors import InvalidParameter, RecomposerError
 from ..jobs import FINAL, JobQueue, QueueFull
+from ..tasks.controls import BUNDLED
 from ..tasks.registry import TASKS, parse_job
 from .confine import Roots
 from .workers import Live, Worker, route_notices
 
 STATIC = Path(__file__).parent / "static"
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_BODY = 2**20  # bytes of a job's JSON
 EVENTS_PER_S = 10  # progress events a stream sends at most
 
 
@@ -49,6 +55,7 @@ class Settings:
     models: tuple[Path, ...] = ()  # folders searched for models, adapters, ControlNets
     inputs: tuple[Path, ...] = ()  # folders whose files jobs may read
     devices: tuple[str, ...] = ("cpu",)  # one worker each
+    hosts: tuple[str, ...] | None = LOOPBACK_HOSTS  # Host headers served (DNS rebinding); None: any (0.0.0.0)
     dtype: str = "fp32"
     capacity: int = 100  # queued jobs before 429
     workers: bool = True  # start the workers (tests of the routes alone say False)
@@ -56,6 +63,7 @@ class Settings:
 
 def create_app(settings: Settings) -> FastAPI:
     data = Path(settings.data)
+    settings.models = tuple(Path(os.path.realpath(p)) for p in settings.models)  # as jobs name them
     (data / "uploads").mkdir(parents=True, exist_ok=True)
     (data / "results").mkdir(parents=True, exist_ok=True)
     queue = JobQueue(data / "queue.sqlite", capacity=settings.capacity)
@@ -63,7 +71,8 @@ def create_app(settings: Settings) -> FastAPI:
                   **{f"inputs{k}": p for k, p in enumerate(settings.inputs)})
     model_roots = Roots(**{f"models{k}": p for k, p in enumerate(settings.models)})
     live = Live()
-    workers = [Worker(queue, live, roots, data / "results", d, settings.dtype, k) for k, d in enumerate(settings.devices)]
+    workers = [Worker(queue, live, roots, data / "results", device, settings.dtype, k)
+               for k, device in enumerate(settings.devices)]
     tied: set[str] = set()  # queued jobs to cancel when their event stream closes
 
     async def lifespan(app):
@@ -85,6 +94,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.middleware("http")
     async def same_origin_only(request: Request, call_next):
+        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+        if settings.hosts is not None and host not in settings.hosts:  # a rebound DNS name reaching a local server
+            return error(421, "host", "one of this server's own names: " + ", ".join(settings.hosts), host)
         if request.method in STATE_CHANGING:
             origin = request.headers.get("origin")
             own = f"{request.url.scheme}://{request.headers.get('host', '')}"
@@ -96,6 +108,12 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(RecomposerError)
     async def refused(request: Request, e: RecomposerError):
         return error(422, getattr(e, "field", "request"), str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, e: RequestValidationError):
+        first = (e.errors() or [{}])[0]
+        field = ".".join(str(part) for part in first.get("loc", ("request",)))
+        return error(422, field, first.get("msg", "malformed request"))
 
     @app.get("/api/tasks")
     def tasks() -> dict:
@@ -114,7 +132,12 @@ def create_app(settings: Settings) -> FastAPI:
                 raise InvalidParameter(name, "a string of 1 to 200 characters", extra[name])
         if not isinstance(extra.get("release_on_disconnect", False), bool):
             raise InvalidParameter("release_on_disconnect", "true or false", extra["release_on_disconnect"])
-        job = await asyncio.to_thread(check, body)
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        if "key" in extra and (known := await asyncio.to_thread(queue.by_key, extra["key"])) is not None:
+            if known.request.get("digest") != digest:  # the same key for another job: never a silent mix-up
+                return error(409, "key", "a new key: this one names another job", extra["key"])
+            return JSONResponse(shown(known), status_code=202)
+        job = {**await asyncio.to_thread(check, body), "digest": digest}
         try:
             queued = await asyncio.to_thread(queue.submit, job["task"], job, extra.get("key"), extra.get("client"))
         except QueueFull as e:
@@ -131,6 +154,12 @@ def create_app(settings: Settings) -> FastAPI:
         if model is not None:  # a folder (diffusers, parts) or a single .safetensors file, inside --models
             single = isinstance(model, str) and model.lower().endswith(".safetensors")
             body = {**body, "model": str(model_roots.find(model, "model", folder=not single))}
+        request = body.get("request") or {}
+        if isinstance(request, dict) and isinstance(request.get("controls"), list):  # each net inside --models too
+            nets = [dict(c, net=str(model_roots.find(c.get("net"), f"request.controls.{k}.net", folder=True)))
+                    if isinstance(c, dict) and not str(c.get("net", "")).startswith(BUNDLED) else c
+                    for k, c in enumerate(request["controls"])]
+            body = {**body, "request": {**request, "controls": nets}}
         parsed = parse_job(body, "job", locate=roots.find)
         return {"task": parsed.task, "request": body.get("request") or {}, "model": parsed.model,
                 "inputs": {k: str(p) for k, p in parsed.inputs.items()}}
@@ -183,11 +212,16 @@ def create_app(settings: Settings) -> FastAPI:
                     changed.clear()
             finally:
                 live.unwatch(job_id, changed)
-                if job_id in tied and queue.get(job_id).state == "queued":
-                    queue.cancel(job_id)  # its client went away and asked for that
-                tied.discard(job_id)
+                if job_id in tied and not live.watched(job_id):  # its client went away (no stream left on it)
+                    tied.discard(job_id)
+                    # (not awaited: a stream closed by its client is being cancelled; the executor runs it anyway)
+                    asyncio.get_running_loop().run_in_executor(None, release_if_queued, job_id)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    def release_if_queued(job_id: str) -> None:
+        if queue.get(job_id).state == "queued":
+            queue.cancel(job_id)
 
     @app.get("/api/jobs/{job_id}/files/{name:path}")
     def result_file(job_id: str, name: str):
@@ -209,9 +243,10 @@ def create_app(settings: Settings) -> FastAPI:
         job = queue.get(job_id)
         if job.state == "unknown":
             return JSONResponse(shown(job), status_code=404)
-        if job.state == "running":
+        after = queue.cancel(job_id)
+        if after.state == "running":  # (claimed between the two reads too: the worker sees the flag)
             live.cancel(job_id)
-        return shown(queue.cancel(job_id))
+        return shown(after)
 
     @app.delete("/api/clients/{client}")
     def release(client: str):
@@ -268,10 +303,13 @@ def error(status: int, field: str, message: str, given: object = None, headers: 
 async def json_body(request: Request) -> dict:
     if not request.headers.get("content-type", "").startswith("application/json"):
         raise InvalidParameter("content-type", "application/json", request.headers.get("content-type"))
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise InvalidParameter("body", f"at most {MAX_BODY} bytes of JSON", f"{len(raw)} bytes")
     try:
-        body = json.loads(await request.body())
-    except ValueError:
-        raise InvalidParameter("body", "a JSON object", "not JSON") from None
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidParameter("body", "a JSON object", "not JSON (or nested too deeply)") from None
     if not isinstance(body, dict):
         raise InvalidParameter("body", "a JSON object", type(body).__name__)
     return body

@@ -109,6 +109,10 @@ class Live:
         with self.lock:
             self.watchers.setdefault(job_id, []).append((loop, event))
 
+    def watched(self, job_id: str) -> bool:
+        with self.lock:
+            return bool(self.watchers.get(job_id))
+
     def unwatch(self, job_id: str, event) -> None:
         with self.lock:
             left = [w for w in self.watchers.get(job_id, []) if w[1] is not event]
@@ -139,12 +143,16 @@ class Worker(threading.Thread):
     def run(self) -> None:
         torch.set_num_threads(self.threads)
         while not self.stopping.is_set():
-            job = self.queue.claim(self.name)
-            if job is None:
-                self.wake.wait(0.5)
-                self.wake.clear()
-                continue
-            self.execute(job)
+            try:
+                job = self.queue.claim(self.name)
+                if job is None:
+                    self.wake.wait(0.5)
+                    self.wake.clear()
+                    continue
+                self.execute(job)
+            except Exception:  # noqa: BLE001 (the queue file itself failed: locked, disk full; the worker lives on)
+                log.error("worker %s: %s", self.name, traceback.format_exc())
+                self.stopping.wait(2.0)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -154,14 +162,16 @@ class Worker(threading.Thread):
         self.live.start(job.id, self.device)
         _job_notes.notes = []
         try:
-            parsed = parse_job(job.request, "job", locate=self.roots.find)
+            body = {k: v for k, v in job.request.items() if k != "digest"}  # (the submitted body's hash: app.py)
+            parsed = parse_job(body, "job", locate=self.roots.find)
             model = self.models.get(parsed)
             report = Reporter(self, job.id, getattr(model, "backbone", model))
             results = run_job(parsed, self.models, callback=report,
-                              cancel=lambda: self.live.cancelled(job.id) or self.stopping.is_set())
+                              cancel=lambda: self.live.cancelled(job.id) or report.cancel_asked or
+                              self.stopping.is_set())
             self.queue.finish(job.id, self.store(job.id, results))
         except Cancelled:
-            if self.live.cancelled(job.id):
+            if self.live.cancelled(job.id) or self.queue.get(job.id).cancel_requested:
                 self.queue.cancelled(job.id)
             else:  # the server is stopping: the job waits for the next start, never silently cancelled
                 self.queue.requeue(job.id, "re-queued: the server stopped while it ran")
@@ -211,6 +221,7 @@ class Reporter:
     def __init__(self, worker: Worker, job_id: str, backbone):
         self.worker, self.job_id, self.backbone = worker, job_id, backbone
         self.last_preview, self.decode_time, self.last_write = time.monotonic(), 0.0, 0.0
+        self.cancel_asked = False  # the queue file says so (a cancel that came as the job was claimed)
 
     def __call__(self, state) -> None:
         step, total, now = state.step.index + 1, state.step.count, time.monotonic()
@@ -222,7 +233,7 @@ class Reporter:
             self.decode_time, self.last_preview = time.monotonic() - started, time.monotonic()
         self.worker.live.update(self.job_id, **values)
         if now - self.last_write >= PROGRESS_EVERY or step == total:
-            self.worker.queue.progress(self.job_id, step, total)
+            self.cancel_asked = self.worker.queue.progress(self.job_id, step, total)
             self.last_write = now
 
 

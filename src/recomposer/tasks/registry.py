@@ -106,16 +106,21 @@ def parse_job(data: object, source: str = "job", root: Path | None = None,
 
 
 class Models:
-    """Models loaded once per (model path, what the task runs on) for a run of many jobs."""
+    """Models loaded once per (model path, what the task runs on) for a run of many jobs; at most ``keep`` at once
+    (the one used longest ago goes first)."""
 
-    def __init__(self, device: str = "auto", dtype: str = "fp32"):
-        self.device, self.dtype, self.loaded = device, dtype, {}
+    def __init__(self, device: str = "auto", dtype: str = "fp32", keep: int = 2):
+        self.device, self.dtype, self.keep, self.loaded = device, dtype, keep, {}
 
     def get(self, job: Job):
         key = (job.model, TASKS[job.task].model)
         if key[1] == "none":
             return None
-        if key not in self.loaded:
+        if key in self.loaded:
+            self.loaded[key] = self.loaded.pop(key)  # now the most recently used
+        else:
+            while len(self.loaded) >= self.keep:
+                self.loaded.pop(next(iter(self.loaded)))
             from ..models.device import resolve_device, resolve_dtype
             from ..models.loading import open_instruction_model, open_model
             from .composer import load_composer

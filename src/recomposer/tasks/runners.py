@@ -167,7 +167,7 @@ def invert_job(backbone, request, paths, cancel=None, callback=None):
 
     size = (backbone.native_size, backbone.native_size)
     result = invert(backbone, to_tensor(fit_image(open_image(paths["image"], "inputs.image"), size)), request.prompt,
-                    request.method, request.steps, request.guidance, request.inner)
+                    request.method, request.steps, request.guidance, request.inner, cancel=cancel)
     return Files(result.files(), {"prompt": request.prompt, "method": request.method, "steps": request.steps,
                                   "guidance": request.guidance})
 

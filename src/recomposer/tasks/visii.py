@@ -53,6 +53,8 @@ class VisiiRequest:
     def check(self) -> "VisiiRequest":
         if not isinstance(self.init, str) or not self.init.strip():
             raise InvalidParameter("init", "an instruction of at least one word", self.init)
+        if not isinstance(self.candidates, tuple):
+            raise InvalidParameter("candidates", "a list of instructions", self.candidates)
         for text in self.candidates:
             if not isinstance(text, str) or not text.strip():
                 raise InvalidParameter("candidates", "instructions of at least one word", text)

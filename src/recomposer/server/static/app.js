@@ -85,6 +85,7 @@ function readField(input) {
     try { return JSON.parse(input.value || "null"); } catch { throw new Error(`${input.name}: not valid JSON`); }
   }
   if (input.type === "number") {
+    if (input.validity.badInput) throw new Error(`${input.name}: must be a number`);
     if (input.value === "") return type.includes("None") ? null : undefined;
     return Number(input.value);
   }
@@ -276,12 +277,14 @@ function follow(id) {
     $("preview").hidden = true;
     if (job.state === "done") { $("bar-fill").style.width = "100%"; showResults(job); }
     if (job.state === "failed") showError(job.reason);
-    for (const listener of finished.splice(0)) listener(job);
     refreshHistory();
   });
 }
-const finished = [];
-const whenFinished = () => new Promise((resolve) => finished.push(resolve));
+// A job's final record, from its own event stream (the run panel may move on to another job meanwhile).
+const whenFinished = (id) => new Promise((resolve) => {
+  const stream = new EventSource(`/api/jobs/${id}/events`);
+  stream.addEventListener("end", (e) => { stream.close(); resolve(JSON.parse(e.data)); });
+});
 
 function showResults(job) {
   const box = $("results");
@@ -322,6 +325,9 @@ function reuse(job) {
   const page = Object.keys(PAGES).find((k) => PAGES[k].task === task) || PREPARED_ON[task];
   if (!page) return showError(`no page for ${task}`);
   $("model").value = job.request.model || "";
+  if ($("model").value !== (job.request.model || "")) {
+    return showError(`model: ${job.request.model} is not among this server's models any more`);
+  }
   open(page, job.request);
 }
 
@@ -383,7 +389,7 @@ function visiiSection(form, prepared) {
       const steps = Object.values(numbers)[0];
       const job = await submit({task: "visii", request: {steps},
                                 inputs: {before: slots.before.state.name, after: slots.after.state.name}});
-      const done = job && await whenFinished();
+      const done = job && await whenFinished(job.id);
       if (done?.state !== "done") return "";
       prepared.inputs.learned = `${done.id}/instruction.safetensors`;
       prepared.request.learned = done.result.summary.sha256;
@@ -399,7 +405,7 @@ function inversionSection(form, prepared) {
       const job = await submit({task: "invert", inputs: {image: slots.image.state.name},
                                 request: {prompt: request.source, steps: request.steps, guidance: request.guidance,
                                           method: "direct"}});
-      const done = job && await whenFinished();
+      const done = job && await whenFinished(job.id);
       if (done?.state !== "done") return "";
       prepared.inputs.inversion = `${done.id}/inversion.json`;
       return `Prompt-to-Prompt now edits the inverted image (keep the source prompt and ${request.steps} DDIM steps).`;
@@ -438,7 +444,7 @@ function composePage(root, from) {
     if (!image.state.name) return showError("image: upload an image to decompose");
     const job = await submit({task: "decompose", request: {}, inputs: {image: image.state.name}});
     if (!job) return;
-    const done = await whenFinished();
+    const done = await whenFinished(job.id);
     if (done.state !== "done") return;
     for (const kind of COMPOSE_KINDS) {
       if (done.result.summary.kinds.includes(kind)) kinds[kind].set(`${done.id}/${kind}.json`);
