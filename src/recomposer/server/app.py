@@ -109,6 +109,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def refused(request: Request, e: RecomposerError):
         return error(422, getattr(e, "field", "request"), str(e))
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception):  # (logged with its traceback by the server)
+        return error(500, "server", f"internal error ({type(e).__name__}); the server's log has the details")
+
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, e: RequestValidationError):
         first = (e.errors() or [{}])[0]
