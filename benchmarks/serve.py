@@ -3,8 +3,9 @@
     python benchmarks/serve.py [--threads 1] [--small 1000] [-o benchmarks/results/serve.json]
 
 1. overhead     a generate job through the API (POST, then its event stream until the end event, as the web app
-                follows a job) against the same task called directly (tasks/registry.run_job on the same loaded
-                model, its images written as a job's are), interleaved, median of 15 each.
+                follows a job; from a client process of its own) against the same task called directly
+                (tasks/registry.run_job on the same loaded model, its images written as a job's are), interleaved,
+                median of 15 each.
 2. polling      50 client threads (in a process of their own) poll job states while jobs run; a submitter offers 3x the queue's
                 capacity at once: p50/p99 status latency, 429s counted, every accepted job checked to finish.
 3. restart      a `recomposer serve` process with 6 jobs (1 running, 5 queued) is killed (SIGKILL), started again on
@@ -118,24 +119,43 @@ def stop(server, thread) -> None:
 GENERATE = {"task": "generate", "request": {"prompt": "a red circle above a blue square", "steps": 20, "guidance": 3}}
 
 
+def api_client(port: int, orders, answers) -> None:
+    """The API's side of the overhead figure, in a process of its own (as a browser or a script is): for each job
+    it is sent, submit it and follow its event stream to the end; answer the seconds that took."""
+    client = Client(port)
+    while (job := orders.get()) is not None:
+        started = time.perf_counter()
+        done = client.follow(client.json("POST", "/api/jobs", job)[1]["id"])
+        answers.put((time.perf_counter() - started, done["state"]))
+
+
 def overhead(data: Path, repeats: int = 15) -> dict:
+    import multiprocessing
+
     from recomposer.io.files import write_folder
     from recomposer.tasks.registry import job_files, parse_job, run_job
 
     server, thread, port, app = in_process_server(data)
-    client = Client(port)
     worker = app.state.workers[0]
-    client.wait(client.json("POST", "/api/jobs", GENERATE)[1]["id"])  # warm: the model loads once
+    context = multiprocessing.get_context("spawn")
+    orders, answers = context.Queue(), context.Queue()
+    client = context.Process(target=api_client, args=(port, orders, answers))
+    client.start()
+    orders.put(GENERATE)  # warm: the model loads once, in the worker
+    answers.get()
     direct, api = [], []
     for k in range(repeats):
-        seed = {"request": {**GENERATE["request"], "seed": k}}
+        job = {**GENERATE, "request": {**GENERATE["request"], "seed": k}}
         started = time.perf_counter()
-        results = run_job(parse_job({**GENERATE, **seed}), worker.models)
+        results = run_job(parse_job(job), worker.models)
         write_folder(data.parent / "direct" / str(k), job_files(results))  # as the CLI and a job store them
         direct.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        client.follow(client.json("POST", "/api/jobs", {**GENERATE, **seed})[1]["id"])
-        api.append(time.perf_counter() - started)
+        orders.put(job)
+        seconds, state = answers.get()
+        assert state == "done", state
+        api.append(seconds)
+    orders.put(None)
+    client.join()
     stop(server, thread)
     return {"direct_s": statistics.median(direct), "api_s": statistics.median(api),
             "ratio": statistics.median(api) / statistics.median(direct), "repeats": repeats,
