@@ -6,8 +6,9 @@
                 follows a job; from a client process of its own) against the same task called directly
                 (tasks/registry.run_job on the same loaded model, its images written as a job's are), interleaved,
                 median of 15 each.
-2. polling      50 client threads (in a process of their own) poll job states while jobs run; a submitter offers 3x the queue's
-                capacity at once: p50/p99 status latency, 429s counted, every accepted job checked to finish.
+2. polling      50 client threads (in a process of their own) poll job states while jobs run; a submitter offers
+                3x the queue's capacity at once: p50/p99 status latency, 429s counted, every accepted job checked
+                to finish.
 3. restart      a `recomposer serve` process with 6 jobs (1 running, 5 queued) is killed (SIGKILL), started again on
                 the same data folder: each job's state after the restart, then all run to the end.
 4. memory       the server's resident memory after 100 and after ``--small`` small jobs (1 step each), then a job
@@ -288,7 +289,8 @@ def variants(secret: Path, outside: Path) -> list[str]:
     names += [str(secret), str(secret).upper(), "//" + str(secret), str(outside) + "/secret.png",
               "file://" + str(secret), "http://127.0.0.1/secret.png", "link/secret.png", "link/../link/secret.png",
               "escape.png", "ESCAPE.PNG", "a\0.png", "../secret.png\0.png", "secret.png%00", "", ".", "..", "/",
-              "x" * 5000, "~/" + secret.name, "$HOME/secret.png", "results/../../secret.png", "uploads/../../secret.png"]
+              "x" * 5000, "~/" + secret.name, "$HOME/secret.png", "results/../../secret.png",
+              "uploads/../../secret.png"]
     return names
 
 

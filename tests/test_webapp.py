@@ -205,7 +205,8 @@ def test_scribbles_painted_over_the_background_become_the_background(page, app_u
     page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.2, steps=8)
     page.mouse.up()
     page.click("#use-drawing")
-    page.wait_for_function(f"document.querySelector('.slot[data-slot=background] img').getAttribute('src') != {first!r}")
+    page.wait_for_function(f"document.querySelector('.slot[data-slot=background] img').getAttribute('src') != "
+                           f"{first!r}")
     src = page.get_attribute(".slot[data-slot=background] img", "src")
     painted = np.asarray(Image.open(__import__("io").BytesIO(page.request.get(app_url + src).body())).convert("RGB"))
     original = np.asarray(Image.open(scenes / "11.png").convert("RGB"))
