@@ -95,6 +95,23 @@ def test_decompose_then_compose_from_its_saved_conditions_and_another_image(serv
     assert any(note.startswith("caption:") for note in again["result"]["notes"])  # each job its own notices
 
 
+def test_frames_are_interpolated_between_two_images_under_a_shared_sketch(server):
+    from recomposer.world.render import render
+    from recomposer.world.scene import sample_scene
+
+    names = [server.post("/api/uploads", files={"file": ("x.png", png(Image.fromarray(render(sample_scene(s), 64)
+                                                                                      .image)), "image/png")}
+                         ).json()["name"] for s in (3, 4)]
+    job = server.post("/api/jobs", json={"task": "interpolate", "request": {"frames": 3, "steps": 3},
+                                         "inputs": {"first": names[0], "last": names[1], "sketch": names[0]}}).json()
+    done = wait(server, job["id"])
+    assert done["state"] == "done" and len(done["result"]["images"]) == 3, done["reason"]
+    assert {p["task"] for p in done["result"]["provenance"]} == {"interpolate"}
+    assert all(p["seed"] == 0 for p in done["result"]["provenance"])  # one seed: the frames differ by their kinds
+    fields = {f["name"]: f for f in server.get("/api/tasks").json()["interpolate"]["fields"]}
+    assert "dpmpp_2m" in fields["scheduler"]["choices"] and fields["frames"]["default"] == 8
+
+
 def test_an_inverted_photo_is_edited_by_prompt_to_prompt(server, photo):
     name = server.post("/api/uploads", files={"file": ("a.png", png(photo), "image/png")}).json()["name"]
     inverted = server.post("/api/jobs", json={"task": "invert", "inputs": {"image": name},

@@ -75,6 +75,7 @@ def test_generate_end_to_end(page, app_url):
     page.goto(app_url)
     page.fill("textarea[name=prompt]", "a red circle")
     page.fill("input[name=steps]", "8")
+    assert page.locator("select[name=scheduler] option").count() >= 9  # a fixed list is a menu
     page.click("button.primary")
     page.wait_for_selector("#run-state[data-state=done]", timeout=60_000)
     assert page.locator("#results img").count() == 1

@@ -401,6 +401,30 @@ class ComposeJobRequest(ComposeRequest):
 
 
 @dataclass(frozen=True)
+class InterpolateRequest(ComposeRequest):
+    """``interpolate`` as one job: frames between the ``first`` and ``last`` inputs' kinds (image embedding: slerp;
+    palette: linear), all from one seed, with an optional caption and a ``sketch`` input shared by every frame."""
+
+    frames: int = 8  # both ends included
+    kinds: tuple[str, ...] = ("image_embedding", "palette")
+    caption: str | None = None
+
+    def check(self) -> "InterpolateRequest":
+        super().check()
+        v.integer("frames", self.frames, 2, 256)
+        if not isinstance(self.kinds, tuple) or not self.kinds:
+            raise InvalidParameter("kinds", "a list of image_embedding and/or palette", self.kinds)
+        for kind in self.kinds:
+            v.choice("kinds", kind, ("image_embedding", "palette"))
+        if self.caption is not None and not isinstance(self.caption, str):
+            raise InvalidParameter("caption", "a string or null", self.caption)
+        return self
+
+    def sampling(self) -> ComposeRequest:
+        return ComposeRequest(**{f.name: getattr(self, f.name) for f in fields(ComposeRequest)})
+
+
+@dataclass(frozen=True)
 class DecomposeRequest:
     """``decompose`` as one job: every representation of the ``image`` input (or the named ``kinds``)."""
 
@@ -444,6 +468,7 @@ class InvertRequest:
 MANY = ("weights", "controls")  # the nested fields that are lists
 NESTED = {("ComposeRequest", "weights"): Weight, ("ComposeRequest", "controls"): ControlRequest,
           ("ComposeJobRequest", "weights"): Weight, ("ComposeJobRequest", "controls"): ControlRequest,
+          ("InterpolateRequest", "weights"): Weight, ("InterpolateRequest", "controls"): ControlRequest,
           ("P2PRequest", "edit"): Edit, ("GenerateRequest", "controls"): ControlRequest}
 
 

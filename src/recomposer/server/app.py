@@ -336,8 +336,19 @@ def sse(event: str, payload: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(payload, default=str)}\n\n"
 
 
+def choices() -> dict[str, tuple]:
+    """The fields whose values come from a fixed list, by name (a form shows them as a menu)."""
+    from ..requests import COMPOSITE_APPLICATIONS, CONTROL_MODES, INVERSION_METHODS
+    from ..schedulers import NAMES
+
+    return {"scheduler": NAMES, "application": tuple(COMPOSITE_APPLICATIONS), "method": INVERSION_METHODS,
+            "space": ("x0", "xt"), "mode": CONTROL_MODES}
+
+
 def describe(cls) -> list[dict]:
-    """A request dataclass's fields for a form: name, type, default (JSON), and the field's comment if any."""
+    """A request dataclass's fields for a form: name, type, default (JSON), required, and the allowed values of a
+    field that has a fixed list."""
+    menus = choices()
     out = []
     for f in fields(cls):
         default = f.default if f.default is not MISSING else (
@@ -345,5 +356,6 @@ def describe(cls) -> list[dict]:
         default = asdict(default) if is_dataclass(default) else default
         kind = f.type.__name__ if isinstance(f.type, type) else str(f.type).replace("typing.", "")
         out.append({"name": f.name, "type": kind.replace("recomposer.requests.", ""), "default": default,
-                    "required": f.default is MISSING and f.default_factory is MISSING})
+                    "required": f.default is MISSING and f.default_factory is MISSING,
+                    **({"choices": list(menus[f.name])} if f.name in menus else {})})
     return out

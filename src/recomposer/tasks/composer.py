@@ -184,7 +184,8 @@ def reconstruct(model: ComposerModel, image: Image.Image, kinds: tuple[str, ...]
 
 def interpolate(model: ComposerModel, a: Image.Image, b: Image.Image, frames: int = 8,
                 kinds: tuple[str, ...] = ("image_embedding", "palette"), request: ComposeRequest = ComposeRequest(),
-                fixed: ConditionSet = ConditionSet()) -> list[Generated]:
+                fixed: ConditionSet = ConditionSet(), callback: StepCallback | None = None,
+                cancel=None) -> list[Generated]:
     """``frames`` images from a's to b's ``kinds`` (image embedding: slerp; palette: linear), all from the same
     noise (seed), with ``fixed`` conditions shared by every frame."""
     v.integer("frames", frames, 2, 256)
@@ -197,7 +198,8 @@ def interpolate(model: ComposerModel, a: Image.Image, b: Image.Image, frames: in
     for i in range(frames):
         s = i / (frames - 1)
         mixed = [_mix(ca[k], cb[k], s) for k in kinds]
-        results += compose(model, fixed.with_(*mixed), replace(request, batch=1), task="interpolate")
+        results += compose(model, fixed.with_(*mixed), replace(request, batch=1), task="interpolate",
+                           callback=callback, cancel=cancel)
     return results
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from ..errors import InvalidParameter
 from ..requests import (ComposeJobRequest, CompositeRequest, DecomposeRequest, GenerateRequest, InstructRequest,
-                        InvertRequest, P2PRequest, from_json)
+                        InterpolateRequest, InvertRequest, P2PRequest, from_json)
 from .runners import (CONTROL_INPUTS, PAIR_INPUTS, SOURCE_KINDS, Files, compose_job, composite_job, decompose_job,
-                      generate_job, instruct_job, invert_job, p2p_job, visii_job)
+                      generate_job, instruct_job, interpolate_job, invert_job, p2p_job, visii_job)
 from .visii import VisiiRequest
 
 
@@ -40,6 +40,8 @@ TASKS = {
     "generate": Task(GenerateRequest, ("image", "mask") + CONTROL_INPUTS, (), generate_job),
     "compose": Task(ComposeJobRequest, SOURCE_KINDS + ("image", "mask") + CONTROL_INPUTS, (), compose_job,
                     model="composer"),
+    "interpolate": Task(InterpolateRequest, ("first", "last", "sketch"), ("first", "last"), interpolate_job,
+                        model="composer"),
     "decompose": Task(DecomposeRequest, ("image", "mask"), ("image",), decompose_job, model="none"),
     "instruct": Task(InstructRequest, ("image", "learned"), ("image",), instruct_job, model="instruction"),
     "visii": Task(VisiiRequest, PAIR_INPUTS, ("before", "after"), visii_job, model="instruction"),

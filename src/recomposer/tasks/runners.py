@@ -95,6 +95,19 @@ def compose_job(model, request, paths, cancel=None, callback=None):
                    cancel=cancel)
 
 
+def interpolate_job(model, request, paths, cancel=None, callback=None):
+    from ..conditions import Caption, ConditionSet
+    from ..conditions.sources import read_source
+    from .composer import interpolate
+
+    a, b = (read_source(paths[name], request.kinds, f"inputs.{name}") for name in ("first", "last"))
+    fixed = [Caption(request.caption)] if request.caption is not None else []
+    if "sketch" in paths:
+        fixed += list(model.decompose(read_source(paths["sketch"], ("sketch",), "inputs.sketch"), ("sketch",)).values())
+    return interpolate(model, a, b, request.frames, request.kinds, request.sampling(), ConditionSet(tuple(fixed)),
+                       callback=callback, cancel=cancel)
+
+
 def decompose_job(model, request, paths, cancel=None, callback=None):
     import json
 

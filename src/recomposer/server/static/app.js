@@ -16,6 +16,10 @@ const PAGES = {
               inputs: {background: "paint", mask: "mask:background", object: "upload"},
               hint: "Cross-domain compositing: paste an object on a background (or paint scribbles over it, with " +
                     "the scribble application), mark the region, and let masked ILVR blend it in."},
+  interpolate: {title: "Interpolate", task: "interpolate", main: ["caption", "frames"],
+                inputs: {first: "upload", last: "upload", sketch: "lines"},
+                hint: "Frames between two images' semantics/style and palettes (Composer), from one seed; a sketch, " +
+                      "drawn or from an image, keeps every frame's layout."},
   p2p: {title: "Prompt-to-Prompt", task: "p2p", main: ["source", "edited"], inputs: {},
         hint: "Two prompts that differ by a word: the second image keeps the first one's layout. To edit a real " +
               "image, invert it first (under the source prompt).", extra: inversionSection},
@@ -61,7 +65,10 @@ function showError(message) {
 function fieldInput(f, value) {
   const type = f.type;
   let input;
-  if (type.includes("bool")) {
+  if (f.choices) {  // a field with a fixed list of values
+    input = el("select", {}, ...f.choices.map((c) => el("option", {value: c, textContent: c})));
+    input.value = value ?? f.choices[0];
+  } else if (type.includes("bool")) {
     input = el("input", {type: "checkbox", checked: !!value});
   } else if (/\b(int|float)\b/.test(type) && !type.includes("tuple") && !type.includes("Mapping")) {
     input = el("input", {type: "number", step: type.includes("int") && !type.includes("float") ? "1" : "any",
