@@ -107,8 +107,11 @@ function fieldsBlock(task, main, values = {}, skip = []) {
     const f = all.find((x) => x.name === name);
     if (f) first.append(fieldInput(f, name in values ? values[name] : f.default));
   }
-  for (const f of all) if (!main.includes(f.name) && !COMMON.includes(f.name)) rest.append(fieldInput(f, f.name in values ? values[f.name] :
-                                                                             f.default));
+  for (const f of all) {
+    if (!main.includes(f.name) && !COMMON.includes(f.name)) {
+      rest.append(fieldInput(f, f.name in values ? values[f.name] : f.default));
+    }
+  }
   return el("div", {}, first, el("details", {}, el("summary", {textContent: "settings"}), rest));
 }
 
@@ -171,7 +174,7 @@ function slot(name, how, slots) {
   return {box, state, set, picture};
 }
 
-// --- the drawing dialog: masks (white = change) over an image, or black lines on white paper -----------------
+// --- the drawing dialog: masks (white = change) over an image, black lines on paper, or colours over a picture ---
 function draw(title, mode, backgroundUrl) {
   return new Promise(async (resolve) => {
     const dialog = $("drawing"), canvas = $("canvas"), ctx = canvas.getContext("2d");
