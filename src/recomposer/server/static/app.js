@@ -370,9 +370,9 @@ function open(name, from = null) {
     for (const [input, s] of Object.entries(slots)) if (s.state.name) inputs[input] = s.state.name;
     submit({task: page.task, request: {...request, ...prepared.request}, inputs});
   };
-  root.append(holder);
-  if (page.extra) root.append(page.extra(form, prepared));
-  root.append(form, go);
+  root.append(holder, form);
+  if (page.extra) root.append(page.extra(form, prepared));  // (after the fields it reads, e.g. the source prompt)
+  root.append(go);
 }
 
 // A step that prepares a job's input by another job (a Visii instruction, an inversion): its own slots and button.
