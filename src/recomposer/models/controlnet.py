@@ -83,7 +83,10 @@ class ControlNetAdapter:
 
     def attach(self, backbone) -> None:
         check_fits(self.net, backbone, self.name)
-        self.net.to(backbone.device, backbone.dtype).eval()
+        weight = next(self.net.parameters())
+        if (weight.device, weight.dtype) != (backbone.device, backbone.dtype):  # (a net already there: no walk)
+            self.net.to(backbone.device, backbone.dtype)
+        self.net.eval()
         self.prompt_length = backbone.prompt_length
 
     def encode(self, backbone, conds, size: tuple[int, int]) -> dict:

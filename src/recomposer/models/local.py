@@ -94,11 +94,11 @@ def weights_sha256(model: torch.nn.Module) -> str:
     """sha256 over every weight (names, dtypes, shapes, bytes), as Backbone.identity hashes its own. Remembered per
     module until a weight changes (in place: its version counter moves; or replaced: another tensor), so recording
     the same ControlNet in every result's provenance hashes its gigabytes once, not per image."""
-    state = sorted(model.state_dict().items())
-    key = tuple((name, id(t), t._version) for name, t in state)
+    key = tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))  # cheap: no state_dict walk
     known = _HASHES.get(model)
     if known is not None and known[0] == key:
         return known[1]
+    state = sorted(model.state_dict().items())
     digest = hashlib.sha256()
     for name, tensor in state:
         t = tensor.detach().to("cpu").contiguous()
