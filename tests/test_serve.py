@@ -224,6 +224,18 @@ def test_a_restart_loses_no_job(tmp_path):
         assert "re-queued" in jobs[0]["reason"] and jobs[0]["attempts"] == 1
 
 
+def test_a_graceful_stop_puts_a_running_job_back_in_the_queue(tmp_path):
+    from recomposer.jobs import JobQueue
+
+    with client_of(create_app(Settings(tmp_path / "data"))) as client:
+        job = client.post("/api/jobs", json={"task": "generate", "request": {"prompt": "x", "steps": 1000}}).json()
+        wait(client, job["id"], ("running",))
+        while client.app.state.live.get(job["id"]) and not client.app.state.live.get(job["id"])["step"]:
+            time.sleep(0.05)
+    again = JobQueue(tmp_path / "data" / "queue.sqlite").get(job["id"])  # after the server's shutdown
+    assert (again.state, again.attempts) == ("queued", 0) and "server stopped" in again.reason
+
+
 def test_out_of_memory_fails_the_job_with_its_reason_and_the_next_job_runs(server, monkeypatch):
     from recomposer.requests import P2PRequest
     from recomposer.tasks import registry
