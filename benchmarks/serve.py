@@ -15,7 +15,7 @@
                 forced out of memory (the process's address space capped 1.5 GB above its use) and the next job.
 5. confinement  >= 200 traversal variants (.., encoded, double-encoded, backslashes, symlinks, letter case, absolute
                 paths, NUL, long names) sent raw (no client-side path normalisation) to every route that names a
-                file: uploads, job files, a job's inputs and its model. Counted: answers that carried the secret's
+                file: uploads, job files, --inputs files, a job's inputs and its model. Counted: answers that carried the secret's
                 bytes, jobs queued with a path outside the roots, files created outside the data folder.
 """
 
@@ -97,13 +97,13 @@ class Client:
         raise TimeoutError(job_id)
 
 
-def in_process_server(data: Path, capacity: int = 100):
+def in_process_server(data: Path, capacity: int = 100, inputs: tuple = ()):
     import uvicorn
 
     from recomposer.server.app import Settings, create_app
 
     port = free_port()
-    app = create_app(Settings(data, capacity=capacity))
+    app = create_app(Settings(data, capacity=capacity, inputs=inputs))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -303,7 +303,9 @@ def confinement(data: Path) -> dict:
 
     root.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (1, 2, 3)).save(secret)
-    server, thread, port, app = in_process_server(data)
+    (root / "inputs").mkdir(exist_ok=True)  # an --inputs folder beside the secret
+    Image.new("RGB", (8, 8), (4, 5, 6)).save(root / "inputs" / "mine.png")
+    server, thread, port, app = in_process_server(data, inputs=(root / "inputs",))
     client = Client(port)
     os.symlink(root, data / "uploads" / "link")
     os.symlink(secret, data / "uploads" / "escape.png")
@@ -314,8 +316,9 @@ def confinement(data: Path) -> dict:
     job_id = "0" * 32
     for name in names:
         raw = name.replace("\0", "%00")
-        for path in (f"/api/uploads/{raw}", f"/api/jobs/{job_id}/files/{raw}", f"/api/uploads/{quote(name)}",
-                     f"/api/jobs/{job_id}/files/{quote(name)}"):
+        for path in (f"/api/uploads/{raw}", f"/api/jobs/{job_id}/files/{raw}", f"/api/inputs/{raw}",
+                     f"/api/uploads/{quote(name)}", f"/api/jobs/{job_id}/files/{quote(name)}",
+                     f"/api/inputs/{quote(name)}"):
             if any(c in path for c in " \r\n"):
                 path = path.replace(" ", "%20")
             try:

@@ -323,7 +323,7 @@ def test_no_name_reaches_outside_the_server_folders(server, tmp_path, photo):
     os.symlink(secret, data / "uploads" / "escape.png")
     names = TRAVERSALS + [str(secret), str(data / "uploads" / ".." / ".." / "secret.png")]
     for name in names:
-        for route in (f"/api/uploads/{name}", f"/api/jobs/{'0' * 32}/files/{name}"):
+        for route in (f"/api/uploads/{name}", f"/api/jobs/{'0' * 32}/files/{name}", f"/api/inputs/{name}"):
             if "\0" in name:
                 continue  # (an HTTP client cannot send a NUL in a path; the job route below takes it)
             answer = server.get(route)
@@ -332,6 +332,14 @@ def test_no_name_reaches_outside_the_server_folders(server, tmp_path, photo):
                                                 "inputs": {"image": name}})
         assert answer.status_code == 422, name
     assert server.get("/api/jobs").json() == []
+
+
+def test_an_inputs_folder_serves_its_images_by_name_and_nothing_else(server, tmp_path, photo):
+    (tmp_path / "inputs").mkdir()
+    photo.save(tmp_path / "inputs" / "cat.png")
+    for name in ("cat.png", str(tmp_path / "inputs" / "cat.png")):
+        assert server.get(f"/api/inputs/{name}").content == (tmp_path / "inputs" / "cat.png").read_bytes()
+    assert server.get(f"/api/inputs/{tmp_path / 'data' / 'queue.sqlite'}").status_code == 422
 
 
 def test_models_adapters_and_controlnets_are_listed_from_the_model_folders(tmp_path, tiny_dir):

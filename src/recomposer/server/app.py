@@ -12,6 +12,7 @@
     DELETE /api/clients/{client}        cancel a client's queued jobs
     POST   /api/uploads                 an image (multipart, field ``file``) through the one image reader -> its name
     GET    /api/uploads/{name}          an uploaded image
+    GET    /api/inputs/{name}           an image of an ``--inputs`` folder (by a name inside it)
     GET    /api/models                  models, adapters and ControlNets found under the ``--models`` folders
 
 Inputs and models are names inside the server's folders (server/confine.py): uploads, finished jobs' files,
@@ -277,6 +278,14 @@ def create_app(settings: Settings) -> FastAPI:
     def uploaded(name: str):
         """An uploaded image."""
         return FileResponse(roots.find(name, "name", only=("uploads",)))
+
+    @app.get("/api/inputs/{name:path}")
+    def input_file(name: str):
+        """An image of an ``--inputs`` folder (a reused job's input, shown in the page), by a name inside it."""
+        inputs = tuple(k for k in roots.folders if k.startswith("inputs"))
+        if not inputs:
+            return error(404, "name", "a file of an --inputs folder (this server has none)", name)
+        return FileResponse(roots.find(name, "name", only=inputs))
 
     @app.get("/api/models")
     def models() -> dict:

@@ -129,7 +129,10 @@ function fileUrl(name) {
   if (!name) return null;
   const m = name.match(/results\/([0-9a-f]{32})\/(.+)$/) || name.match(/^([0-9a-f]{32})\/(.+)$/);
   if (m) return `/api/jobs/${m[1]}/files/${m[2].replace(/\.json$/, ".png")}`;
-  return `/api/uploads/${name.split("/").pop()}`;
+  if (/\/uploads\/[0-9a-f]{32}\.png$/.test(name) || !name.includes("/")) {
+    return `/api/uploads/${name.split("/").pop()}`;
+  }
+  return `/api/inputs/${encodeURIComponent(name)}`;  // a file of an --inputs folder (a reused job's)
 }
 
 function slot(name, how, slots) {
