@@ -17,9 +17,9 @@ const PAGES = {
               hint: "Cross-domain compositing: paste an object on a background (or paint scribbles over it, with " +
                     "the scribble application), mark the region, and let masked ILVR blend it in."},
   interpolate: {title: "Interpolate", task: "interpolate", main: ["caption", "frames"],
-                inputs: {first: "upload", last: "upload", sketch: "lines"},
-                hint: "Frames between two images' semantics/style and palettes (Composer), from one seed; a sketch, " +
-                      "drawn or from an image, keeps every frame's layout."},
+                inputs: {first: "upload", last: "upload", sketch: "upload"},
+                hint: "Frames between two images' semantics/style and palettes (Composer), from one seed; the sketch " +
+                      "of a third image keeps every frame's layout."},
   p2p: {title: "Prompt-to-Prompt", task: "p2p", main: ["source", "edited"], inputs: {},
         hint: "Two prompts that differ by a word: the second image keeps the first one's layout. To edit a real " +
               "image, invert it first (under the source prompt).", extra: inversionSection},
