@@ -30,7 +30,8 @@ def from_json(cls, data: dict, source: str = "request"):
         raise InvalidParameter(source, f"fields of {cls.__name__} ({', '.join(known)})", unknown)
     values = {}
     for name, value in data.items():
-        nested, many = NESTED.get((cls.__name__, name)), name in MANY
+        nested = next((NESTED[c.__name__, name] for c in cls.__mro__ if (c.__name__, name) in NESTED), None)
+        many = name in MANY
         if nested is not None and many:  # a list of nested requests (JSON objects), nothing else
             if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
                 raise InvalidParameter(f"{source}.{name}", f"a list of JSON objects of {nested.__name__} fields", value)
@@ -173,6 +174,11 @@ class ComposeRequest:
             v.fraction_window("guidance", weight.start, weight.end)
         check_controls(self.controls)
         return self
+
+    def sampling(self) -> "ComposeRequest":
+        """The ComposeRequest part of a request built on it (a job's): what a result's provenance records and
+        ``recall`` rebuilds."""
+        return ComposeRequest(**{f.name: getattr(self, f.name) for f in fields(ComposeRequest)})
 
 
 @dataclass(frozen=True)
@@ -369,6 +375,11 @@ def edit_kind(source: str, edited: str) -> str:
                                      "every source word in order and adds words (a refinement)", edited)
 
 
+def optional_text(field: str, value) -> None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidParameter(field, "a string or null", value)
+
+
 DRAWN_KINDS = ("sketch", "depth")  # kinds a user may give as a picture of the condition itself
 
 
@@ -386,8 +397,7 @@ class ComposeJobRequest(ComposeRequest):
 
     def check(self) -> "ComposeJobRequest":
         super().check()
-        if self.caption is not None and not isinstance(self.caption, str):
-            raise InvalidParameter("caption", "a string or null", self.caption)
+        optional_text("caption", self.caption)
         if not isinstance(self.drawn, tuple) or any(k not in DRAWN_KINDS for k in self.drawn):
             raise InvalidParameter("drawn", "kinds from " + ", ".join(DRAWN_KINDS), self.drawn)
         for name in ("width", "height"):
@@ -395,9 +405,6 @@ class ComposeJobRequest(ComposeRequest):
                 v.integer(name, getattr(self, name), 8, MAX_SIDE)
         return self
 
-    def sampling(self) -> ComposeRequest:
-        """The ComposeRequest part (what a result's provenance records and ``recall`` rebuilds)."""
-        return ComposeRequest(**{f.name: getattr(self, f.name) for f in fields(ComposeRequest)})
 
 
 @dataclass(frozen=True)
@@ -416,12 +423,9 @@ class InterpolateRequest(ComposeRequest):
             raise InvalidParameter("kinds", "a list of image_embedding and/or palette", self.kinds)
         for kind in self.kinds:
             v.choice("kinds", kind, ("image_embedding", "palette"))
-        if self.caption is not None and not isinstance(self.caption, str):
-            raise InvalidParameter("caption", "a string or null", self.caption)
+        optional_text("caption", self.caption)
         return self
 
-    def sampling(self) -> ComposeRequest:
-        return ComposeRequest(**{f.name: getattr(self, f.name) for f in fields(ComposeRequest)})
 
 
 @dataclass(frozen=True)
@@ -437,8 +441,7 @@ class DecomposeRequest:
                 raise InvalidParameter("kinds", "a non-empty list of kinds, or null for all", self.kinds)
             for kind in self.kinds:
                 v.choice("kinds", kind, GLOBAL_KINDS + LOCAL_KINDS + ("blobs",))
-        if self.caption is not None and not isinstance(self.caption, str):
-            raise InvalidParameter("caption", "a string or null", self.caption)
+        optional_text("caption", self.caption)
         return self
 
 
@@ -466,10 +469,9 @@ class InvertRequest:
 
 
 MANY = ("weights", "controls")  # the nested fields that are lists
-NESTED = {("ComposeRequest", "weights"): Weight, ("ComposeRequest", "controls"): ControlRequest,
-          ("ComposeJobRequest", "weights"): Weight, ("ComposeJobRequest", "controls"): ControlRequest,
-          ("InterpolateRequest", "weights"): Weight, ("InterpolateRequest", "controls"): ControlRequest,
-          ("P2PRequest", "edit"): Edit, ("GenerateRequest", "controls"): ControlRequest}
+NESTED = {  # (request class, field) -> the nested request; a subclass's fields are found through its bases
+    ("ComposeRequest", "weights"): Weight, ("ComposeRequest", "controls"): ControlRequest,
+    ("P2PRequest", "edit"): Edit, ("GenerateRequest", "controls"): ControlRequest}
 
 
 def readable(field: str, path, folder: bool = False):

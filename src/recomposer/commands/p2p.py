@@ -136,28 +136,19 @@ def invert_command(
     = Path("inversion"),
 ) -> None:
     """Invert a real image (DDIM, null-text, negative-prompt or direct inversion) so that `recomposer p2p --inversion`
-    can edit it; writes inversion.safetensors + inversion.json and the reconstruction."""
-    from .. import validation as v
-    from ..requests import INVERSION_METHODS, readable
+    can edit it; writes inversion.safetensors + inversion.json."""
+    from ..requests import InvertRequest, readable
 
-    v.choice("method", method, INVERSION_METHODS)
-    v.integer("steps", steps, 1, 1000)
-    v.real("guidance", guidance, 0.0, 100.0)
-    v.integer("inner", inner, 0, 1000)
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidParameter("prompt", "a prompt of at least one word", prompt)
+    request = InvertRequest(prompt, method, steps, guidance, inner).check()
     readable("image", image)
     check_new_folder(output)
-    from ..io.images import open_image, to_tensor
+    from ..io.images import open_image
 
     picture = open_image(image, "image")
     backbone = _load(model, config, device, dtype)
-    from ..inversion import invert
-    from ..conditions.fitting import fit_image
+    from ..tasks.p2p import invert_picture
 
-    fitted = fit_image(picture, (backbone.native_size, backbone.native_size))
-    result = invert(backbone, to_tensor(fitted), prompt, method, steps, guidance, inner)
-    result.save(output)
+    invert_picture(backbone, picture, request).save(output)
     typer.echo(str(output))
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from ..conditions.caption import Prompts  # noqa: F401 (re-exported: what encode_prompts returns)
+from ..conditions.caption import Prompts
 from .device import dtype_name
 
 

@@ -26,7 +26,6 @@ class InstructChannels:
         self.channels = latent_channels
         self._last = None  # (image, its version, model, latents): the sets of one run share their source image
 
-
     def encode(self, backbone, conds: ConditionSet, size: tuple[int, int]) -> dict:
         width, height = size
         f = backbone.vae_factor

@@ -3,6 +3,7 @@ version, or from an inversion of a real image (inversion.py); and the cross-atte
 
     prompt_to_prompt(backbone, request)              -> (source, edited)   one run, both rows in each forward
     prompt_to_prompt(backbone, request, inversion)   -> the same, the source row starting from the image's x_T
+    invert_picture(backbone, picture, request)       -> that inversion of a picture, fitted to the model's size
     attention_maps(backbone, request)                -> the image and each token's map, per resolution
 
 The edit kind follows from the prompts: the same number of words is a word swap (or a pure re-weighting when
@@ -28,7 +29,7 @@ from ..models.backbone import Backbone
 from ..models.memory import check_fits
 from ..provenance import FORMAT, library_versions
 from ..schedulers import display_name
-from ..requests import MapsRequest, P2PRequest, edit_kind  # noqa: F401 (re-exported)
+from ..requests import InvertRequest, MapsRequest, P2PRequest, edit_kind  # noqa: F401 (re-exported)
 from .generate import Generated
 from .run import Sampling, run
 
@@ -158,3 +159,16 @@ def map_picture(m: torch.Tensor, size: int) -> Image.Image:
     m = m / m.max().clamp(min=1e-12)
     return Image.fromarray((m.clamp(0, 1) * 255).round().byte().numpy(), "L").resize((size, size),
                                                                                       Image.Resampling.NEAREST)
+
+
+def invert_picture(backbone: Backbone, picture: Image.Image, request: InvertRequest, cancel=None):
+    """An inversion (inversion.py) of ``picture``, fitted to the backbone's native square first (as the edits are
+    made at the inversion's size)."""
+    from ..conditions.fitting import fit_image
+    from ..inversion import invert
+    from ..io.images import to_tensor
+
+    request.check()
+    fitted = fit_image(picture, (backbone.native_size, backbone.native_size))
+    return invert(backbone, to_tensor(fitted), request.prompt, request.method, request.steps, request.guidance,
+                  request.inner, cancel=cancel)

@@ -174,13 +174,10 @@ def visii_job(backbone, request, paths, cancel=None, callback=None):
 
 
 def invert_job(backbone, request, paths, cancel=None, callback=None):
-    from ..conditions.fitting import fit_image
-    from ..inversion import invert
-    from ..io.images import open_image, to_tensor
+    from ..io.images import open_image
+    from .p2p import invert_picture
 
-    size = (backbone.native_size, backbone.native_size)
-    result = invert(backbone, to_tensor(fit_image(open_image(paths["image"], "inputs.image"), size)), request.prompt,
-                    request.method, request.steps, request.guidance, request.inner, cancel=cancel)
+    result = invert_picture(backbone, open_image(paths["image"], "inputs.image"), request, cancel=cancel)
     return Files(result.files(), {"prompt": request.prompt, "method": request.method, "steps": request.steps,
                                   "guidance": request.guidance})
 

@@ -24,7 +24,7 @@ from torch import nn
 from .. import validation as v
 from ..denoiser import ModelInputs, forward_unet
 from ..models.backbone import Backbone
-from ..schedulers import make_scheduler, training_target  # noqa: F401 (re-exported)
+from ..schedulers import make_scheduler, training_target
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 CAPTION_DROP = 0.1
