@@ -67,6 +67,16 @@ def scenes(tmp_path_factory):
     return folder
 
 
+def stroke(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """One mouse stroke on the drawing canvas, between points given as shares of its width and height."""
+    box = page.locator("#canvas").bounding_box()
+    at = [(box["x"] + box["width"] * x, box["y"] + box["height"] * y) for x, y in (start, end)]
+    page.mouse.move(*at[0])
+    page.mouse.down()
+    page.mouse.move(*at[1], steps=8)
+    page.mouse.up()
+
+
 def last_job(page) -> str:
     return page.locator("#history li").first.inner_text()
 
@@ -111,11 +121,7 @@ def test_a_mask_drawn_with_the_mouse_becomes_the_mask_input(page, app_url, scene
     page.wait_for_selector(".slot[data-slot=background] img:not([hidden])")
     page.locator(".slot[data-slot=mask] button", has_text="draw").click()
     page.wait_for_selector("#drawing[open] #canvas")
-    box = page.locator("#canvas").bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.5, steps=8)
-    page.mouse.up()
+    stroke(page, (0.3, 0.5), (0.7, 0.5))
     page.click("#use-drawing")
     page.wait_for_selector(".slot[data-slot=mask] img:not([hidden])")
     src = page.get_attribute(".slot[data-slot=mask] img", "src")
@@ -200,11 +206,7 @@ def test_scribbles_painted_over_the_background_become_the_background(page, app_u
     page.wait_for_selector("#drawing[open] #colour")
     page.fill("#colour", "#ff0000")
     page.evaluate("document.getElementById('brush').value = 24")  # 4 picture pixels wide at this zoom
-    box = page.locator("#canvas").bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.2, steps=8)
-    page.mouse.up()
+    stroke(page, (0.2, 0.2), (0.8, 0.2))
     page.click("#use-drawing")
     page.wait_for_function(f"document.querySelector('.slot[data-slot=background] img').getAttribute('src') != "
                            f"{first!r}")
