@@ -166,11 +166,9 @@ def compose_command(
         resolve("controlnet", [c.net for c in controls])  # absolute: a replay from elsewhere finds the nets
         request = replace(request, controls=controls).check()
     _guard(locals())
-    from ..conditions import Caption as CaptionCondition
     from ..conditions import ConditionSet
-    from ..conditions.fitting import fit_image, fit_mask
     from ..io.images import open_image, open_mask
-    from ..tasks.composer import compose, edit_region
+    from ..tasks.composer import recompose
     from ..tasks.controls import load_controls
 
     given = dict(zip(FROM_KINDS, (image_embedding_from, palette_from, sketch_from, instances_from, depth_from,
@@ -202,15 +200,7 @@ def compose_command(
     size = _size(width, height, composer)
     nets = load_controls(controls, list(control_image or []), list(control_mask or []), size,
                                  composer.backbone)
-    conds = [CaptionCondition(caption)] if caption is not None else []
-    for kind, source in sources.items():
-        conds += list(composer.decompose(source, (kind,), size=size).values())
-    conds = ConditionSet(tuple(conds))
-    if picture is not None:
-        picture, region = fit_image(picture, size), fit_mask(region, size)
-        results = edit_region(composer, picture, region, conds, request, controls=nets)
-    else:
-        results = compose(composer, conds, request, size=size, controls=nets)
+    results = recompose(composer, sources, caption, request, size, picture, region, controls=nets)
     _echo(_write(results, output), results)
 
 

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from .. import validation as v
-from ..conditions import ConditionSet, ImageEmbedding, Palette
-from ..conditions.fitting import fit_image, fit_set  # noqa: F401 (fit_image re-exported)
+from ..conditions import Caption, ConditionSet, ImageEmbedding, Palette
+from ..conditions.fitting import fit_image, fit_mask, fit_set
 from ..decompose.decomposer import Backends, decompose
 from ..denoiser import BackboneDenoiser
 from ..errors import InvalidParameter
@@ -239,6 +239,23 @@ def edit_region(model: ComposerModel, image: Image.Image, mask: np.ndarray, cond
     return results
 
 
+def recompose(model: ComposerModel, sources: dict, caption: str | None, request: ComposeRequest,
+              size: tuple[int, int], picture: Image.Image | None = None, region: np.ndarray | None = None,
+              controls: Sequence[ControlInput] = (), callback: StepCallback | None = None,
+              cancel=None) -> list[Generated]:
+    """``compose`` from sources by kind (each an image to decompose or saved conditions, conditions/sources.py)
+    and a caption, at ``size``; with ``picture`` and ``region`` (H, W) bool, only the region is regenerated
+    (``edit_region``), both fitted to ``size`` first. The command line's compose and the compose job run this."""
+    conds = [Caption(caption)] if caption is not None else []
+    for kind, source in sources.items():
+        conds += list(model.decompose(source, (kind,), size=size).values())
+    conds = ConditionSet(tuple(conds))
+    if picture is not None:
+        return edit_region(model, fit_image(picture, size), fit_mask(region, size), conds, request, controls=controls,
+                           callback=callback, cancel=cancel)
+    return compose(model, conds, request, size=size, controls=controls, callback=callback, cancel=cancel)
+
+
 def psnr_outside(result: Image.Image, source: Image.Image, mask: np.ndarray) -> float:
     """PSNR (dB, 8-bit) over the pixels outside the mask; inf when they are identical."""
     outside = ~np.asarray(mask, bool)
@@ -290,8 +307,6 @@ def inpaint(model: ComposerModel, image: Image.Image, mask: np.ndarray, caption:
 
 
 def _with_caption(conds: ConditionSet, caption: str | None) -> ConditionSet:
-    from ..conditions import Caption
-
     return conds if caption is None else conds.with_(Caption(caption))
 
 

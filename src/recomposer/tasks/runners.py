@@ -54,13 +54,12 @@ def generate_job(backbone, request, paths, cancel=None, callback=None):
 
 def compose_job(model, request, paths, cancel=None, callback=None):
     from .. import validation as v
-    from ..conditions import Caption, ConditionSet, Depth
-    from ..conditions.fitting import fit_image, fit_mask
+    from ..conditions import ConditionSet, Depth
     from ..conditions.sketch import Sketch
     from ..conditions.sources import read_source
     from ..decompose.depth import bundled_depth_estimator
     from ..io.images import open_image, open_mask
-    from .composer import compose, edit_region
+    from .composer import recompose
 
     b = model.backbone
     size = (v.multiple_of("width", request.width or model.size, b.vae_factor),
@@ -71,7 +70,7 @@ def compose_job(model, request, paths, cancel=None, callback=None):
         if kind not in paths:
             raise InvalidParameter("drawn", "kinds among the inputs", kind)
     drawn = {"sketch": lambda p: Sketch.from_image(p), "depth": lambda p: Depth.from_image(p, "inputs.depth")}
-    conds = [Caption(request.caption)] if request.caption is not None else []
+    sources = {}
     for kind in SOURCE_KINDS:
         if kind in paths:
             source = ConditionSet.of(drawn[kind](paths[kind])) if kind in request.drawn else \
@@ -80,19 +79,17 @@ def compose_job(model, request, paths, cancel=None, callback=None):
                 raise InvalidParameter("inputs.depth", "a saved depth (a decompose job's depth.json) or a depth map "
                                                        "with drawn: [\"depth\"]: there is no depth model to estimate "
                                                        "one from an image", str(paths[kind]))
-            conds += list(model.decompose(source, (kind,), size=size).values())
-    if not conds and "image" not in paths and not request.controls:
+            sources[kind] = source
+    if request.caption is None and not sources and "image" not in paths and not request.controls:
         raise InvalidParameter("inputs", "at least one condition: a caption, an input by kind, image + mask, or a "
                                          "ControlNet", "none")
     nets = _controls(b, request, paths, size) if request.controls else ()
-    sampling = request.sampling()
+    picture = region = None
     if "image" in paths:
         picture = open_image(paths["image"], "inputs.image")
         region = open_mask(paths["mask"], picture.size, "inputs.mask")[0, 0].numpy() > 0.5
-        return edit_region(model, fit_image(picture, size), fit_mask(region, size), ConditionSet(tuple(conds)),
-                           sampling, controls=nets, callback=callback, cancel=cancel)
-    return compose(model, ConditionSet(tuple(conds)), sampling, size=size, controls=nets, callback=callback,
-                   cancel=cancel)
+    return recompose(model, sources, request.caption, request.sampling(), size, picture, region, controls=nets,
+                     callback=callback, cancel=cancel)
 
 
 def interpolate_job(model, request, paths, cancel=None, callback=None):
