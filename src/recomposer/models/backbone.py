@@ -40,7 +40,7 @@ class Backbone:
     max_text_tokens: int | None = None  # prompt length in tokens; None: the tokenizer's model_max_length
     mask_padding: bool = False  # the UNet ignores padding tokens (BERT-style encoders; SD's CLIP attends all)
     adapters: tuple = ()  # the adapter stack (models/adapter.py), in the order their doors are filled
-    _identity: str | None = field(default=None, repr=False)
+    _identity: dict = field(default_factory=dict, repr=False, compare=False)  # shared with with_adapters' copies
 
     def __post_init__(self) -> None:
         from .adapter import check_stack
@@ -178,12 +178,13 @@ class Backbone:
     # --- identity and placement --------------------------------------------------------------
     def identity(self) -> str:
         """sha256 over every weight of the UNet, VAE and text encoder (names, dtypes, shapes, bytes)."""
-        if self._identity is None:
+        modules = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+        key = tuple(map(id, modules.values()))  # one dict for this backbone and its copies (replace() shares it)
+        if key not in self._identity:
             from .local import weights_sha256
 
-            self._identity = weights_sha256(torch.nn.ModuleDict(
-                {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}))
-        return self._identity
+            self._identity[key] = weights_sha256(modules)
+        return self._identity[key]
 
     def describe(self) -> dict:
         return {**self.source.describe(), "sha256": self.identity(), "dtype": dtype_name(self.dtype),
@@ -198,7 +199,7 @@ class Backbone:
         for adapter in self.adapters:
             if isinstance(adapter, torch.nn.Module):
                 adapter.to(device, dtype).eval()
-        self._identity = None
+        self._identity.clear()
         return self
 
 

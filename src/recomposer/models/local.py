@@ -90,21 +90,26 @@ def load_tokenizer(root: Path, field: str, tokenizer_class=None):
         raise ModelError(field, f"{root} has no usable tokenizer: {first_line(e)}") from None
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over every weight (names, dtypes, shapes, bytes), as Backbone.identity hashes its own. Remembered per
-    module until a weight changes (in place: its version counter moves; or replaced: another tensor), so recording
-    the same ControlNet in every result's provenance hashes its gigabytes once, not per image."""
-    key = tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))  # cheap: no state_dict walk
-    known = _HASHES.get(model)
+def weights_sha256(model: "torch.nn.Module | dict[str, torch.nn.Module]") -> str:
+    """sha256 over every weight (names, dtypes, shapes, bytes) of a module, or of named modules as one ModuleDict of
+    them would be hashed (Backbone.identity hashes its three). Remembered by the (first) module until a weight
+    changes (in place: its version counter moves; or replaced: another tensor), so recording the same ControlNet or
+    backbone in every result's provenance hashes its gigabytes once, not per image."""
+    parts = model if isinstance(model, dict) else {"": model}
+    tensors = [t for m in parts.values() for t in (*m.parameters(), *m.buffers())]
+    key = (tuple(parts), tuple((id(t), t._version) for t in tensors))  # cheap: no state_dict walk
+    anchor = next(iter(parts.values()))
+    known = _HASHES.get(anchor)
     if known is not None and known[0] == key:
         return known[1]
-    state = sorted(model.state_dict().items())
+    state = sorted((f"{prefix}.{name}" if prefix else name, tensor)
+                   for prefix, m in parts.items() for name, tensor in m.state_dict().items())
     digest = hashlib.sha256()
     for name, tensor in state:
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    _HASHES[model] = (key, digest.hexdigest())
+    _HASHES[anchor] = (key, digest.hexdigest())
     return digest.hexdigest()
 
 
