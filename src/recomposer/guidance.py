@@ -22,6 +22,7 @@ it computes.
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -125,6 +126,7 @@ class GuidedInputs:
     plans: tuple[GuidancePlan, ...]  # one per sample
     encoded: tuple[tuple[ModelInputs, ...], ...]  # [sample][set] one row each
     per_step: dict = field(default_factory=dict)  # {(sample, set, position): ModelInputs} overrides (inversion)
+    layouts: dict = field(default_factory=dict, compare=False, repr=False)  # Layout per step shape, built once
 
     @property
     def batch(self) -> int:
@@ -132,6 +134,13 @@ class GuidedInputs:
 
     def at(self, sample: int, j: int, position: int) -> ModelInputs:
         return self.per_step.get((sample, j, position), self.encoded[sample][j])
+
+    def layout(self, needed: tuple[tuple[int, ...], ...], position: int, device: torch.device) -> "Layout":
+        """The rows of a step that evaluates ``needed`` (built once per distinct step shape, then reused)."""
+        key = (needed, position if self.per_step else None, device)
+        if key not in self.layouts:
+            self.layouts[key] = _layout(self, needed, position, device)
+        return self.layouts[key]
 
 
 class Guided:
@@ -163,17 +172,44 @@ class Guided:
 
     def __call__(self, x: torch.Tensor, step: Step, inputs: GuidedInputs) -> torch.Tensor:
         position, count = step.position, step.schedule_length
-        needed = [plan.needed(position, count) for plan in inputs.plans]  # [sample] -> set indices
-        rows = sorted((j, k) for k, sets in enumerate(needed) for j in sets)  # (set, sample): the base rows first
-        model_inputs = ModelInputs.cat([inputs.at(k, j, position) for j, k in rows])
-        model_inputs = model_inputs.with_rows([RowRole(k, j) for j, k in rows])
-        out = self.denoiser(x[[k for _, k in rows]], step, model_inputs)  # (R, C, h, w): one forward
-        row_of = {jk: r for r, jk in enumerate(rows)}
+        needed = tuple(tuple(plan.needed(position, count)) for plan in inputs.plans)  # [sample] -> set indices
+        layout = inputs.layout(needed, position, x.device)
+        out = self.denoiser(x.index_select(0, layout.take), step, layout.inputs)  # (R, C, h, w): one forward
+        if len(layout.groups) == 1:  # one plan for the whole batch
+            plan, _, rows = layout.groups[0]
+            return plan.combine({j: out[r] for j, r in rows.items()}, position, count)
         prediction = torch.empty_like(out[:len(x)])
-        for plan, samples in _groups(inputs.plans):  # samples that share a plan are combined together
-            e = {j: out[[row_of[j, k] for k in samples]] for j in needed[samples[0]]}
-            prediction[samples] = plan.combine(e, position, count)
+        for plan, samples, rows in layout.groups:  # samples that share a plan are combined together
+            prediction[samples] = plan.combine({j: out[r] for j, r in rows.items()}, position, count)
         return prediction
+
+
+class Layout(NamedTuple):
+    """One step's rows: in the order (set, sample), the batched inputs, the sample each row denoises (``take``),
+    and per group of samples sharing a plan, its samples and each needed set's rows (slices where consecutive)."""
+
+    inputs: ModelInputs
+    take: torch.Tensor
+    groups: tuple[tuple["GuidancePlan", list[int], dict[int, "slice | torch.Tensor"]], ...]
+
+
+def _layout(inputs: GuidedInputs, needed: tuple[tuple[int, ...], ...], position: int,
+            device: torch.device) -> Layout:
+    rows = sorted((j, k) for k, sets in enumerate(needed) for j in sets)  # (set, sample): the base rows first
+    model_inputs = ModelInputs.cat([inputs.at(k, j, position) for j, k in rows])
+    model_inputs = model_inputs.with_rows([RowRole(k, j) for j, k in rows])
+    take = torch.tensor([k for _, k in rows], device=device)
+    row_of = {jk: r for r, jk in enumerate(rows)}
+    groups = tuple((plan, samples, {j: _rows([row_of[j, k] for k in samples], device) for j in needed[samples[0]]})
+                   for plan, samples in _groups(inputs.plans))
+    return Layout(model_inputs, take, groups)
+
+
+def _rows(indices: list[int], device: torch.device) -> "slice | torch.Tensor":
+    first = indices[0]
+    if indices == list(range(first, first + len(indices))):
+        return slice(first, first + len(indices))
+    return torch.tensor(indices, device=device)
 
 
 def _groups(plans: tuple[GuidancePlan, ...]) -> list[tuple[GuidancePlan, list[int]]]:
