@@ -275,6 +275,13 @@ def test_train_composer_writes_checkpoints_and_the_adapter_and_resumes(tiny_dir,
     assert code == 0, err
     stages = json.loads((out / "composer-run.json").read_text())["stages"]
     assert stages[-1] == {"after_step": 9, "caption_alone": 0.25, "permute_instances": True}
+    code, _, err = run(capsys, *common, "--steps", 11, "--caption-alone", 0.25, "--permute-instances",
+                       "--foreground-weight", 3)
+    assert code == 0, err
+    stages = json.loads((out / "composer-run.json").read_text())["stages"]
+    assert stages[-1] == {"after_step": 10, "caption_alone": 0.25, "permute_instances": True, "foreground_weight": 3.0}
+    code, _, err = run(capsys, *common, "--steps", 12, "--foreground-weight", -1)
+    assert code == 2 and err.startswith("error: foreground-weight:")
     code, _, err = run(capsys, *common, "--steps", 9, "--caption-alone", 0.9)
     assert code == 2 and err.startswith("error: caption-alone:") and "0.8" in err
 
@@ -324,3 +331,28 @@ def test_permuted_instance_codes_keep_the_layout_and_change_the_colours():
     fixed = torch.from_numpy(_COLOURS[1])
     draws = [permuted_instances(labels[:1], torch.Generator().manual_seed(s))[0, :, 0, 0] for s in range(20)]
     assert sum(torch.equal(d, fixed) for d in draws) < 5  # instance 1 is no longer always the first code
+
+
+def test_foreground_weighting_weighs_each_latent_position_by_its_objects(batch):
+    from recomposer.training.composer import foreground_positions
+
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :2, :2] = 3  # one latent cell (of 4x4) wholly covered, one half covered
+    labels[0, 2:4, 2] = 1
+    m = foreground_positions(labels, (4, 4), 4.0)
+    assert m.shape == (1, 1, 4, 4) and m[0, 0, 0, 0] == 5.0 and m[0, 0, 1, 1] == 3.0 and (m >= 1).all()
+    assert (m == 1).sum() == 14
+
+    plain, weighted = trainee(), trainee(foreground_weight=4.0)
+    weighted.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        r = plain.step(batch, torch.Generator().manual_seed(3))
+        w = weighted.step(batch, torch.Generator().manual_seed(3))
+    assert torch.equal(r.prediction, w.prediction)  # the same draws and forward; only the loss differs
+    m = foreground_positions(batch["instance_labels"], tuple(r.clean.shape[-2:]), 4.0)
+    assert (m > 1).any() and torch.allclose(w.loss, (m * (r.prediction - r.target) ** 2).mean(), atol=1e-6)
+    with pytest.raises(InvalidParameter, match="^foreground_weight"):
+        trainee(foreground_weight=-1.0)
+    without = {k: v for k, v in batch.items() if k != "instance_labels"}
+    with pytest.raises(InvalidParameter, match="^foreground_weight"):
+        weighted.step(without, torch.Generator().manual_seed(3))

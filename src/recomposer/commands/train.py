@@ -89,6 +89,10 @@ def train_composer(
                                                                               "layout's colours then never say an "
                                                                               "object's colour); may change when a "
                                                                               "run resumes.")] = False,
+    foreground_weight: Annotated[float, typer.Option("--foreground-weight", metavar="λ",
+                                                     help="Weigh each latent position of the loss 1 + λ·(its share "
+                                                          "covered by objects), so that small objects' colours and "
+                                                          "shapes count (0: off); may change when a run resumes.")] = 0.0,
 ) -> None:
     """Train a Composer adapter on a frozen backbone with the shapes world's exact conditions."""
     from .. import validation as v
@@ -112,6 +116,9 @@ def train_composer(
                                                f"all-kept shares leave), got {caption_alone!r}") from e
     if image_encoder is not None and not Path(image_encoder).is_dir():
         raise RecomposerError("image-encoder", f"no such directory: {image_encoder}")
+    from ..training.composer import FOREGROUND_WEIGHT_MAX
+
+    v.real("foreground-weight", foreground_weight, 0.0, FOREGROUND_WEIGHT_MAX)
     size = _check_run_options(output, model, parts, size, resume)
 
     # 2. Load, then train.
@@ -149,9 +156,10 @@ def train_composer(
     start = _start_from_parts(adapter, folder, train_unet) if parts is not None else {}
     run = _check_run(output, {**run, "start": start})
     _record_stage(output, {"caption_alone": caption_alone, **({"permute_instances": True} if permute_instances
-                                                               else {})})
+                                                               else {}),
+                           **({"foreground_weight": foreground_weight} if foreground_weight else {})})
     trainee = ComposerTraining(backbone, adapter, kinds, rates, train_unet=train_unet, min_snr_gamma=min_snr_gamma,
-                               permute_instances=permute_instances)
+                               permute_instances=permute_instances, foreground_weight=foreground_weight)
     batches = _batches(cache, backbone, encoder, batch_size, size, seed)
     sampler = world_sampler(size, image_encoder=encoder) if sample_every else None
     summary = train(config, trainee, composer_step, batches, sampler, resume=resume, keep_ema=True)

@@ -8,9 +8,11 @@ One step (``BaseTraining``), every random draw from the step's generator, in thi
        guidance's unconditional model, Ho & Salimans 2022)
     2. x_0 = (μ + σ·ε₀)·scaling_factor, a sample of the VAE posterior      (``sample_latents``)
     3. ε ~ N(0, I), t ~ U{0, …, T − 1}; x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε    (``noised``)
-    4. loss = mean_b w(t_b)·mean((D(x_t, t, c) − target)²)                 (``denoising_loss``)
+    4. loss = mean_b w(t_b)·mean(m·(D(x_t, t, c) − target)²)               (``denoising_loss``)
        target ε, v or x_0 as the backbone predicts (``training_target``); w = 1, or min-SNR-γ
-       (Hang et al. 2023: w = min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v, min(SNR, γ) for x_0)
+       (Hang et al. 2023: w = min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v, min(SNR, γ) for x_0);
+       m = 1 everywhere, or a per-position map (the Composer step's foreground weighting: 1 + λ·f, f the share
+       of each latent position that objects cover)
 The Composer step (training/composer.py) is this step with its adapter's doors added.
 """
 
@@ -115,9 +117,13 @@ def loss_weights(scheduler, prediction_type: str, timesteps: torch.Tensor, min_s
     return clipped
 
 
-def denoising_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """mean_b w_b · mean over (C, h, w) of (prediction − target)², in float32."""
-    per_sample = (prediction.float() - target.float()).square().flatten(1).mean(1)  # (B,)
+def denoising_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                   positions: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_b w_b · mean over (C, h, w) of m·(prediction − target)², in float32; m (B, 1, h, w) or 1 (None)."""
+    error = (prediction.float() - target.float()).square()
+    if positions is not None:
+        error = error * positions.to(error)
+    per_sample = error.flatten(1).mean(1)  # (B,)
     return (weights * per_sample).mean()
 
 
@@ -149,9 +155,11 @@ class Diffusion:
 
     def step(self, unet: nn.Module, batch: dict, generator: torch.Generator, inputs: ModelInputs,
              keep: dict[str, torch.Tensor], at_step: Callable[[torch.Tensor, torch.Tensor, ModelInputs],
-                                                              ModelInputs] | None = None) -> StepResult:
+                                                              ModelInputs] | None = None,
+             positions: torch.Tensor | None = None) -> StepResult:
         """``at_step(x_t, t, inputs) -> inputs``: doors that depend on x_t, filled in before the forward (a
-        ControlNet's residuals, as ``ControlNetAdapter.at_step`` fills them at sampling)."""
+        ControlNet's residuals, as ``ControlNetAdapter.at_step`` fills them at sampling). ``positions``: the
+        loss's per-position weights m (B, 1, h, w), or None (1)."""
         b = self.backbone
         latents = sample_latents(batch, generator, b.vae.config.scaling_factor)  # (B, C, h, w)
         noise, t, noisy = noised(self.scheduler, latents, generator)
@@ -161,7 +169,7 @@ class Diffusion:
         prediction = forward_unet(unet, noisy, t, inputs)  # (B, C, h, w)
         target = training_target(self.scheduler, self.prediction_type, latents, noise, t)
         loss = denoising_loss(prediction, target, loss_weights(self.scheduler, self.prediction_type, t,
-                                                               self.min_snr_gamma))
+                                                               self.min_snr_gamma), positions)
         return StepResult(loss, prediction, target, latents, noise, noisy, t, keep)
 
 

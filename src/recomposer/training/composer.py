@@ -11,7 +11,9 @@ One step (``ComposerTraining.step``), every random draw from the step's generato
        permutation (``permuted_instances``), so that a layout's colours never say an object's colour.
     2.-4. training/base.py's ``Diffusion.step``: x_0 from the VAE posterior, ε and t, x_t, the
        (optionally min-SNR-weighted) loss in the backbone's parameterisation, with the prediction
-       D(x_t, t; conditions) taken through the adapter's doors as ``BackboneDenoiser`` runs it.
+       D(x_t, t; conditions) taken through the adapter's doors as ``BackboneDenoiser`` runs it; with
+       ``foreground_weight`` λ > 0 (world rows only) each latent position weighs 1 + λ·(its share covered by
+       objects) (``foreground_positions``).
 
 Data: a batch is encoded once (training/base.py's ``encode_batch``: VAE moments and caption token
 states) with the adapter's features of every condition. ``cached_batches`` reads it from a world cache
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import validation as v
@@ -43,6 +46,7 @@ from .world_cache import WorldCache, batch_rows, encode_scenes, world_conditions
 
 # The kinds the shapes world gives exactly (image_embedding too when an image encoder is given).
 WORLD_KINDS = ("caption", "palette", "sketch", "instances", "depth", "intensity", "masked_image")
+FOREGROUND_WEIGHT_MAX = 100.0
 _COLOURS = label_colours(255).astype(np.float32) / 255  # (256, 3): instance k's colour code (ComposerAdapter.features)
 
 
@@ -155,9 +159,10 @@ class ComposerTraining(nn.Module):
 
     def __init__(self, backbone: Backbone, adapter: ComposerAdapter, kinds: Sequence[str] = WORLD_KINDS,
                  rates: DropoutRates = DropoutRates(), train_unet: bool = False, min_snr_gamma: float | None = None,
-                 permute_instances: bool = False):
+                 permute_instances: bool = False, foreground_weight: float = 0.0):
         super().__init__()
         self.permute_instances = v.boolean("permute_instances", permute_instances)
+        self.foreground_weight = v.real("foreground_weight", foreground_weight, 0.0, FOREGROUND_WEIGHT_MAX)
         unknown = set(kinds) - set(ComposerAdapter.ROUTES)
         if unknown or not kinds:
             raise InvalidParameter("kinds", "kinds the Composer adapter hears: " + ", ".join(ComposerAdapter.ROUTES),
@@ -200,11 +205,26 @@ class ComposerTraining(nn.Module):
         # 2.-4. the prediction through the adapter's doors, and the loss
         outputs = self.adapter(features, n, tuple(batch["latent_mean"].shape[-2:]), keep=keep)
         inputs = composer_inputs(tokens.to(b.dtype), outputs, text_mask=mask)
-        return self.diffusion.step(self.unet, batch, generator, inputs, keep)
+        positions = None
+        if self.foreground_weight:  # 4'. objects weigh 1 + λ per latent position they cover
+            if "instance_labels" not in batch:
+                raise InvalidParameter("foreground_weight", "0 for batches without instance labels (a world cache "
+                                       "has them)", self.foreground_weight)
+            positions = foreground_positions(batch["instance_labels"], tuple(batch["latent_mean"].shape[-2:]),
+                                             self.foreground_weight)
+        return self.diffusion.step(self.unet, batch, generator, inputs, keep, positions=positions)
 
     @property
     def noise_scheduler(self):
         return self.diffusion.scheduler
+
+
+def foreground_positions(labels: torch.Tensor, size: tuple[int, int], weight: float) -> torch.Tensor:
+    """Label maps (B, H, W) (0: background) -> the loss's per-position weights m = 1 + λ·f (B, 1, h, w), f the share
+    of each latent cell that objects cover. Small objects are a few latent cells of a large flat background, so with
+    m = 1 their colour and shape are a small part of the loss; λ > 0 raises it."""
+    covered = (labels > 0).float()[:, None]  # (B, 1, H, W)
+    return 1 + weight * F.adaptive_avg_pool2d(covered, size)
 
 
 def permuted_instances(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
