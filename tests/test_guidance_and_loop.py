@@ -140,6 +140,24 @@ def test_rows_of_one_batch_follow_their_own_plans_in_one_forward(tiny):
     assert [r.conditional for r in seen[0]] == [False, False, True, True]
 
 
+def test_a_steps_rows_are_laid_out_once_and_a_changed_copy_lays_out_its_own(tiny):
+    from dataclasses import replace
+
+    d = BackboneDenoiser(tiny)
+    x, t = x_and_t(tiny, batch=2)
+    g = Guided(d)
+    inputs = g.encode([cfg(P, 4.0), composer(Q, P, 2.0)])
+    first = g(x, t, inputs)
+    assert len(inputs.layouts) == 1 and torch.equal(g(x, step_at(1), inputs), g(x, step_at(1), inputs))
+    assert len(inputs.layouts) == 1  # the same step shape: the same layout
+    other = g.encode([cfg(Q, 4.0), composer(Q, P, 2.0)])  # sample 0 hears Q instead of P
+    changed = replace(inputs, encoded=(other.encoded[0], inputs.encoded[1]))
+    assert changed.layouts == {}
+    out = g(x, t, changed)
+    assert torch.allclose(out, g(x, t, other), atol=1e-6) and not torch.allclose(out[0], first[0])
+    assert torch.equal(out[1], first[1])
+
+
 def test_a_guided_denoiser_is_a_denoiser(tiny):
     """Rules compose: a Guided over a Guided applies the inner rule to each of the outer rule's sets."""
     x, t = x_and_t(tiny, batch=1)

@@ -126,7 +126,8 @@ class GuidedInputs:
     plans: tuple[GuidancePlan, ...]  # one per sample
     encoded: tuple[tuple[ModelInputs, ...], ...]  # [sample][set] one row each
     per_step: dict = field(default_factory=dict)  # {(sample, set, position): ModelInputs} overrides (inversion)
-    layouts: dict = field(default_factory=dict, compare=False, repr=False)  # Layout per step shape, built once
+    layouts: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # Layout per step shape
+    # (built once per run; init=False: a replace()d copy, e.g. with other encodings, starts its own)
 
     @property
     def batch(self) -> int:
