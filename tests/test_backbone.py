@@ -79,6 +79,13 @@ def test_identity_changes_with_any_weight(tiny_dir):
     assert changed != before
     a.to(CPU, torch.float32)  # forgets the identity; the remembered hash is still this one, not the stale one
     assert a.identity() == changed
+    import copy
+    from dataclasses import replace
+
+    other = replace(a, unet=copy.deepcopy(a.unet))  # a copy shares the remembered identities, keyed by its modules
+    with torch.no_grad():
+        next(other.unet.parameters()).view(-1)[0] += 1e-3
+    assert other.identity() not in (before, changed) and a.identity() == changed
     with torch.no_grad():
         next(a.text_encoder.parameters()).view(-1)[0] += 1e-3
     a._identity.clear()

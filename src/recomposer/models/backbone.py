@@ -6,6 +6,7 @@ inpainting channels, ...), each declaring what it hears and where it writes. How
 is kept in ``source`` so that a result's provenance can load it again.
 """
 
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -180,11 +181,12 @@ class Backbone:
         """sha256 over every weight of the UNet, VAE and text encoder (names, dtypes, shapes, bytes)."""
         modules = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
         key = tuple(map(id, modules.values()))  # one dict for this backbone and its copies (replace() shares it)
-        if key not in self._identity:
+        known = self._identity.get(key)
+        if known is None or any(ref() is not m for ref, m in zip(known[0], modules.values())):  # (ids get reused)
             from .local import weights_sha256
 
-            self._identity[key] = weights_sha256(modules)
-        return self._identity[key]
+            known = self._identity[key] = (tuple(map(weakref.ref, modules.values())), weights_sha256(modules))
+        return known[1]
 
     def describe(self) -> dict:
         return {**self.source.describe(), "sha256": self.identity(), "dtype": dtype_name(self.dtype),
