@@ -2,8 +2,8 @@
 
     python benchmarks/edit_speed.py [--repeats 7] [--steps 20] [--threads 1] [-o FILE.json]
 
-Both sides in one process, interleaved (controlnet_speed.py's ``_interleaved``: the median of ``--repeats`` runs
-after one warm-up each, the order alternating), batch 1:
+Both sides in one process, interleaved (controlnet_speed.py's ``_interleaved``: ``--repeats`` rounds after one
+warm-up each, the order alternating; the ratio is the median of each round's ours/theirs), batch 1:
 
     instruct      recomposer instruct vs diffusers' StableDiffusionInstructPix2PixPipeline on the same tiny 8-channel
                   SD (models/tiny.py) at 64 px, Euler a, s_T 7.5, s_I 1.5                           goal <= 1.02x
@@ -68,8 +68,8 @@ def instruct_figure(args) -> dict:
         pipe("make the star red", image=image, num_inference_steps=args.steps, guidance_scale=7.5,
              image_guidance_scale=1.5, generator=torch.Generator().manual_seed(1), output_type="pt")
 
-    a, b = _interleaved(ours, theirs, args.repeats)
-    return {"ours_s": a, "diffusers_s": b, "ratio": a / b, "model": "tiny 8-channel SD at 64 px"}
+    a, b, ratio = _interleaved(ours, theirs, args.repeats)
+    return {"ours_s": a, "diffusers_s": b, "ratio": ratio, "model": "tiny 8-channel SD at 64 px"}
 
 
 def composite_figures(args) -> dict:
@@ -95,9 +95,9 @@ def composite_figures(args) -> dict:
             evaluations[name] = composite(model, bg, mask, request, obj)[0].provenance["evaluations"]
         return go
 
-    a, b = _interleaved(ours(plain, "plain"), lambda: generate(model, img2img, image=bg), args.repeats)
-    c, _ = _interleaved(ours(resampled, "resampled"), lambda: None, max(3, args.repeats // 2))
-    return {"composite": {"ours_s": a, "img2img_s": b, "ratio": a / b, "evaluations": evaluations["plain"],
+    a, b, ratio = _interleaved(ours(plain, "plain"), lambda: generate(model, img2img, image=bg), args.repeats)
+    c, _, _ = _interleaved(ours(resampled, "resampled"), lambda: None, max(3, args.repeats // 2))
+    return {"composite": {"ours_s": a, "img2img_s": b, "ratio": ratio, "evaluations": evaluations["plain"],
                           "model": "bundled, 64 px, DDIM"},
             "resampling": {"seconds": c, "evaluations": evaluations["resampled"], "over_plain": c / a}}
 

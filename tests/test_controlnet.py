@@ -282,6 +282,7 @@ def test_a_hint_of_another_shape_is_centre_cropped_then_resized_like_every_input
     square = hint_image(4, 64)
     assert torch.equal(hint_tensor(square, (32, 32)), hint_tensor(square.resize((32, 32), Image.Resampling.LANCZOS),
                                                                   (32, 32)))
+    assert hint_tensor(square, (32, 32)).is_contiguous()  # NCHW as the net's convolutions run fastest here
 
 
 def _pipe(cls, backbone, net, scheduler):
