@@ -92,7 +92,8 @@ def train_composer(
     foreground_weight: Annotated[float, typer.Option("--foreground-weight", metavar="λ",
                                                      help="Weigh each latent position of the loss 1 + λ·(its share "
                                                           "covered by objects), so that small objects' colours and "
-                                                          "shapes count (0: off); may change when a run resumes.")] = 0.0,
+                                                          "shapes count (0: off); may change when a run "
+                                                          "resumes.")] = 0.0,
 ) -> None:
     """Train a Composer adapter on a frozen backbone with the shapes world's exact conditions."""
     from .. import validation as v
