@@ -20,7 +20,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from recomposer.models.bundled import (WEIGHTS, load_bundled_backbone, load_bundled_composer,
                                            load_bundled_image_encoder)
-    from recomposer.training.composer import ComposerTraining, encode_scenes, foreground_positions, rows_batch
+    from recomposer.training.composer import ComposerTraining, encode_scenes, foreground_share, rows_batch
     from recomposer.training.dropout import DropoutRates
 
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else WEIGHTS
@@ -41,7 +41,7 @@ def main() -> None:
                 error = (result.prediction - result.target).square()  # (B, C, h, w)
                 losses.append(error.flatten(1).mean(1))
                 steps.append(result.timesteps)
-                f = foreground_positions(batch["instance_labels"], tuple(error.shape[-2:]), 1.0) - 1  # (B, 1, h, w)
+                f = foreground_share(batch["instance_labels"], tuple(error.shape[-2:]))  # (B, 1, h, w)
                 on_objects.append((error * f).sum() / (f.sum() * error.shape[1]))
             loss, t = torch.cat(losses), torch.cat(steps)
             print(f"{name:8s} {loss.mean():.4f}  " + "  ".join(f"t {a}-{b}: {loss[(t >= a) & (t < b)].mean():.4f}"

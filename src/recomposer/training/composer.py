@@ -219,12 +219,16 @@ class ComposerTraining(nn.Module):
         return self.diffusion.scheduler
 
 
+def foreground_share(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Label maps (B, H, W) (0: background) -> f (B, 1, h, w): the share of each latent cell that objects cover."""
+    return F.adaptive_avg_pool2d((labels > 0).float()[:, None], size)
+
+
 def foreground_positions(labels: torch.Tensor, size: tuple[int, int], weight: float) -> torch.Tensor:
-    """Label maps (B, H, W) (0: background) -> the loss's per-position weights m = 1 + λ·f (B, 1, h, w), f the share
-    of each latent cell that objects cover. Small objects are a few latent cells of a large flat background, so with
-    m = 1 their colour and shape are a small part of the loss; λ > 0 raises it."""
-    covered = (labels > 0).float()[:, None]  # (B, 1, H, W)
-    return 1 + weight * F.adaptive_avg_pool2d(covered, size)
+    """The loss's per-position weights m = 1 + λ·f (B, 1, h, w), f = ``foreground_share``. Small objects are a few
+    latent cells of a large flat background, so with m = 1 their colour and shape are a small part of the loss;
+    λ > 0 raises it."""
+    return 1 + weight * foreground_share(labels, size)
 
 
 def permuted_instances(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
