@@ -296,6 +296,7 @@ def test_train_composer_writes_checkpoints_and_the_adapter_and_resumes(tiny_dir,
     (("--size", 33), "size"), (("--size", 8), "size"), (("--checkpoint-every", 0), "checkpoint_every"),
     (("--sample-every", -1), "sample_every"), (("--seed", -1), "seed"), (("--mixed-precision", "fp8"),
                                                                          "mixed_precision"),
+    (("--steps", 10, "--cooldown-steps", 11), "cooldown_steps"),
 ])
 def test_bad_parameters_name_the_field_and_write_nothing(tiny_dir, tmp_path, capsys, args, field):
     out = tmp_path / "run"

@@ -274,11 +274,38 @@ def test_fp16_on_the_cpu_is_refused_before_anything_is_written(tmp_path):
 
 @pytest.mark.parametrize(("field", "value"), [("steps", 0), ("grad_accum", 0), ("lr", 0.0), ("lr", float("nan")),
                                               ("ema_decay", 1.0), ("mixed_precision", "fp8"), ("keep_checkpoints", 0),
-                                              ("grad_clip", -1.0), ("seed", -1), ("batch_size", True)])
+                                              ("grad_clip", -1.0), ("seed", -1), ("batch_size", True),
+                                              ("cooldown_steps", -1)])
 def test_invalid_settings_name_their_field(tmp_path, field, value):
     with pytest.raises(InvalidParameter, match=f"^{field}: must be"):
         train(config(tmp_path / "run", **{field: value}), tiny_model(), step_fn, batches)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_learning_rate_warms_up_holds_and_decays_to_the_last_step():
+    c = config("unused", steps=50, lr=1.0, warmup_steps=5, cooldown_steps=10)
+    rates = [trainer_module.learning_rate(c, s) for s in range(50)]
+    assert rates[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert rates[5:40] == [1.0] * 35
+    assert rates[40:] == pytest.approx([(50 - s) / 10 for s in range(40, 50)])  # the last update still moves: 0.1
+    overlap = config("unused", steps=10, lr=2.0, warmup_steps=4, cooldown_steps=10)
+    assert trainer_module.learning_rate(overlap, 1) == pytest.approx(2.0 * 0.5 * 0.9)  # the two factors multiply
+    with pytest.raises(InvalidParameter, match=r"^cooldown_steps: must be at most steps \(50\)"):
+        config("unused", steps=50, cooldown_steps=51).check()
+
+
+def test_a_constant_rate_run_resumed_with_a_cooldown_decays_from_where_it_stopped(tmp_path, monkeypatch):
+    train(config(tmp_path, steps=20, grad_accum=1), tiny_model(), step_fn, batches)
+    seen, step = [], torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    summary = train(config(tmp_path, steps=30, grad_accum=1, cooldown_steps=10), tiny_model(), step_fn, batches)
+    assert summary.resumed_from == 20 and summary.step == 30
+    assert seen == pytest.approx([2e-2 * (30 - s) / 10 for s in range(20, 30)])
 
 
 # ---------------------------------------------------------------- (f) no pickle, ever

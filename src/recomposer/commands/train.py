@@ -40,6 +40,9 @@ Steps = Annotated[int, typer.Option(help="Optimizer updates in all (a resumed ru
 Size = Annotated[Optional[int], typer.Option(help="Image side in pixels: a multiple of the VAE factor (default: the "
                                                   "backbone's native size).")]
 WarmupSteps = Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")]
+CooldownSteps = Annotated[int, typer.Option(help="Linear learning-rate decay to 0 over the last this many steps "
+                                                 "before --steps (0: none); may be set when a run resumes, to "
+                                                 "finish a constant-rate run.")]
 CheckpointEvery = Annotated[int, typer.Option(help="A checkpoint every this many steps (and at the end).")]
 KeepCheckpoints = Annotated[int, typer.Option(help="Complete checkpoints kept (older ones are pruned).")]
 Resume = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint in --output.")]
@@ -62,6 +65,7 @@ def train_composer(
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
     size: Size = None,
     warmup_steps: WarmupSteps = 0,
+    cooldown_steps: CooldownSteps = 0,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the trained weights (what is written).")]
     = None,
     checkpoint_every: CheckpointEvery = 500,
@@ -101,9 +105,10 @@ def train_composer(
 
     # 1. Every parameter, before anything loads.
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-                         sample_every=sample_every, seed=seed, ema_decay=ema_decay, mixed_precision=mixed_precision,
-                         cpu=cpu, max_minutes=max_minutes).check()
+                         cooldown_steps=cooldown_steps, checkpoint_every=checkpoint_every,
+                         keep_checkpoints=keep_checkpoints, sample_every=sample_every, seed=seed,
+                         ema_decay=ema_decay, mixed_precision=mixed_precision, cpu=cpu,
+                         max_minutes=max_minutes).check()
     if size is not None:
         v.integer("size", size, 16)
     fresh = _fresh_unet(unet_shape, parameterisation, min_snr_gamma, cache)
@@ -202,6 +207,7 @@ def train_controlnet(
     lr: Annotated[float, typer.Option(help="AdamW learning rate (the paper: 1e-5 for Stable Diffusion).")] = 1e-5,
     size: Size = None,
     warmup_steps: WarmupSteps = 0,
+    cooldown_steps: CooldownSteps = 0,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the net's weights (what is written).")] = None,
     sample_every: Annotated[int, typer.Option(help="A sample grid every this many steps (0: never): each example's "
                                                    "hint and what the net makes of it.")] = 0,
@@ -219,7 +225,8 @@ def train_controlnet(
 
     # 1. Every parameter, before anything loads.
     config = _adapter_config(output, size, min_snr_gamma, steps=steps, batch_size=batch_size, lr=lr,
-                             warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
+                             warmup_steps=warmup_steps, cooldown_steps=cooldown_steps,
+                             checkpoint_every=checkpoint_every,
                              keep_checkpoints=keep_checkpoints, seed=seed, ema_decay=ema_decay,
                              mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes,
                              sample_every=sample_every)
@@ -309,6 +316,7 @@ def train_instruct(
     lr: Annotated[float, typer.Option(help="AdamW learning rate (the reference: 1e-4).")] = 1e-4,
     size: Size = None,
     warmup_steps: WarmupSteps = 0,
+    cooldown_steps: CooldownSteps = 0,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the UNet's weights (what is written).")] = None,
     sample_every: Annotated[int, typer.Option(help="A sample grid every this many steps (0: never): before, the "
                                                    "wanted after, the model's edit.")] = 0,
@@ -326,7 +334,8 @@ def train_instruct(
 
     # 1. Every parameter, before anything loads.
     config = _adapter_config(output, size, min_snr_gamma, steps=steps, batch_size=batch_size, lr=lr,
-                             warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
+                             warmup_steps=warmup_steps, cooldown_steps=cooldown_steps,
+                             checkpoint_every=checkpoint_every,
                              keep_checkpoints=keep_checkpoints, seed=seed, ema_decay=ema_decay,
                              mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes,
                              sample_every=sample_every)

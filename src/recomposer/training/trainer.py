@@ -56,6 +56,7 @@ class TrainConfig:
     batch_size: int = 8  # samples per micro-batch per process (the batches function is built for it)
     lr: float = 1e-4  # AdamW learning rate after warm-up
     warmup_steps: int = 0  # linear warm-up of the learning rate over the first updates
+    cooldown_steps: int = 0  # linear decay of the learning rate to 0 over the last updates before `steps`
     weight_decay: float = 0.0  # AdamW decoupled weight decay, on weight matrices and kernels only (ndim >= 2)
     grad_accum: int = 1  # micro-batches per optimizer update (effective batch = batch_size·grad_accum·processes)
     grad_clip: float | None = 1.0  # clip the global gradient norm to this; None: no clipping
@@ -76,6 +77,9 @@ class TrainConfig:
         for field in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
             validation.integer(field, getattr(self, field), 1)
         validation.integer("warmup_steps", self.warmup_steps, 0)
+        validation.integer("cooldown_steps", self.cooldown_steps, 0)
+        if self.cooldown_steps > self.steps:
+            raise InvalidParameter("cooldown_steps", f"at most steps ({self.steps})", self.cooldown_steps)
         validation.integer("sample_every", self.sample_every, 0)
         validation.real("lr", self.lr, 0.0)
         if self.lr == 0:
@@ -189,7 +193,7 @@ def _train(config: TrainConfig, model: nn.Module, step_fn: StepFn, batches: Call
     started, cpu_before = time.monotonic(), (log.last("cpu_seconds") or 0.0) if log else 0.0
     try:
         for step in range(start, config.steps):
-            lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+            lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             total = torch.zeros((), device=accelerator.device)
@@ -315,6 +319,18 @@ def _state(config: TrainConfig, accelerator: Accelerator, params: dict, frozen: 
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "versions": {"recomposer": __version__, "torch": torch.__version__, "accelerate": accelerate.__version__,
                          "safetensors": safetensors.__version__, "python": sys.version.split()[0]}}
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of update ``step`` (0-based): warm-up, stable, decay (WSD; Hu et al. 2024, MiniCPM §4),
+
+        lr(s) = lr · min(1, (s + 1) / warmup) · min(1, (steps − s) / cooldown)
+
+    either factor 1 when its length is 0. The decay is a function of ``steps`` alone, so a run trained at a
+    constant rate can be resumed with ``cooldown_steps`` and a final ``steps`` to branch a decayed copy."""
+    up = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    down = min(1.0, (config.steps - step) / config.cooldown_steps) if config.cooldown_steps else 1.0
+    return config.lr * up * down
 
 
 def _restore(folder: Path, config: TrainConfig, accelerator: Accelerator, optimizer, params: dict, buffers: dict,
