@@ -25,7 +25,8 @@ from pathlib import Path
 
 SHARES = {"vae": 0.13, "encoder": 0.07, "cache": 0.10, "composer": 0.50, "controlnet": 0.12, "decoder": 0.08}
 RECIPES = {"baseline": [], "min-snr-5": ["--min-snr-gamma", "5"], "v-zero-snr": ["--parameterisation", "v-zero-snr"],
-           "attention-16": ["--unet-shape", "attention-16"]}
+           "attention-16": ["--unet-shape", "attention-16"],
+           "v-zero-snr-attention-16": ["--parameterisation", "v-zero-snr", "--unet-shape", "attention-16"]}
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
     python benchmarks/recipes.py train    --cache CACHE --parts PARTS --runs RUNS [--minutes 25] [--parallel 2]
     python benchmarks/recipes.py evaluate --runs RUNS [--scenes 12] [--points 2] [--parallel 2]
     python benchmarks/recipes.py report   --runs RUNS [--json benchmarks/results/recipes.json] [--plot docs/images/recipes.png]
+    python benchmarks/recipes.py curve    --json benchmarks/results/long_runs.json --plot docs/images/long-runs.png
 
 train: every recipe from scratch (a fresh UNet and Composer adapter, trained jointly from the same world
     cache, batch 32, lr 3e-4 after 200 warm-up steps, EMA 0.995, seed 0), each for the same wall-clock
@@ -17,6 +18,8 @@ report: a markdown table of every figure at each run's end, and a plot of the sc
     shape, caption shape and count accuracy, palette intersection, image-embedding cosine, sketch edge F1 and
     instances mIoU, each under its own condition alone. The winner is the recipe with the best score at the
     end of its budget.
+curve: the long runs' score against CPU-minutes from scratch, from a JSON of measured points (each line's
+    points with the score of their full benchmark; a branch starts from its parent line's point ``from``).
 """
 
 import argparse
@@ -206,17 +209,19 @@ def report(args) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
-    """Score against CPU-minutes, one line per recipe (PIL; no plotting library needed)."""
+    """Score against CPU-minutes, one line per recipe (PIL; no plotting library needed). A line starts at
+    (0, 0), or at its ``start`` point ({"cpu_minutes", "score"}) where it branches from another."""
     from PIL import Image, ImageDraw, ImageFont
 
-    w, h, m = 640, 400, 60
+    font = ImageFont.load_default(14)
+    names = max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(name, font=font) for name in results)
+    w, h, m = 490 + int(names) + 20, 400, 60
     im = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(im)
-    font = ImageFont.load_default(14)
     xs = [p["cpu_minutes"] for r in results.values() for p in r["points"]]
     ys = [p["score"] for r in results.values() for p in r["points"]]
     x_hi, y_lo, y_hi = max(xs) * 1.05, min(0.0, min(ys)), max(ys) * 1.15 + 1e-6
-    x0, y0, x1, y1 = m, 20, w - 150, h - m
+    x0, y0, x1, y1 = m, 20, 480, h - m
 
     def at(x, y):
         return x0 + (x1 - x0) * x / x_hi, y1 - (y1 - y0) * (y - y_lo) / (y_hi - y_lo)
@@ -232,7 +237,8 @@ def plot(results: dict, path: Path) -> None:
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     label_y = []
     for (name, result), colour in sorted(zip(results.items(), colours), key=lambda rc: -rc[0][1]["points"][-1]["score"]):
-        points = [at(0, 0)] + [at(p["cpu_minutes"], p["score"]) for p in result["points"]]
+        start = result.get("start", {"cpu_minutes": 0, "score": 0})
+        points = [at(p["cpu_minutes"], p["score"]) for p in [start, *result["points"]]]
         d.line(points, fill=colour, width=3)
         for x, y in points[1:]:
             d.ellipse((x - 4, y - 4, x + 4, y + 4), fill=colour)
@@ -243,10 +249,23 @@ def plot(results: dict, path: Path) -> None:
     im.save(path)
 
 
+def curve(args) -> None:
+    """Plot the long runs' measured points (``--json``): {"lines": {name: {"from": [line, index] or absent,
+    "points": [{"step", "cpu_minutes", "score", ...}]}}}."""
+    lines = json.loads(args.json.read_text())["lines"]
+    for name, line in lines.items():
+        if "from" in line:
+            parent, index = line["from"]
+            line["start"] = lines[parent]["points"][index]
+    plot(lines, args.plot)
+    for name, line in lines.items():
+        print(name + ": " + ", ".join(f"{p['score']:.3f} at {p['cpu_minutes']:.0f} CPU-min" for p in line["points"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=("train", "evaluate", "report"))
-    parser.add_argument("--runs", type=Path, required=True, help="a folder of one run folder per recipe")
+    parser.add_argument("phase", choices=("train", "evaluate", "report", "curve"))
+    parser.add_argument("--runs", type=Path, help="a folder of one run folder per recipe")
     parser.add_argument("--cache", type=Path, help="the world cache (train)")
     parser.add_argument("--parts", type=Path, help="parts with the VAE and image encoder the cache is for (train)")
     parser.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget of each recipe (train)")
@@ -260,7 +279,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.phase == "train" and (args.cache is None or args.parts is None):
         parser.error("train needs --cache and --parts")
-    {"train": train, "evaluate": evaluate, "report": report}[args.phase](args)
+    if args.phase != "curve" and args.runs is None:
+        parser.error(f"{args.phase} needs --runs")
+    {"train": train, "evaluate": evaluate, "report": report, "curve": curve}[args.phase](args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import time
 import pytest
 from PIL import Image
 
+from recomposer.cli import Terminated, main
+
 
 def interrupted(args, stage: bytes, cwd) -> tuple[int, str]:
     """Run ``recomposer ARGS``, send SIGINT once ``stage`` shows on its terminal, and return (exit code, stderr)."""
@@ -77,3 +79,40 @@ def test_ctrl_c_says_cancelled_exits_130_and_leaves_nothing(inputs, name):
     assert "cancelled" in err and "Traceback" not in err, err
     if name != "train":  # a training run keeps its checkpoints by design; an image command writes nothing
         assert not (inputs / "out").exists() or not any((inputs / "out").iterdir())
+
+
+class _SignalInClassCreation:
+    """A descriptor whose ``__set_name__`` is where the signal lands: Python 3.11 re-raises what it raises as
+    ``RuntimeError: Error calling __set_name__`` (caused by it), as when Ctrl-C hits an import."""
+
+    def __init__(self, signal_error: BaseException):
+        self.signal_error = signal_error
+
+    def __set_name__(self, owner, name):
+        raise self.signal_error
+
+
+@pytest.mark.parametrize(("signal_error", "code", "word"), [(KeyboardInterrupt, 130, "cancelled"),
+                                                            (Terminated, 143, "terminated")])
+def test_a_signal_that_python_re_raised_as_another_error_is_still_a_cancel(tmp_path, monkeypatch, capsys,
+                                                                           signal_error, code, word):
+    from recomposer.commands import world
+
+    def write_folder(folder, files):
+        type("Imported", (), {"attribute": _SignalInClassCreation(signal_error())})
+
+    monkeypatch.setattr(world, "write_folder", write_folder)
+    assert main(["world", "sample", "5", "-o", str(tmp_path / "scene"), "--size", "64"]) == code
+    err = capsys.readouterr().err
+    assert err.strip() == word and not (tmp_path / "scene").exists()
+
+
+def test_an_error_with_no_signal_behind_it_still_shows_its_traceback(tmp_path, monkeypatch):
+    from recomposer.commands import world
+
+    def write_folder(folder, files):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(world, "write_folder", write_folder)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["world", "sample", "5", "-o", str(tmp_path / "scene"), "--size", "64"])

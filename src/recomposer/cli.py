@@ -452,14 +452,30 @@ def main(argv: list[str] | None = None) -> int:
             where = e.filename if e.filename is not None else "file"
             typer.echo(f"error: {where}: {e.strerror or e.__class__.__name__}", err=True)
             return 2
-        except (MemoryError, RuntimeError) as e:
+        except Exception as e:
             from .models.memory import is_out_of_memory
 
-            if not is_out_of_memory(e):
+            interrupt = _interruption(e)
+            if interrupt is not None:  # Ctrl-C or SIGTERM that Python or a library re-raised as another error
+                typer.echo("terminated" if isinstance(interrupt, Terminated) else "cancelled", err=True)
+                return 143 if isinstance(interrupt, Terminated) else 130
+            if not (isinstance(e, (MemoryError, RuntimeError)) and is_out_of_memory(e)):
                 raise
             typer.echo("error: memory: the run ran out of memory; nothing was saved (try a smaller size or batch)",
                        err=True)
             return 1
+
+
+def _interruption(error: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or ``Terminated`` behind ``error``, if one is in its chain of causes: a signal that
+    lands while Python creates a class (as an import does) comes out as a RuntimeError caused by it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (KeyboardInterrupt, Terminated)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 @contextmanager
