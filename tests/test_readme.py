@@ -22,7 +22,8 @@ NEEDS_MODELS = {  # line prefix -> why it cannot run in a test (its options are 
 }
 STEP_OPTIONS = ("--steps", "--classifier-steps")
 COUNTS = {"--scenes": "64", "--workers": "1",  # a world cache of 64 scenes in this process, not 32,768 in two
-          "--count": "2", "--batch-size": "2"}  # two pairs, two examples a step
+          "--count": "2", "--batch-size": "2",  # two pairs, two examples a step
+          "--cooldown-steps": "1"}  # a decay within the two steps
 SAMPLES = {"generate", "instruct", "p2p", "attention", "invert", "compose", "variations", "interpolate", "reconstruct",
            "edit", "colourise", "recolour", "style", "train", "composite", "visii", "make-pairs"}  # take --steps
 SD_MODELS = {"path/to/sd-1.5", "sd-1.5", "sd-inpainting"}  # diffusers directories the README names
