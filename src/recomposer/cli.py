@@ -437,14 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         except Cancelled as e:
             typer.echo(f"cancelled: {e}", err=True)
             return 130
-        except Terminated:
-            typer.echo("terminated", err=True)
-            return 143
         except typer.Exit as e:
             return e.exit_code
-        except (typer.Abort, KeyboardInterrupt):
-            typer.echo("cancelled", err=True)
-            return 130
+        except (Terminated, typer.Abort, KeyboardInterrupt) as e:
+            return _stopped(e)
         except typer.TyperException as e:  # usage errors: unknown option, a value that does not parse
             typer.echo(f"error: {e.format_message() if hasattr(e, 'format_message') else e}", err=True)
             return getattr(e, "exit_code", 2)
@@ -453,17 +449,22 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo(f"error: {where}: {e.strerror or e.__class__.__name__}", err=True)
             return 2
         except Exception as e:
+            if (interrupt := _interruption(e)) is not None:  # a signal that Python or a library re-raised
+                return _stopped(interrupt)
             from .models.memory import is_out_of_memory
 
-            interrupt = _interruption(e)
-            if interrupt is not None:  # Ctrl-C or SIGTERM that Python or a library re-raised as another error
-                typer.echo("terminated" if isinstance(interrupt, Terminated) else "cancelled", err=True)
-                return 143 if isinstance(interrupt, Terminated) else 130
             if not (isinstance(e, (MemoryError, RuntimeError)) and is_out_of_memory(e)):
                 raise
             typer.echo("error: memory: the run ran out of memory; nothing was saved (try a smaller size or batch)",
                        err=True)
             return 1
+
+
+def _stopped(signal_error: BaseException) -> int:
+    """SIGTERM says "terminated" and exits 143; Ctrl-C (or click's Abort for it) says "cancelled" and exits 130."""
+    terminated = isinstance(signal_error, Terminated)
+    typer.echo("terminated" if terminated else "cancelled", err=True)
+    return 143 if terminated else 130
 
 
 def _interruption(error: BaseException) -> BaseException | None:
