@@ -113,6 +113,9 @@ def test_psnr_is_measured_on_the_8_bit_scale():
 def test_bad_training_input_names_the_field(tmp_path, tiny_dir, capsys):
     for args, field in ((("vae", "--steps", 0), "steps"), (("encoder", "--pool", 2), "pool"),
                         (("base", "--batch-size", 0, "--parts", tmp_path), "batch_size"),
+                        (("vae", "--steps", 10, "--cooldown-steps", 11), "cooldown_steps"),
+                        (("encoder", "--cooldown-steps", -1), "cooldown_steps"),
+                        (("base", "--cooldown-steps", 20_000, "--parts", tmp_path), "cooldown_steps"),
                         (("composer", "--parts", tmp_path, "--model", tiny_dir), "parts")):
         code, out, err = run(capsys, "train", *args, "-o", tmp_path / "run")
         assert code == 2 and err.startswith(f"error: {field}"), err

@@ -33,6 +33,8 @@ def controllability(
                                                                 "(default 40; quick 1).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampler steps per image (default 20; quick 6).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Composer guidance w (default 3).")] = None,
+    control_scale: Annotated[Optional[float], typer.Option(help="The bundled ControlNet's conditioning scale in its "
+                                                               "rows (default 1).")] = None,
     model: model_option("A diffusers Composer model directory or a folder of bundled-format parts (default: the "
                         "bundled model).") = None,
     adapter: Annotated[Optional[str], typer.Option("--adapter", help="A Composer adapter .safetensors for "
@@ -45,7 +47,8 @@ def controllability(
     from ..evaluation.controllability import QUICK, BenchConfig
 
     base = QUICK if quick else BenchConfig()
-    given = {"scenes": scenes, "held_out_scenes": held_out_scenes, "steps": steps, "guidance": guidance}
+    given = {"scenes": scenes, "held_out_scenes": held_out_scenes, "steps": steps, "guidance": guidance,
+             "control_scale": control_scale}
     config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
     _check_new(output)
 
@@ -73,6 +76,8 @@ def edits(
     quick: Annotated[bool, typer.Option("--quick", help="The CI size: 2 scenes per kind, 4 steps.")] = False,
     scenes: Annotated[Optional[int], typer.Option(help="Held-out scenes tried per edit kind (default 40).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampler steps per edit (default 20).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Text guidance s_T (default 7.5).")] = None,
+    image_guidance: Annotated[Optional[float], typer.Option(help="Image guidance s_I (default 1.5).")] = None,
     visii_scenes: Annotated[Optional[int], typer.Option(help="Scenes a learnt instruction is applied to (default "
                                                              "20; 0: no Visii figures).")] = None,
     visii_steps: Annotated[Optional[int], typer.Option(help="Visii iterations per learnt instruction (default "
@@ -87,7 +92,8 @@ def edits(
     from ..evaluation.edits import QUICK_EDITS, EditBenchConfig
 
     base = QUICK_EDITS if quick else EditBenchConfig()
-    given = {"scenes": scenes, "steps": steps, "visii_scenes": visii_scenes, "visii_steps": visii_steps}
+    given = {"scenes": scenes, "steps": steps, "guidance": guidance, "image_guidance": image_guidance,
+             "visii_scenes": visii_scenes, "visii_steps": visii_steps}
     config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
     _check_new(output)
 

@@ -402,6 +402,7 @@ def train_base(
     steps: Steps = 10_000,
     batch_size: Annotated[int, typer.Option(help="Captioned shapes-world scenes per step.")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
+    cooldown_steps: CooldownSteps = 0,
     checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps.")] = 250,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the UNet's weights (the written UNet).")]
     = 0.995,
@@ -416,8 +417,8 @@ def train_base(
     from ..training import TrainConfig
 
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=200,
-                         checkpoint_every=checkpoint_every, ema_decay=ema_decay, seed=seed,
-                         mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes).check()
+                         cooldown_steps=cooldown_steps, checkpoint_every=checkpoint_every, ema_decay=ema_decay,
+                         seed=seed, mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes).check()
     _check_output(output)
     fresh = _fresh_unet(unet_shape, parameterisation, min_snr_gamma, cache)
     hold_run_lock(output)
@@ -455,6 +456,7 @@ def train_vae(
     = 4000,
     batch_size: Annotated[int, typer.Option(help="Shapes-world renders per step.")] = 16,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-4,
+    cooldown_steps: CooldownSteps = 0,
     checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps.")] = 250,
     sample_every: Annotated[int, typer.Option(help="A reconstruction grid every this many steps (0: never).")]
     = 500,
@@ -477,8 +479,8 @@ def train_vae(
     v.integer("evaluate", evaluate, 1, 100_000)
 
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=100,
-                         checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed,
-                         mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes).check()
+                         cooldown_steps=cooldown_steps, checkpoint_every=checkpoint_every, sample_every=sample_every,
+                         seed=seed, mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes).check()
     _check_output(output)
     if decoder_only and init is None:
         raise InvalidParameter("decoder-only", "used with --init PARTS (a trained VAE to keep the encoder of)", True)
@@ -510,6 +512,7 @@ def train_encoder(
     pool: Annotated[int, typer.Option(help="Training scenes (their caption embeddings are computed once).")]
     = 8192,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    cooldown_steps: CooldownSteps = 0,
     checkpoint_every: Annotated[int, typer.Option(help="A checkpoint every this many steps.")] = 250,
     seed: Annotated[int, typer.Option(help="Seeds the initial weights and every step's draws.")] = 0,
     parts: Annotated[Optional[Path], typer.Option(help="Folder of bundled-format parts the result is written "
@@ -523,7 +526,8 @@ def train_encoder(
     from ..training import TrainConfig
 
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=100,
-                         weight_decay=0.01, checkpoint_every=checkpoint_every, seed=seed, cpu=cpu,
+                         weight_decay=0.01, cooldown_steps=cooldown_steps, checkpoint_every=checkpoint_every,
+                         seed=seed, cpu=cpu,
                          max_minutes=max_minutes).check()
     v.integer("pool", pool, batch_size)
     _check_output(output)
