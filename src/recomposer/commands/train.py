@@ -527,8 +527,7 @@ def train_encoder(
 
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=100,
                          weight_decay=0.01, cooldown_steps=cooldown_steps, checkpoint_every=checkpoint_every,
-                         seed=seed, cpu=cpu,
-                         max_minutes=max_minutes).check()
+                         seed=seed, cpu=cpu, max_minutes=max_minutes).check()
     v.integer("pool", pool, batch_size)
     _check_output(output)
     hold_run_lock(output)

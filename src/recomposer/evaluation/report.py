@@ -54,7 +54,9 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | {realism[name]['images']} | {realism[name]['frechet_distance']:.2f} |")
     if "controlnet" in report:
         c = report["controlnet"]
-        lines += ["", "## ControlNet beside the Composer adapter (each given the scene's hint alone)", "",
+        scale = report["settings"].get("control_scale", 1.0)
+        lines += ["", "## ControlNet beside the Composer adapter (each given the scene's hint alone; "
+                  f"the net at conditioning scale {scale:g})", "",
                   "| hint | figure | floor | Composer adapter | ControlNet | ceiling |", "|---|---|---|---|---|---|"]
         for kind, row in c["kinds"].items():
             lines.append(f"| {kind} | {row['figure']} | " + " | ".join(
