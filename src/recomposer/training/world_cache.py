@@ -136,11 +136,11 @@ def encode_scenes(backbone, image_encoder, seeds: range, size: int, world: World
     boxes = np.array([_box(conds["masked_image"].mask) for conds in sets], np.int16)
     rows = {
         "seed": np.array(list(seeds), np.int64),
-        "latent_mean": posterior.mean.float().cpu().numpy().astype(np.float16),
-        "latent_std": posterior.std.float().cpu().numpy().astype(np.float16),
+        "latent_mean": _row_major(posterior.mean),
+        "latent_std": _row_major(posterior.std),
         "tokens": tokens.astype(np.float16),
         "token_lengths": lengths.astype(np.int32),
-        "sentence": prompts.sentence.float().cpu().numpy().astype(np.float16),
+        "sentence": _row_major(prompts.sentence),
         "image": np.stack([s.rendered.image for s in samples]),  # (N, S, S, 3) uint8
         "labels": np.stack([conds["instances"].label_map() for conds in sets]).astype(np.uint8),
         "sketch": np.stack([conds["sketch"].lines for conds in sets]).astype(np.uint8),
@@ -152,6 +152,12 @@ def encode_scenes(backbone, image_encoder, seeds: range, size: int, world: World
     if image_encoder is not None:
         rows["image_embedding"] = np.stack([conds["image_embedding"].vector for conds in sets]).astype(np.float16)
     return rows
+
+
+def _row_major(tensor: torch.Tensor) -> np.ndarray:
+    """fp16 numpy, row-major: the VAE's convolutions may hand back channels-last tensors, and an array keeping
+    that layout would give the uncached trainer channels-last latents (another, slower kernel path on CPUs)."""
+    return np.ascontiguousarray(tensor.float().cpu().numpy(), dtype=np.float16)
 
 
 def _real_tokens(prompts) -> tuple[np.ndarray, np.ndarray]:
