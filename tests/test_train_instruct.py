@@ -16,9 +16,11 @@ from recomposer.denoiser import ModelInputs, forward_unet
 from recomposer.models.delta import extract, merge
 from recomposer.models.instruct import InstructChannels, widen
 from recomposer.models.tiny import save_diffusers_dir, tiny_sd
-from recomposer.training.base import BaseTraining
+from recomposer.training.base import BaseTraining, denoising_loss
 from recomposer.training.instruct import (
     InstructTraining,
+    changed_share,
+    edit_positions,
     instruct_dropout,
     pair_batches,
     read_pairs,
@@ -87,6 +89,38 @@ def test_world_edits_differ_by_the_edit_alone():
     assert edit.instruction and edit.instruction == world_edit(123, 32)[0].instruction  # a pure function of the seed
 
 
+def test_the_changed_share_is_where_the_pair_differs_at_latent_size():
+    edit, before, after = world_edit(123, 32)
+    to = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float() / 127.5 - 1  # noqa: E731
+    share = changed_share(to(before), to(after), (16, 16))
+    mask = torch.from_numpy(edit.changed_mask(32)).float()
+    differ = torch.from_numpy(np.abs(after.astype(int) - before.astype(int)).max(2) > 4).float()
+    assert share.shape == (1, 1, 16, 16) and 0 < share.sum() and differ.sum() <= mask.sum()
+    assert torch.allclose(share[0, 0], differ.reshape(16, 2, 16, 2).mean((1, 3)))  # each position's 2x2 pixels
+    assert changed_share(to(before), to(before), (16, 16)).sum() == 0
+
+
+def test_edit_weights_move_each_examples_loss_toward_its_edit():
+    changed = torch.zeros(2, 1, 4, 4)
+    changed[0, 0, :2, :2] = 1  # example 0 changed a quarter of its positions; example 1 nothing
+    m = edit_positions(changed, 9.0)
+    assert torch.allclose(m.mean((1, 2, 3)), torch.ones(2))  # neither example counts more in the batch
+    assert torch.allclose(m[0, 0, 0, 0] / m[0, 0, 3, 3], torch.tensor(10.0)) and torch.equal(m[1], torch.ones(1, 4, 4))
+
+
+def test_the_weighted_step_is_the_step_with_those_weights(base):
+    batch = world_edit_batches(base, 3, 32)(0)
+    assert batch["changed"].shape == (3, 1, 16, 16) and batch["changed"].sum() > 0
+    wide = widened(base)
+    plain = InstructTraining(wide).step(batch, torch.Generator().manual_seed(7))
+    weighted = InstructTraining(wide, edit_weight=4.0).step(batch, torch.Generator().manual_seed(7))
+    assert torch.equal(weighted.prediction, plain.prediction)  # the same draws; only the loss's weights differ
+    want = denoising_loss(plain.prediction, plain.target, torch.ones(3), edit_positions(batch["changed"], 4.0))
+    assert torch.allclose(weighted.loss, want) and not torch.allclose(weighted.loss, plain.loss)
+    with pytest.raises(Exception, match="edit_weight"):
+        InstructTraining(wide, edit_weight=float("nan"))
+
+
 def test_a_delta_merges_back_to_the_tuned_weights():
     g = torch.Generator().manual_seed(0)
     base = {"a.weight": torch.randn(32, 48, generator=g), "c.weight": torch.randn(16, 8, 3, 3, generator=g),
@@ -149,6 +183,13 @@ def test_train_instruct_on_an_sd_model_writes_an_instruction_model(capsys, tmp_p
     assert code != 0 and "lr" in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("weight", ["nan", "-1", "1e9"])
+def test_train_instruct_refuses_an_edit_weight_out_of_range(capsys, tmp_path, weight):
+    code, stdout, err = run(capsys, "train", "instruct", "-o", tmp_path / "run", "--steps", 1, "--edit-weight", weight)
+    assert code == 2 and "edit-weight" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_instruct_refuses_an_inpainting_model(capsys, tmp_path):
     model = save_diffusers_dir(tiny_sd(seed=1, in_channels=9), tmp_path / "inpaint")
     code, stdout, err = run(capsys, "train", "instruct", "-o", tmp_path / "run", "--model", model, "--steps", 1)
@@ -162,13 +203,25 @@ def test_train_instruct_on_parts_ships_a_delta_that_instruct_runs(capsys, tmp_pa
     from recomposer.world.dataset import make_sample
 
     parts = tmp_path / "parts"
-    shutil.copytree(WEIGHTS, parts)
+    shutil.copytree(WEIGHTS, parts, ignore=shutil.ignore_patterns("instruct.*"))
     code, stdout, err = run(capsys, "train", "instruct", "-o", tmp_path / "run", "--parts", parts, "--steps", 2,
                             "--batch-size", 2, "--rank", 4)
-    assert code == 0, err
+    assert code == 0 and "going on" not in err, err
     settings = json.loads((parts / "instruct.json").read_text())
     assert settings["rank"] == 4 and settings["base_unet"] == json.loads((parts / "unet.json").read_text())[
         "weights_sha256"]
+    assert settings["steps"] == 2 and settings["run"]["start"] is None
+    # a parts folder with an instruct part goes on from it (weighted toward the edits), counting every step
+    code, stdout, err = run(capsys, "train", "instruct", "-o", tmp_path / "run-2", "--parts", parts, "--steps", 1,
+                            "--batch-size", 2, "--rank", 4, "--edit-weight", 9)
+    assert code == 0 and "going on from" in err, err
+    went_on = json.loads((parts / "instruct.json").read_text())
+    assert went_on["steps"] == 3 and went_on["run"]["start"] == {k: settings[k] for k in ("steps", "weights_sha256")}
+    assert went_on["run"]["edit_weight"] == 9
+    code, stdout, err = run(capsys, "train", "instruct", "-o", tmp_path / "run-2", "--parts", parts, "--steps", 2,
+                            "--batch-size", 2, "--rank", 4)  # a resume with another weighting
+    assert code != 0 and "edit-weight" in err and json.loads((parts / "instruct.json").read_text()) == went_on, err
+    settings = went_on
     assert (parts / "instruct.safetensors").stat().st_size < (parts / "unet.safetensors").stat().st_size / 4
     Image.fromarray(make_sample(5).rendered.image).save(tmp_path / "scene.png")
     code, stdout, err = run(capsys, "instruct", tmp_path / "scene.png", "make the star red", "--model", parts,

@@ -306,7 +306,8 @@ def train_instruct(
     parts: Annotated[Optional[Path], typer.Option(help="A folder of bundled-format parts to train on instead of "
                                                        "--model; the result is written into it as its instruct "
                                                        "part (a low-rank delta of its UNet: the bundled "
-                                                       "instruction model).")] = None,
+                                                       "instruction model). A folder that has one already goes "
+                                                       "on from it.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Train on your pairs: a folder with a metadata.jsonl of "
                                                       "input_image / edit_prompt / edited_image records (what "
                                                       "`recomposer make-pairs` writes). Default: shapes-world "
@@ -323,6 +324,9 @@ def train_instruct(
     checkpoint_every: CheckpointEvery = 500,
     keep_checkpoints: KeepCheckpoints = 2,
     rank: Annotated[int, typer.Option(help="With --parts: the rank of the delta written (models/delta.py).")] = 32,
+    edit_weight: Annotated[float, typer.Option(help="Weigh the loss toward what each pair changed: a latent "
+                                                    "position weighs 1 + this x the share of its pixels that "
+                                                    "differ, each example's mean weight kept 1 (0: uniform).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seeds the stream of edits and every step's draws.")] = 0,
     resume: Resume = True,
     mixed_precision: MixedPrecision = "no",
@@ -340,7 +344,9 @@ def train_instruct(
                              mixed_precision=mixed_precision, cpu=cpu, max_minutes=max_minutes,
                              sample_every=sample_every)
     v.integer("rank", rank, 1, 4096)
-    from ..training.instruct import read_pairs
+    from ..training.instruct import EDIT_WEIGHT_MAX, read_pairs
+
+    v.real("edit-weight", edit_weight, 0.0, EDIT_WEIGHT_MAX)
 
     pairs = read_pairs(data) if data is not None else None
     size = _check_run_options(output, model, parts, size, resume)
@@ -352,7 +358,7 @@ def train_instruct(
     # 2. Load, widen, then train.
     hold_run_lock(output)
 
-    from ..models.bundled import read_part, write_tensors
+    from ..models.bundled import has_part, merge_instruct, read_part, write_tensors
     from ..models.delta import extract
     from ..models.instruct import InstructChannels, widen
     from ..models.tiny import save_diffusers_dir
@@ -361,6 +367,11 @@ def train_instruct(
 
     backbone, folder, size = _load_backbone(model, parts, size)
     base = {k: t.detach().clone() for k, t in backbone.unet.state_dict().items()}  # what a delta is taken against
+    previous = {}  # the parts' instruct part this run goes on from: its steps and weights (a checkpoint overrides)
+    if parts is not None and has_part("instruct", folder):
+        previous = {k: read_part("instruct", folder)[1].get(k) for k in ("steps", "weights_sha256")}
+        backbone = merge_instruct(backbone, folder)
+        typer.echo(f"going on from {folder / 'instruct.safetensors'} ({previous['steps']} steps)", err=True)
     if backbone.adapter(InstructChannels) is None:
         if backbone.unet.config.in_channels != backbone.latent_channels:
             raise RecomposerError("model", f"has a UNet of {backbone.unet.config.in_channels} input channels for "
@@ -369,9 +380,11 @@ def train_instruct(
         widen(backbone.unet, backbone.latent_channels)
         backbone = backbone.with_adapters(InstructChannels(backbone.latent_channels))
     run = _check_run(output, {"model": str(Path(model).resolve()) if model else str(folder), "size": size,
-                              "data": str(Path(data).resolve()) if data else None, "min_snr_gamma": min_snr_gamma},
-                     INSTRUCT_RUN_FILE)
-    trainee = InstructTraining(backbone, min_snr_gamma=min_snr_gamma)
+                              "data": str(Path(data).resolve()) if data else None, "min_snr_gamma": min_snr_gamma,
+                              "edit_weight": edit_weight or None, "start": previous or None},  # (None: as runs
+                     INSTRUCT_RUN_FILE)                                                       # before these keys)
+    previous = run.get("start") or {}  # a resumed run's, whatever the parts hold now
+    trainee = InstructTraining(backbone, min_snr_gamma=min_snr_gamma, edit_weight=edit_weight)
     batches = pair_batches(backbone, pairs, batch_size, size, seed) if pairs is not None else \
         world_edit_batches(backbone, batch_size, size, seed)
     sampler = instruct_sampler(size, pairs=pairs or ()) if sample_every else None
@@ -385,7 +398,8 @@ def train_instruct(
         typer.echo(str(_save_pretrained(backbone.unet, output / "unet")))
         delta, energy = extract(base, backbone.unet.state_dict(), rank)
         _, unet = read_part("unet", folder)
-        settings = {"base_unet": unet["weights_sha256"], "rank": rank, "steps": summary.step, "run": run,
+        settings = {"base_unet": unet["weights_sha256"], "rank": rank,
+                    "steps": (previous.get("steps") or 0) + summary.step, "run": run,
                     "kept_energy": {"min": round(min(energy.values(), default=1.0), 4),
                                     "mean": round(sum(energy.values()) / max(len(energy), 1), 4)}}
         typer.echo(str(write_tensors(delta, "instruct", parts, settings)))

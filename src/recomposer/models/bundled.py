@@ -252,6 +252,13 @@ def load_bundled_instruct(device: torch.device, dtype: torch.dtype, folder: Path
     """The bundled instruction model: the bundled backbone, its UNet widened to hear a source image (models/instruct.py)
     and the instruct part merged in: a low-rank delta of the base UNet plus the widened conv_in (models/delta.py).
     The delta is refused on any UNet but the one it was taken against (unet.json's weights_sha256)."""
+    backbone = load_bundled_backbone(torch.device("cpu"), torch.float32, folder)
+    return merge_instruct(backbone, folder).to(device, dtype)
+
+
+def merge_instruct(backbone: Backbone, folder: Path = WEIGHTS) -> Backbone:
+    """``backbone`` (the parts' own, its UNet not yet widened) made the parts' instruction model: the UNet widened
+    in place and the instruct part's delta merged in, with the InstructChannels adapter."""
     from .delta import merge
     from .instruct import InstructChannels, widen
 
@@ -260,10 +267,9 @@ def load_bundled_instruct(device: torch.device, dtype: torch.dtype, folder: Path
     if not settings.get("base_unet") or settings.get("base_unet") != base.get("weights_sha256"):
         raise ModelError("model", f"{folder / 'instruct.json'} is a delta of another UNet than {folder / 'unet.json'} "
                                   "(train the instruction model again on this one)")
-    backbone = load_bundled_backbone(torch.device("cpu"), torch.float32, folder)
     widen(backbone.unet, backbone.latent_channels)
     backbone.unet.load_state_dict(merge(backbone.unet.state_dict(), delta))
-    return backbone.to(device, dtype).with_adapters(InstructChannels(backbone.latent_channels))
+    return backbone.with_adapters(InstructChannels(backbone.latent_channels))
 
 
 def has_part(name: str, folder: Path = WEIGHTS) -> bool:

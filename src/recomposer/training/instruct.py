@@ -10,7 +10,10 @@ One step (``InstructTraining.step``), every random draw from the step's generato
        caption where r < 2p, the source latents become zeros (the unconditional image) where p ≤ r < 3p, so 5% lose
        the instruction alone, 5% both and 5% the image alone (what dual guidance needs: ε(∅,∅), ε(c_I,∅));
     2.-4. training/base.py's ``Diffusion.step`` on the *edited* image's latents, the source latents at the concat
-       door (denoiser.ModelInputs.concat).
+       door (denoiser.ModelInputs.concat); with ``edit_weight`` λ > 0 each latent position weighs
+           m = (1 + λ·d) / mean(1 + λ·d),   d the share of its pixels that the edit changed (``changed_share``),
+       so an example's loss is moved toward what its instruction asks for without counting more or less in the
+       batch (an object's recolour changes a few percent of the image; the rest is copying, learnt first).
 
 Examples are (before, instruction, after) triples, encoded once per batch (``encode_batch`` of the after image and
 the instruction, plus the before image's posterior mode):
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import validation as v
@@ -36,6 +40,8 @@ from ..models.instruct import widen  # noqa: F401 (re-exported: the model a trai
 from .base import BaseTraining, StepResult, caption_inputs, encode_batch
 
 DROP = 0.05  # the reference's p: text alone, both, image alone, 5% each
+EDIT_WEIGHT_MAX = 100.0
+CHANGED = 4 / 127.5  # a pixel is changed where any channel moved by more than 4 levels (of 255)
 PAIR_COLUMNS = ("input_image", "edit_prompt", "edited_image")  # diffusers' train_instruct_pix2pix columns
 
 
@@ -45,7 +51,8 @@ class InstructTraining(BaseTraining):
     """A backbone whose UNet hears a source image (``widen``) as one module for ``training.train``: ``model(batch,
     generator)`` is a step's loss (module docstring)."""
 
-    def __init__(self, backbone: Backbone, drop: float = DROP, min_snr_gamma: float | None = None):
+    def __init__(self, backbone: Backbone, drop: float = DROP, min_snr_gamma: float | None = None,
+                 edit_weight: float = 0.0):
         expected = 2 * backbone.latent_channels
         if backbone.unet.config.in_channels != expected:
             raise ModelError("model", f"has a UNet of {backbone.unet.config.in_channels} input channels; an "
@@ -53,6 +60,7 @@ class InstructTraining(BaseTraining):
         drop = v.real("drop", drop, 0.0, 1 / 3)
         super().__init__(backbone, caption_drop=2 * drop, min_snr_gamma=min_snr_gamma)  # (frozen VAE and text)
         self.drop = drop
+        self.edit_weight = v.real("edit_weight", edit_weight, 0.0, EDIT_WEIGHT_MAX)
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         return self.step(batch, generator).loss
@@ -63,8 +71,16 @@ class InstructTraining(BaseTraining):
         tokens, mask = caption_inputs(batch, keep_text, self.null)  # (B, T, D), (B, T) or None
         source = batch["source"].to(b.device, b.dtype) * keep_image.to(b.device, b.dtype)[:, None, None, None]
         inputs = ModelInputs(context=tokens.to(b.dtype), context_mask=mask, concat=source)
+        positions = edit_positions(batch["changed"], self.edit_weight).to(b.device) if self.edit_weight else None
         return self.diffusion.step(self.unet, batch, generator, inputs,
-                                   {"caption": keep_text, "source_image": keep_image})
+                                   {"caption": keep_text, "source_image": keep_image}, positions=positions)
+
+
+def edit_positions(changed: torch.Tensor, weight: float) -> torch.Tensor:
+    """The loss's per-position weights m = (1 + λ·d) / mean(1 + λ·d) (B, 1, h, w), d = ``changed`` (B, 1, h, w):
+    each example's mean weight stays 1."""
+    m = 1 + weight * changed.float()
+    return m / m.mean(dim=(1, 2, 3), keepdim=True)
 
 
 def instruct_dropout(n: int, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,12 +100,21 @@ def instruct_step(model: nn.Module, batch: dict, generator: torch.Generator) -> 
 @torch.no_grad()
 def encode_pairs(backbone: Backbone, before: torch.Tensor, after: torch.Tensor, instructions: Sequence[str]) -> dict:
     """Before and after images (B, 3, H, W) in [-1, 1] and the instructions -> a training batch: ``encode_batch``
-    of the after images and instructions, and ``source`` (B, C, h, w): the before images' posterior mode, unscaled."""
+    of the after images and instructions, ``source`` (B, C, h, w): the before images' posterior mode, unscaled, and
+    ``changed`` (B, 1, h, w): ``changed_share`` of the pair."""
     if before.shape != after.shape or before.ndim != 4 or len(before) != len(instructions):
         raise InvalidParameter("images", "before and after images of one shape (B, 3, H, W), one instruction each",
                                f"{tuple(before.shape)} and {tuple(after.shape)}, {len(instructions)} instructions")
     source = backbone.vae.encode(before.to(backbone.device, backbone.vae.dtype)).latent_dist.mode()
-    return {**encode_batch(backbone, after, list(instructions)), "source": source.float().cpu()}
+    return {**encode_batch(backbone, after, list(instructions)), "source": source.float().cpu(),
+            "changed": changed_share(before, after, tuple(source.shape[-2:]))}
+
+
+def changed_share(before: torch.Tensor, after: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, h, w): the share of each latent position's pixels where the pair differs (any channel by more than
+    ``CHANGED``); images (B, 3, H, W) in [-1, 1], H and W multiples of h and w."""
+    changed = ((after.float() - before.float()).abs().amax(1, keepdim=True) > CHANGED).float()  # (B, 1, H, W)
+    return F.adaptive_avg_pool2d(changed, size).cpu()
 
 
 def world_edit(seed: int, size: int):
