@@ -1,11 +1,13 @@
 """The README's pictures of instruction edits, Visii and cross-domain compositing, made with the bundled models.
 
     python benchmarks/edit_pictures.py [--model PARTS] [-o docs/images]
+    python benchmarks/edit_pictures.py --against PARTS --name NAME [-o docs/images]
 
 Writes instruct.png (one held-out edit per kind: before, the world's own edit, the model's edits from two seeds),
 visii.png (an edit learnt from one pair, applied to three other scenes beside the written instruction) and
-composite.png (object immersion, scribble editing and background augmentation). Every scene is held out: the
-training streams never draw it.
+composite.png (object immersion, scribble editing and background augmentation). With ``--against``, only
+instruct-NAME.png: the same edits by the model (``--model``, default bundled) and by PARTS' instruction model side by
+side, seed 1 and 2 each. Every scene is held out: the training streams never draw it.
 """
 
 import argparse
@@ -25,10 +27,17 @@ def main():
     parser.add_argument("--model", type=Path, default=None, help="parts with an instruct part (default: bundled)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--visii-steps", type=int, default=1000)
+    parser.add_argument("--against", type=Path, default=None, help="parts whose instruction model to compare")
+    parser.add_argument("--name", default="against", help="with --against: instruct-NAME.png")
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/images"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.output.mkdir(parents=True, exist_ok=True)
+    if args.against is not None:
+        path = args.output / f"instruct-{args.name}.png"
+        instruct_pictures(args, replace_parts(args, args.against)).save(path)
+        print(path)
+        return
     instruct_pictures(args).save(args.output / "instruct.png")
     visii_pictures(args).save(args.output / "visii.png")
     composite_pictures(args).save(args.output / "composite.png")
@@ -47,21 +56,28 @@ def _render(scene) -> Image.Image:
     return Image.fromarray(render(scene, 64).image)
 
 
-def instruct_pictures(args) -> Image.Image:
+def replace_parts(args, parts: Path):
+    return argparse.Namespace(**{**vars(args), "model": parts})
+
+
+def instruct_pictures(args, other=None) -> Image.Image:
+    """One row per edit kind; with ``other`` (args naming other parts) its model's two seeds beside the first's."""
     from recomposer.evaluation.edits import edits_of
     from recomposer.io.sheets import stacked, titled_row
     from recomposer.requests import InstructRequest
     from recomposer.tasks.instruct import instruct
 
-    model = _model(args)
+    models = [("" if other is None else f"{args.model.name if args.model else 'bundled'}, ", _model(args))]
+    models += [(f"{other.model.name}, ", _model(other))] if other is not None else []
     rows = []
     for kind in ("recolour", "restyle", "remove", "add", "swap_shape", "background"):
         edit = edits_of(kind, 10, offset=40_000)[0]
         before = _render(edit.before)
-        made = instruct(model, before, InstructRequest(edit.instruction, steps=args.steps, seed=1, batch=2))
+        made = [(f"{name}seed {k + 1}", r.image) for name, model in models
+                for k, r in enumerate(instruct(model, before, InstructRequest(edit.instruction, steps=args.steps,
+                                                                              seed=1, batch=2)))]
         rows.append((edit.instruction, titled_row([("before", before), ("the world's edit", _render(edit.after))] +
-                                                  [(f"seed {k + 1}", r.image) for k, r in enumerate(made)],
-                                                  tile=128, nearest=True)))
+                                                  made, tile=128, nearest=True)))
     return stacked(rows, label_width=230)
 
 
