@@ -231,3 +231,7 @@ def test_train_instruct_on_parts_ships_a_delta_that_instruct_runs(capsys, tmp_pa
     code, stdout, err = run(capsys, "instruct", tmp_path / "scene.png", "make the star red", "--model", parts,
                             "--steps", 2, "-o", tmp_path / "edit2.png")
     assert code != 0 and "delta of another UNet" in err and not (tmp_path / "edit2.png").exists(), err
+    code, stdout, err = run(capsys, "train", "instruct", "-o", tmp_path / "run-3", "--parts", parts, "--steps", 1,
+                            "--batch-size", 2, "--rank", 4)  # such a part is trained again, as the error says
+    assert code == 0 and "not going on" in err and "delta of another UNet" in err, err
+    assert json.loads((parts / "instruct.json").read_text())["steps"] == 1

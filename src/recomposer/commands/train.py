@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import InvalidParameter, RecomposerError
+from ..errors import InvalidParameter, ModelError, RecomposerError
 from .options import model_option
 
 train_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
@@ -369,9 +369,12 @@ def train_instruct(
     base = {k: t.detach().clone() for k, t in backbone.unet.state_dict().items()}  # what a delta is taken against
     previous = {}  # the parts' instruct part this run goes on from: its steps and weights (a checkpoint overrides)
     if parts is not None and has_part("instruct", folder):
-        previous = {k: read_part("instruct", folder)[1].get(k) for k in ("steps", "weights_sha256")}
-        backbone = merge_instruct(backbone, folder)
-        typer.echo(f"going on from {folder / 'instruct.safetensors'} ({previous['steps']} steps)", err=True)
+        try:
+            backbone = merge_instruct(backbone, folder)  # (checks the delta's base before it widens anything)
+            previous = {k: read_part("instruct", folder)[1].get(k) for k in ("steps", "weights_sha256")}
+            typer.echo(f"going on from {folder / 'instruct.safetensors'} ({previous['steps']} steps)", err=True)
+        except ModelError as error:  # a delta of another UNet: trained again from the widened UNet, replaced
+            typer.echo(f"note: not going on from {folder / 'instruct.safetensors'}: {error.message}", err=True)
     if backbone.adapter(InstructChannels) is None:
         if backbone.unet.config.in_channels != backbone.latent_channels:
             raise RecomposerError("model", f"has a UNet of {backbone.unet.config.in_channels} input channels for "
@@ -660,7 +663,6 @@ def _check_size(model: str, size: int | None) -> int | None:
     from diffusers import AutoencoderKL
 
     from .. import validation as v
-    from ..errors import ModelError
     from ..models.loading import check_diffusers_dir
 
     if not Path(model).is_dir():
