@@ -370,10 +370,10 @@ def train_instruct(
     previous = {}  # the parts' instruct part this run goes on from: its steps and weights (a checkpoint overrides)
     if parts is not None and has_part("instruct", folder):
         try:
-            backbone = merge_instruct(backbone, folder)  # (checks the delta's base before it widens anything)
-            previous = {k: read_part("instruct", folder)[1].get(k) for k in ("steps", "weights_sha256")}
+            backbone, part = merge_instruct(backbone, folder)  # (checks the delta's base before widening)
+            previous = {k: part.get(k) for k in ("steps", "weights_sha256")}
             typer.echo(f"going on from {folder / 'instruct.safetensors'} ({previous['steps']} steps)", err=True)
-        except ModelError as error:  # a delta of another UNet: trained again from the widened UNet, replaced
+        except ModelError as error:  # another UNet's delta, a damaged file: trained afresh and replaced
             typer.echo(f"note: not going on from {folder / 'instruct.safetensors'}: {error.message}", err=True)
     if backbone.adapter(InstructChannels) is None:
         if backbone.unet.config.in_channels != backbone.latent_channels:

@@ -253,12 +253,13 @@ def load_bundled_instruct(device: torch.device, dtype: torch.dtype, folder: Path
     and the instruct part merged in: a low-rank delta of the base UNet plus the widened conv_in (models/delta.py).
     The delta is refused on any UNet but the one it was taken against (unet.json's weights_sha256)."""
     backbone = load_bundled_backbone(torch.device("cpu"), torch.float32, folder)
-    return merge_instruct(backbone, folder).to(device, dtype)
+    return merge_instruct(backbone, folder)[0].to(device, dtype)
 
 
-def merge_instruct(backbone: Backbone, folder: Path = WEIGHTS) -> Backbone:
-    """``backbone`` (the parts' own, its UNet not yet widened) made the parts' instruction model: the UNet widened
-    in place and the instruct part's delta merged in, with the InstructChannels adapter."""
+def merge_instruct(backbone: Backbone, folder: Path = WEIGHTS) -> tuple[Backbone, dict]:
+    """(``backbone`` made the parts' instruction model, the instruct part's settings): ``backbone`` is the parts' own,
+    its UNet not yet widened; the UNet is widened in place and the delta merged in, with the InstructChannels
+    adapter. Nothing is touched when the delta is refused."""
     from .delta import merge
     from .instruct import InstructChannels, widen
 
@@ -269,7 +270,7 @@ def merge_instruct(backbone: Backbone, folder: Path = WEIGHTS) -> Backbone:
                                   "(train the instruction model again on this one)")
     widen(backbone.unet, backbone.latent_channels)
     backbone.unet.load_state_dict(merge(backbone.unet.state_dict(), delta))
-    return backbone.with_adapters(InstructChannels(backbone.latent_channels))
+    return backbone.with_adapters(InstructChannels(backbone.latent_channels)), settings
 
 
 def has_part(name: str, folder: Path = WEIGHTS) -> bool:
