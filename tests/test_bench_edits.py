@@ -28,6 +28,9 @@ def test_the_judge_tells_the_edit_from_doing_nothing(analyser, kind):
     assert judged["success"]["ceiling"] >= 0.8 and judged["success"]["floor"] <= 0.25, judged
     if kind != "background":
         assert judged["background_psnr_db"]["ceiling"] == float("inf")  # outside the changed region: identical
+    each = judged["each"]  # the model's row (here the world's own edits), edit by edit
+    assert len(each["success"]) == len(each["background_psnr_db"]) == len(edits)
+    assert np.mean(each["success"]) == judged["success"]["model"]
 
 
 def test_a_learnt_edit_is_tried_where_it_means_the_same():
@@ -53,3 +56,23 @@ def test_bench_edits_runs_on_an_instruction_model(capsys, tmp_path):
     assert set(report["kinds"]) == set(EDIT_KINDS) and set(report["visii"]) == {"recolour", "background"}
     assert (report["config"]["guidance"], report["config"]["image_guidance"]) == (5, 1.2)
     assert all(np.isfinite(r["success"]["floor"]) for r in report["kinds"].values() if r["edits"])
+
+
+def test_two_reports_are_paired_edit_by_edit():
+    from recomposer.evaluation.edits import paired
+    from recomposer.errors import InvalidParameter
+
+    def report(success, psnr):
+        return {"kinds": {"recolour": {"each": {"success": success, "background_psnr_db": psnr}}}}
+
+    a = report([False, False, True, False], [30.0, "inf", 25.0, 28.0])  # as a report file writes infinity
+    b = report([False, True, True, False], [20.0, 18.0, 24.0, 26.0])
+    table = paired(a, b)["recolour"]
+    assert table["neither"] == {"edits": 2, "A": 29.0, "B": 23.0}  # the "inf" is left out of A's mean
+    assert table["both"] == {"edits": 1, "A": 25.0, "B": 24.0}
+    assert table["only B"] == {"edits": 1, "A": None, "B": 18.0}
+    assert table["only A"] == {"edits": 0, "A": None, "B": None}
+    with pytest.raises(InvalidParameter, match="same edits"):
+        paired(a, report([True], [20.0]))
+    with pytest.raises(InvalidParameter, match="edit-by-edit"):
+        paired({"kinds": {"recolour": {"success": {}}}}, b)

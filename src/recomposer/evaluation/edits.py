@@ -11,7 +11,8 @@ is judged against the world's own edit (the analyser reads every image at 64 px)
 The floor is the unedited render (what doing nothing scores), the ceiling the world's edited render (what a perfect
 editor scores; below 1 where the analyser misreads). Visii is judged on ``visii_scenes`` other scenes: an edit learnt
 from one pair of a first scene (tasks/visii.py) and applied to the others, beside the written instruction applied to
-the same scenes, with the seconds the learning took.
+the same scenes, with the seconds the learning took. The model's figures are also kept edit by edit ("each"), so
+that two runs of the same edits can be compared scene by scene (``paired``; benchmarks/edit_pairs.py).
 """
 
 import hashlib
@@ -169,7 +170,8 @@ def run(backbone, analyser: Analyser, config: EditBenchConfig = EditBenchConfig(
 
 
 def _judged(analyser: Analyser, edits: list[Edit], images: list[np.ndarray]) -> dict:
-    """{"edits": n, "success"/"background_psnr_db": {model, floor, ceiling}} of ``images`` made for ``edits``."""
+    """{"edits": n, "success"/"background_psnr_db": {model, floor, ceiling}} of ``images`` made for ``edits``, and
+    the model's figures edit by edit ("each": the same scenes in every run, so two models can be paired)."""
     rows = {"model": images, "floor": [render(e.before, SIZE).image for e in edits],
             "ceiling": [render(e.after, SIZE).image for e in edits]}
     out = {"edits": len(edits), "success": {}, "background_psnr_db": {}}
@@ -178,11 +180,49 @@ def _judged(analyser: Analyser, edits: list[Edit], images: list[np.ndarray]) -> 
             out["success"][name] = out["background_psnr_db"][name] = None
             continue
         analyses = analyser.analyse(np.stack(pictures))
-        out["success"][name] = float(np.mean([edit_success(a, p, e) for a, p, e in zip(analyses, pictures, edits)]))
-        values = [x for x in (background_psnr(p, e) for p, e in zip(pictures, edits)) if x is not None]
-        finite = [x for x in values if np.isfinite(x)]
-        out["background_psnr_db"][name] = None if not values else (float(np.mean(finite)) if finite else float("inf"))
+        success = [bool(edit_success(a, p, e)) for a, p, e in zip(analyses, pictures, edits)]
+        each = [background_psnr(p, e) for p, e in zip(pictures, edits)]
+        out["success"][name] = float(np.mean(success))
+        out["background_psnr_db"][name] = mean_psnr(each)
+        if name == "model":
+            out["each"] = {"success": success, "background_psnr_db": [None if x is None else round(x, 3) for x in each]}
     return out
+
+
+def mean_psnr(values: list[float | None]) -> float | None:
+    """The mean of the finite PSNRs (inf where every one is; None where none is defined: background edits)."""
+    values = [x for x in values if x is not None]
+    finite = [x for x in values if np.isfinite(x)]
+    return None if not values else (float(np.mean(finite)) if finite else float("inf"))
+
+
+PAIR_GROUPS = (("neither", False, False), ("both", True, True), ("only A", True, False), ("only B", False, True))
+
+
+def paired(a: dict, b: dict) -> dict:
+    """Two reports of the same edits (same scenes, seeds and settings), edit by edit: per kind and group of
+    PAIR_GROUPS (which model's edit the judge calls a success), the count and each model's mean finite background
+    PSNR. A model that does nothing keeps the whole scene, so "neither" tells copying lost from editing's cost."""
+    out = {}
+    for kind, ra in a["kinds"].items():
+        ea, eb = ra.get("each"), b["kinds"][kind].get("each")
+        if ea is None or eb is None:
+            raise InvalidParameter("report", "reports with edit-by-edit figures (bench edits since 2026-12-07)",
+                                   kind)
+        if len(ea["success"]) != len(eb["success"]):
+            raise InvalidParameter("report", "two reports of the same edits (the same --scenes)",
+                                   f"{kind}: {len(ea['success'])} vs {len(eb['success'])} edits")
+        out[kind] = {}
+        for name, sa, sb in PAIR_GROUPS:
+            rows = [i for i, (x, y) in enumerate(zip(ea["success"], eb["success"])) if x == sa and y == sb]
+            out[kind][name] = {"edits": len(rows), "A": _finite_mean(ea, rows), "B": _finite_mean(eb, rows)}
+    return out
+
+
+def _finite_mean(each: dict, rows: list[int]) -> float | None:
+    values = [float(each["background_psnr_db"][i]) for i in rows if each["background_psnr_db"][i] is not None]
+    values = [x for x in values if np.isfinite(x)]  # (a report file writes infinity as "inf")
+    return float(np.mean(values)) if values else None
 
 
 def visii_figures(backbone, analyser: Analyser, config: EditBenchConfig) -> dict:
