@@ -202,7 +202,8 @@ PAIR_GROUPS = (("neither", False, False), ("both", True, True), ("only A", True,
 def paired(a: dict, b: dict) -> dict:
     """Two reports of the same edits (same scenes, seeds and settings), edit by edit: per kind and group of
     PAIR_GROUPS (which model's edit the judge calls a success), the count and each model's mean finite background
-    PSNR. A model that does nothing keeps the whole scene, so "neither" tells copying lost from editing's cost."""
+    PSNR. A model that does nothing keeps the whole scene, so the groups tell what a model loses while failing (copying
+    lost, or paint in the wrong place) from what its successful edits cost."""
     out = {}
     for kind, ra in a["kinds"].items():
         ea, eb = ra.get("each"), b["kinds"][kind].get("each")
