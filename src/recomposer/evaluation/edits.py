@@ -221,9 +221,9 @@ def paired(a: dict, b: dict) -> dict:
 
 
 def _finite_mean(each: dict, rows: list[int]) -> float | None:
-    values = [float(each["background_psnr_db"][i]) for i in rows if each["background_psnr_db"][i] is not None]
-    values = [x for x in values if np.isfinite(x)]  # (a report file writes infinity as "inf")
-    return float(np.mean(values)) if values else None
+    """``mean_psnr`` of ``rows`` as a report file holds them (infinity written "inf"), None unless some is finite."""
+    mean = mean_psnr([None if x is None else float(x) for x in (each["background_psnr_db"][i] for i in rows)])
+    return None if mean is None or np.isinf(mean) else mean
 
 
 def visii_figures(backbone, analyser: Analyser, config: EditBenchConfig) -> dict:
