@@ -46,6 +46,8 @@ def test_bench_refuses_bad_input_and_an_existing_folder(tmp_path, capsys):
     assert "control-scale" in capsys.readouterr().err
     assert main(["bench", "edits", "--image-guidance", "nan", "-o", str(tmp_path / "a")]) == 2
     assert "image-guidance" in capsys.readouterr().err
+    assert main(["bench", "edits", "--scheduler", "fast", "-o", str(tmp_path / "a")]) == 2
+    assert "scheduler" in capsys.readouterr().err and not (tmp_path / "a").exists()
     assert main(["bench", "controllability", "--quick", "-o", str(tmp_path)]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["bench", "speed", "--repeats", "2", "-o", str(tmp_path / "b")]) == 2

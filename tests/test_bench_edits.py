@@ -49,12 +49,13 @@ def test_a_learnt_edit_is_tried_where_it_means_the_same():
 def test_bench_edits_runs_on_an_instruction_model(capsys, tmp_path):
     model = save_diffusers_dir(tiny_sd(seed=3, in_channels=8), tmp_path / "ip2p")
     code = main(["bench", "edits", "--quick", "--visii-scenes", "1", "--visii-steps", "2", "--model", str(model),
-                 "--guidance", "5", "--image-guidance", "1.2", "-o", str(tmp_path / "report")])
+                 "--guidance", "5", "--image-guidance", "1.2", "--scheduler", "euler", "-o", str(tmp_path / "report")])
     _, err = capsys.readouterr()
     assert code == 0, err
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert set(report["kinds"]) == set(EDIT_KINDS) and set(report["visii"]) == {"recolour", "background"}
-    assert (report["config"]["guidance"], report["config"]["image_guidance"]) == (5, 1.2)
+    assert (report["config"]["guidance"], report["config"]["image_guidance"], report["config"]["scheduler"]) == \
+        (5, 1.2, "euler")
     assert all(np.isfinite(r["success"]["floor"]) for r in report["kinds"].values() if r["edits"])
 
 

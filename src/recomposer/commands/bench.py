@@ -76,6 +76,8 @@ def edits(
     quick: Annotated[bool, typer.Option("--quick", help="The CI size: 2 scenes per kind, 4 steps.")] = False,
     scenes: Annotated[Optional[int], typer.Option(help="Held-out scenes tried per edit kind (default 40).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampler steps per edit (default 20).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="The sampler, as instruct's --scheduler (default "
+                                                          "euler_a).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Text guidance s_T (default 7.5).")] = None,
     image_guidance: Annotated[Optional[float], typer.Option(help="Image guidance s_I (default 1.5).")] = None,
     visii_scenes: Annotated[Optional[int], typer.Option(help="Scenes a learnt instruction is applied to (default "
@@ -92,8 +94,8 @@ def edits(
     from ..evaluation.edits import QUICK_EDITS, EditBenchConfig
 
     base = QUICK_EDITS if quick else EditBenchConfig()
-    given = {"scenes": scenes, "steps": steps, "guidance": guidance, "image_guidance": image_guidance,
-             "visii_scenes": visii_scenes, "visii_steps": visii_steps}
+    given = {"scenes": scenes, "steps": steps, "scheduler": scheduler, "guidance": guidance,
+             "image_guidance": image_guidance, "visii_scenes": visii_scenes, "visii_steps": visii_steps}
     config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
     _check_new(output)
 

@@ -25,6 +25,7 @@ from PIL import Image
 from .. import validation as v
 from ..errors import InvalidParameter
 from ..models.analyser import Analyser, Analysis
+from ..schedulers import NAMES
 from ..world.dataset import eval_seeds, make_sample
 from ..world.edits import EDIT_KINDS, Edit, footprint, make_edit
 from ..world.render import render
@@ -38,7 +39,8 @@ VISII_KINDS = ("recolour", "background")  # edits whose instruction reads the sa
 @dataclass(frozen=True)
 class EditBenchConfig:
     scenes: int = 40  # held-out scenes tried per edit kind (those that allow it are edited)
-    steps: int = 20  # sampler steps per edit (Euler ancestral, as instruct)
+    steps: int = 20  # sampler steps per edit
+    scheduler: str = "euler_a"  # the sampler (instruct's default: Euler ancestral)
     guidance: float = 7.5  # s_T
     image_guidance: float = 1.5  # s_I
     visii_scenes: int = 20  # scenes a learnt instruction is applied to
@@ -47,6 +49,7 @@ class EditBenchConfig:
     def check(self) -> "EditBenchConfig":
         v.integer("scenes", self.scenes, 1, 10_000)
         v.integer("steps", self.steps, 1, 1000)
+        v.choice("scheduler", self.scheduler, NAMES)
         v.real("guidance", self.guidance, -100.0, 100.0)
         v.real("image-guidance", self.image_guidance, -100.0, 100.0)
         v.integer("visii-scenes", self.visii_scenes, 0, 10_000)
@@ -157,7 +160,7 @@ def run(backbone, analyser: Analyser, config: EditBenchConfig = EditBenchConfig(
         for i, e in enumerate(edits):
             before = Image.fromarray(render(e.before, SIZE).image)
             request = InstructRequest(e.instruction, guidance=config.guidance, image_guidance=config.image_guidance,
-                                      steps=config.steps, seed=i, allow_flat=True)
+                                      scheduler=config.scheduler, steps=config.steps, seed=i, allow_flat=True)
             images.append(np.asarray(instruct(backbone, before, request)[0].image.convert("RGB")))
             done += 1
             if progress is not None:
@@ -243,8 +246,8 @@ def visii_figures(backbone, analyser: Analyser, config: EditBenchConfig) -> dict
         shown = {"text": [], "visii": []}
         for i, e in enumerate(targets):
             before = Image.fromarray(render(e.before, SIZE).image)
-            common = dict(guidance=config.guidance, image_guidance=config.image_guidance, steps=config.steps, seed=i,
-                          allow_flat=True)
+            common = dict(guidance=config.guidance, image_guidance=config.image_guidance, scheduler=config.scheduler,
+                          steps=config.steps, seed=i, allow_flat=True)
             shown["text"].append(np.asarray(instruct(backbone, before, InstructRequest(e.instruction, **common))[0]
                                             .image.convert("RGB")))
             request = InstructRequest("", learned=learned.info["sha256"], **common)
