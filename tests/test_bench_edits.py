@@ -57,6 +57,9 @@ def test_bench_edits_runs_on_an_instruction_model(capsys, tmp_path):
     assert (report["config"]["guidance"], report["config"]["image_guidance"], report["config"]["scheduler"]) == \
         (5, 1.2, "euler")
     assert all(np.isfinite(r["success"]["floor"]) for r in report["kinds"].values() if r["edits"])
+    vae = [r["background_psnr_db"]["vae"] for k, r in report["kinds"].items() if r["edits"] and k != "background"]
+    assert vae and all(np.isfinite(x) for x in vae)  # a random tiny VAE: finite, not a perfect copy
+    assert "vae" not in report["visii"]["recolour"]["text"]["success"]  # (a row of the kinds' table only)
 
 
 def test_two_reports_are_paired_edit_by_edit():

@@ -9,7 +9,9 @@ is judged against the world's own edit (the analyser reads every image at 64 px)
                  that render identically before and after; not defined for background edits)
 
 The floor is the unedited render (what doing nothing scores), the ceiling the world's edited render (what a perfect
-editor scores; below 1 where the analyser misreads). Visii is judged on ``visii_scenes`` other scenes: an edit learnt
+editor scores; below 1 where the analyser misreads), and "vae" the world's edited render through the model's VAE
+(encoded to its posterior mode and decoded): what a perfect editor that works in those latents can keep of the
+scene, the practical ceiling of the background figure. Visii is judged on ``visii_scenes`` other scenes: an edit learnt
 from one pair of a first scene (tasks/visii.py) and applied to the others, beside the written instruction applied to
 the same scenes, with the seconds the learning took. The model's figures are also kept edit by edit ("each"), so
 that two runs of the same edits can be compared scene by scene (``paired``; benchmarks/edit_pairs.py).
@@ -165,18 +167,33 @@ def run(backbone, analyser: Analyser, config: EditBenchConfig = EditBenchConfig(
             done += 1
             if progress is not None:
                 progress(done)
-        report["kinds"][kind] = _judged(analyser, edits, images)
+        report["kinds"][kind] = _judged(analyser, edits, images, through_vae(backbone, edits))
     report["seconds"] = round(time.perf_counter() - started, 1)
     if config.visii_scenes:
         report["visii"] = visii_figures(backbone, analyser, config)
     return report
 
 
-def _judged(analyser: Analyser, edits: list[Edit], images: list[np.ndarray]) -> dict:
-    """{"edits": n, "success"/"background_psnr_db": {model, floor, ceiling}} of ``images`` made for ``edits``, and
-    the model's figures edit by edit ("each": the same scenes in every run, so two models can be paired)."""
+def through_vae(backbone, edits: list[Edit]) -> list[np.ndarray]:
+    """The world's edited renders encoded by ``backbone``'s VAE (posterior mode) and decoded, as 8-bit images."""
+    from ..io.images import to_pil, to_tensor
+
+    out = []
+    for e in edits:
+        latents = backbone.encode_image(to_tensor(Image.fromarray(render(e.after, SIZE).image))).mode()
+        out.append(np.asarray(to_pil(backbone.decode(latents * backbone.vae.config.scaling_factor))[0]))
+    return out
+
+
+def _judged(analyser: Analyser, edits: list[Edit], images: list[np.ndarray], vae: list[np.ndarray] | None = None
+            ) -> dict:
+    """{"edits": n, "success"/"background_psnr_db": {model, floor, ceiling[, vae]}} of ``images`` made for
+    ``edits`` (``vae``: the edited renders through the model's VAE), and the model's figures edit by edit ("each":
+    the same scenes in every run, so two models can be paired)."""
     rows = {"model": images, "floor": [render(e.before, SIZE).image for e in edits],
             "ceiling": [render(e.after, SIZE).image for e in edits]}
+    if vae is not None:
+        rows["vae"] = vae
     out = {"edits": len(edits), "success": {}, "background_psnr_db": {}}
     for name, pictures in rows.items():
         if not pictures:
@@ -301,11 +318,13 @@ def markdown(report: dict) -> str:
     def cell(x):
         return "–" if x is None else ("inf" if x == float("inf") else f"{x:.3g}")
 
-    lines = ["| edit | n | success model / floor / ceiling | background PSNR dB model |", "|---|---|---|---|"]
+    lines = ["| edit | n | success model / floor / ceiling (/ through the VAE) | background PSNR dB model (/ the "
+             "edited render through the VAE) |", "|---|---|---|---|"]
     for kind, r in report["kinds"].items():
-        s = r["success"]
-        lines.append(f"| {kind} | {r['edits']} | {cell(s['model'])} / {cell(s['floor'])} / {cell(s['ceiling'])} | "
-                     f"{cell(r['background_psnr_db']['model'])} |")
+        s, b = r["success"], r["background_psnr_db"]
+        vae = (f" / {cell(s['vae'])}", f" / {cell(b['vae'])}") if "vae" in s else ("", "")  # (older reports: none)
+        lines.append(f"| {kind} | {r['edits']} | {cell(s['model'])} / {cell(s['floor'])} / {cell(s['ceiling'])}"
+                     f"{vae[0]} | {cell(b['model'])}{vae[1]} |")
     for kind, r in report.get("visii", {}).items():
         lines += ["", f"Visii, {kind} learnt from one pair ({r['instruction']!r}, {r['iterations']} iterations, "
                       f"{r['learn_seconds']} s) on {r['scenes']} other scenes:",
