@@ -10,8 +10,8 @@ is judged against the world's own edit (the analyser reads every image at 64 px)
 
 The floor is the unedited render (what doing nothing scores), the ceiling the world's edited render (what a perfect
 editor scores; below 1 where the analyser misreads), and "vae" the world's edited render through the model's VAE
-(encoded to its posterior mode and decoded): what a perfect editor that works in those latents can keep of the
-scene, the practical ceiling of the background figure. Visii is judged on ``visii_scenes`` other scenes: an edit learnt
+(encoded to its posterior mode and decoded): what a perfect editor that works in those latents can reach, the
+practical ceiling of both figures. Visii is judged on ``visii_scenes`` other scenes: an edit learnt
 from one pair of a first scene (tasks/visii.py) and applied to the others, beside the written instruction applied to
 the same scenes, with the seconds the learning took. The model's figures are also kept edit by edit ("each"), so
 that two runs of the same edits can be compared scene by scene (``paired``; benchmarks/edit_pairs.py).
