@@ -13,11 +13,13 @@ SETTINGS = ("floor", "single", "pairs", "mixed", "ceiling")
 
 def test_bench_controllability_quick_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "report"
-    assert main(["bench", "controllability", "--quick", "--control-scale", "1.5", "-o", str(out)]) == 0
+    assert main(["bench", "controllability", "--quick", "--control-scale", "1.5", "--control-mode", "control",
+                 "-o", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["bars.png", "examples.png", "figures.json", "report.json",
                                                      "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert set(report["conditions"]) == set(KINDS) and report["settings"]["control_scale"] == 1.5
+    assert report["settings"]["control_mode"] == "control"
     in_pairs = {k for pair in PAIRS for k in pair}
     in_mixed = {k for mix in MIXED for k in mix}
     for kind, row in report["conditions"].items():
@@ -44,6 +46,8 @@ def test_bench_refuses_bad_input_and_an_existing_folder(tmp_path, capsys):
     assert "scenes" in capsys.readouterr().err
     assert main(["bench", "controllability", "--control-scale", "-1", "-o", str(tmp_path / "a")]) == 2
     assert "control-scale" in capsys.readouterr().err
+    assert main(["bench", "controllability", "--control-mode", "loud", "-o", str(tmp_path / "a")]) == 2
+    assert "control-mode" in capsys.readouterr().err
     assert main(["bench", "edits", "--image-guidance", "nan", "-o", str(tmp_path / "a")]) == 2
     assert "image-guidance" in capsys.readouterr().err
     assert main(["bench", "edits", "--scheduler", "fast", "-o", str(tmp_path / "a")]) == 2

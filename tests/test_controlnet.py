@@ -10,7 +10,7 @@ from PIL import Image
 
 from recomposer.errors import InvalidParameter, ModelError
 from recomposer.models.controlnet import Control, ControlNetAdapter, check_fits, hint_tensor
-from recomposer.requests import GenerateRequest
+from recomposer.requests import ControlRequest, GenerateRequest, from_json
 from recomposer.schedulers import make_scheduler
 from recomposer.tasks.generate import generate
 
@@ -167,6 +167,16 @@ def test_settings_and_hints_are_checked_by_name():
             make().check()
         assert e.value.field == field
     assert hint_tensor(Image.new("RGB", (64, 64), (255, 0, 0)), (32, 32)).shape == (1, 3, 32, 32)  # same aspect
+
+
+def test_a_net_takes_diffusers_defaults_and_a_bundled_net_its_own():
+    """No scale or mode: 1 and balanced for any net (diffusers'), 1.5 and control for a bundled one (the settings
+    it obeys best at: docs/recipes.md); given ones are kept, the same from the command line's values or JSON."""
+    assert (ControlRequest("/nets/canny").scale, ControlRequest("/nets/canny").mode) == (1.0, "balanced")
+    assert (ControlRequest("bundled:sketch").scale, ControlRequest("bundled:sketch").mode) == (1.5, "control")
+    given = from_json(ControlRequest, {"net": "bundled:depth", "scale": 0.8, "mode": "prompt"})
+    assert (given.scale, given.mode) == (0.8, "prompt")
+    assert from_json(ControlRequest, {"net": "bundled:depth", "scale": 2}).mode == "control"
 
 
 def test_a_net_that_does_not_fit_is_refused(tiny):

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from recomposer.cli import main
 from recomposer.models import bundled
 from recomposer.models.backbone import Backbone
+from recomposer.requests import CONTROL_DEFAULTS
 from recomposer.training.vae import psnr
 
 
@@ -176,6 +177,8 @@ def test_a_controlnet_part_trains_on_world_hints_and_runs_as_bundled_kind(parts,
 
     record = read_provenance(tmp_path / "mixed" / "3.png")
     assert record["controlnets"][0]["name"] == "bundled:instances" and record["controlnets"][0]["end"] == 0.5
+    # no scale or mode given: a bundled net's own defaults, recorded as the values they became (recall needs them)
+    assert [(c["scale"], c["mode"]) for c in record["params"]["controls"]] == [CONTROL_DEFAULTS["bundled"]]
     assert record["conditions"]["caption"] and "palette" in record["conditions"]
     code, out, err = run(capsys, "recall", tmp_path / "mixed" / "3.png", "--inputs", tmp_path)
     assert code == 0 and "identical" in out, (out, err)

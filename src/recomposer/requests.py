@@ -52,6 +52,10 @@ def from_json(cls, data: dict, source: str = "request"):
 
 CONTROL_MODES = ("balanced", "prompt", "control", "guess")  # models/controlnet.py defines each by its formula
 CONTROL_SCALE_MAX = 100.0
+BUNDLED = "bundled:"  # bundled:KIND, a net of the bundled model's parts folder (tasks/controls.py)
+# A net's scale and mode when none is given: diffusers' for any net; for a bundled net, the settings it obeys best
+# at (docs/recipes.md, the sweep over modes and scales): its hint on the conditional rows, so guidance amplifies it.
+CONTROL_DEFAULTS = {"net": (1.0, "balanced"), "bundled": (1.5, "control")}
 
 
 def check_control(scale, start, end, mode, field: str = "control") -> None:
@@ -70,11 +74,16 @@ class ControlRequest:
     its hint picture and optional mask are inputs beside the request, the k-th to the k-th net."""
 
     net: str
-    scale: float = 1.0
+    scale: float | None = None  # None: CONTROL_DEFAULTS for this net (provenance records the value it became)
     start: float = 0.0  # share of the run's steps before the net starts
     end: float = 1.0  # share of the run's steps after which it stops
-    mode: str = "balanced"  # CONTROL_MODES
+    mode: str | None = None  # CONTROL_MODES; None: CONTROL_DEFAULTS for this net
     masked: bool = False  # a mask goes with its hint
+
+    def __post_init__(self) -> None:
+        scale, mode = CONTROL_DEFAULTS["bundled" if str(self.net).startswith(BUNDLED) else "net"]
+        object.__setattr__(self, "scale", scale if self.scale is None else self.scale)
+        object.__setattr__(self, "mode", mode if self.mode is None else self.mode)
 
     def check(self) -> None:
         if not isinstance(self.net, str) or not self.net:

@@ -34,7 +34,12 @@ def controllability(
     steps: Annotated[Optional[int], typer.Option(help="Sampler steps per image (default 20; quick 6).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Composer guidance w (default 3).")] = None,
     control_scale: Annotated[Optional[float], typer.Option(help="The bundled ControlNet's conditioning scale in its "
-                                                               "rows (default 1).")] = None,
+                                                               "rows (default 1.5, a bundled net's default).")] = None,
+    control_mode: Annotated[Optional[str], typer.Option(help="Its mode there: control (default, a bundled net's: "
+                                                             "guidance amplifies the hint, as it does the adapter's), "
+                                                             "balanced (diffusers': with the hint alone and no caption "
+                                                             "its rows are alike and guidance does nothing), prompt "
+                                                             "or guess.")] = None,
     model: model_option("A diffusers Composer model directory or a folder of bundled-format parts (default: the "
                         "bundled model).") = None,
     adapter: Annotated[Optional[str], typer.Option("--adapter", help="A Composer adapter .safetensors for "
@@ -48,7 +53,7 @@ def controllability(
 
     base = QUICK if quick else BenchConfig()
     given = {"scenes": scenes, "held_out_scenes": held_out_scenes, "steps": steps, "guidance": guidance,
-             "control_scale": control_scale}
+             "control_scale": control_scale, "control_mode": control_mode}
     config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
     _check_new(output)
 

@@ -16,7 +16,7 @@ ControlNets = Annotated[Optional[list[str]], typer.Option(
 ControlImages = Annotated[Optional[list[Path]], typer.Option(
     "--control-image", help="The hint picture of the k-th --controlnet (any size of the output's shape).")]
 ControlScales = Annotated[Optional[list[float]], typer.Option(
-    "--control-scale", help="The k-th net's scale, 0 to 100 (default 1).")]
+    "--control-scale", help="The k-th net's scale, 0 to 100 (default 1; 1.5 for a bundled net).")]
 ControlStarts = Annotated[Optional[list[float]], typer.Option(
     "--control-start", help="Share of the steps before the k-th net starts (default 0).")]
 ControlEnds = Annotated[Optional[list[float]], typer.Option(
@@ -24,7 +24,8 @@ ControlEnds = Annotated[Optional[list[float]], typer.Option(
 ControlMasks = Annotated[Optional[list[Path]], typer.Option(
     "--control-mask", help="Where the k-th net controls (white), as big as the output.")]
 ControlModes = Annotated[Optional[list[str]], typer.Option(
-    "--control-mode", help="The k-th net's mode: balanced, prompt or control (default balanced).")]
+    "--control-mode", help="The k-th net's mode: balanced, prompt or control (default balanced; control for a "
+                           "bundled net).")]
 GuessMode = Annotated[bool, typer.Option(
     "--guess-mode", help="Every net in diffusers' guess mode (on the conditional rows, scales 0.1 to 1 by depth).")]
 
@@ -51,10 +52,10 @@ def control_requests(nets, images, scales, starts, ends, masks, modes, guess: bo
             raise InvalidParameter(flag, f"once per --controlnet ({len(nets)}) or not at all", f"{len(values)} given")
         return values or [default] * len(nets)
 
-    scales, starts, ends = (per_net(f, x, d) for f, x, d in (("control-scale", scales, 1.0),
+    scales, starts, ends = (per_net(f, x, d) for f, x, d in (("control-scale", scales, None),
                                                               ("control-start", starts, 0.0),
                                                               ("control-end", ends, 1.0)))
-    modes = per_net("control-mode", modes, "guess" if guess else "balanced")
+    modes = per_net("control-mode", modes, "guess" if guess else None)  # None: the net's own (CONTROL_DEFAULTS)
     if guess and any(m != "guess" for m in modes):
         raise InvalidParameter("guess-mode", "without --control-mode (guess mode is a mode of its own)", modes)
     if not guess and "guess" in modes:

@@ -28,7 +28,7 @@ from ..decompose.intensity import intensity
 from ..decompose.masking import box_mask, masked_image
 from ..decompose.metrics import EdgeCounts
 from ..models.controlnet import hint_picture
-from ..requests import ControlRequest, check_control
+from ..requests import CONTROL_DEFAULTS, ControlRequest, check_control
 from ..tasks.composer import ComposeRequest, ComposerModel, compose, psnr_outside
 from ..tasks.generate import ControlInput
 from ..world.dataset import WorldSample, eval_seeds, make_sample
@@ -54,7 +54,8 @@ class BenchConfig:
     steps: int = 20  # sampler steps per image
     guidance: float = 3.0  # Composer guidance w
     examples: int = 4  # scenes shown in the example grid
-    control_scale: float = 1.0  # the conditioning scale of the ControlNet's rows
+    control_scale: float = CONTROL_DEFAULTS["bundled"][0]  # the conditioning scale of the ControlNet's rows
+    control_mode: str = CONTROL_DEFAULTS["bundled"][1]  # and their mode (models/controlnet.py)
 
     def check(self) -> "BenchConfig":
         v.integer("scenes", self.scenes, 2)
@@ -62,7 +63,7 @@ class BenchConfig:
         v.integer("reference", self.reference, 2)
         v.integer("examples", self.examples, 0)
         ComposeRequest(steps=self.steps, guidance=self.guidance).check()
-        check_control(self.control_scale, 0.0, 1.0, "balanced")
+        check_control(self.control_scale, 0.0, 1.0, self.control_mode)
         return self
 
 
@@ -189,7 +190,8 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
         if progress:
             progress(done, total)
         # controls: (kind, ControlInput)
-        nets = tuple(ControlRequest(f"bundled:{kind}", config.control_scale) for kind, _ in controls)
+        nets = tuple(ControlRequest(f"bundled:{kind}", config.control_scale, mode=config.control_mode)
+                     for kind, _ in controls)
         start = time.perf_counter()
         image = compose(model, conds, ComposeRequest(**{**asdict(request), "seed": seed, "controls": nets}),
                         controls=[given for _, given in controls])[0].image

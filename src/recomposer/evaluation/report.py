@@ -55,8 +55,9 @@ def markdown(report: dict) -> str:
     if "controlnet" in report:
         c = report["controlnet"]
         scale = report["settings"].get("control_scale", 1.0)
+        mode = report["settings"].get("control_mode", "balanced")
         lines += ["", "## ControlNet beside the Composer adapter (each given the scene's hint alone; "
-                  f"the net at conditioning scale {scale:g})", "",
+                  f"the net at conditioning scale {scale:g}, {mode} mode)", "",
                   "| hint | figure | floor | Composer adapter | ControlNet | ceiling |", "|---|---|---|---|---|---|"]
         for kind, row in c["kinds"].items():
             lines.append(f"| {kind} | {row['figure']} | " + " | ".join(

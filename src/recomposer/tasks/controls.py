@@ -5,8 +5,7 @@ parts folder), its hint read and fitted, its optional mask, for ``tasks.generate
 from pathlib import Path
 
 from ..errors import ModelError
-
-BUNDLED = "bundled:"
+from ..requests import BUNDLED
 
 
 def load_controls(requests, images, masks, size: tuple[int, int], backbone) -> list:
