@@ -1,7 +1,7 @@
 """The bundled ControlNet's rows of ``recomposer bench controllability`` over modes, scales and guidance.
 
-    python benchmarks/controlnet_sweep.py [--scenes 40] [--threads 2] [--sheets DIR]
-        [-o benchmarks/results/controllability/controlnet_sweep.json]
+    python benchmarks/controlnet_sweep.py [--scenes 40] [--threads 2] [--sheets DIR] [--setting MODE,SCALE,W ...]
+        [--with-condition] [-o benchmarks/results/controllability/controlnet_sweep.json]
 
 The same 40 held-out scenes, seeds, 20 steps and judges as the benchmark's ControlNet rows (each hint kind given to
 the net alone, no caption and no Composer condition), per setting (mode, conditioning scale, guidance w):
@@ -9,7 +9,9 @@ the net alone, no caption and no Composer condition), per setting (mode, conditi
     sketch edge F1, depth Spearman ρ and occlusion order, instances mIoU, the Fréchet distance of the images'
     analyser features to 200 renders (the benchmark's realism; its renders score 2.63), seconds per image
 
-and, with ``--sheets``, a contact sheet per setting there (the first six scenes, one column per kind).
+and, with ``--sheets``, a contact sheet per setting there (the first six scenes, one column per kind). ``--setting``
+(repeatable) runs those settings instead of SETTINGS; ``--with-condition`` gives the Composer adapter the same
+scene's condition of the hint's kind as well (both controls at once).
 
 Why modes matter here: with the hint alone, the guidance plan's two rows carry the same (empty) caption; in balanced
 mode the net runs on both, so they are alike and guidance w amplifies nothing; in control mode it runs on the
@@ -37,6 +39,8 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sheets", type=Path, default=None)
+    parser.add_argument("--setting", action="append", default=None, help="MODE,SCALE,W (repeatable)")
+    parser.add_argument("--with-condition", action="store_true")
     parser.add_argument("-o", "--output", type=Path,
                         default=Path("benchmarks/results/controllability/controlnet_sweep.json"))
     args = parser.parse_args()
@@ -58,8 +62,10 @@ def main() -> None:
     sources = [make_source(model, seed) for seed in eval_seeds(args.scenes)]
     renders = [make_sample(s).rendered.image for s in eval_seeds(200, REFERENCE_OFFSET)]
     reference = np.stack([a.features for a in analyser.analyse(np.stack(renders))])
+    settings = SETTINGS if not args.setting else [(m, float(s), float(w)) for m, s, w in
+                                                  (given.split(",") for given in args.setting)]
     rows = []
-    for mode, scale, guidance in SETTINGS:
+    for mode, scale, guidance in settings:
         scores, features, seconds, sheet = Scores(), [], [], []
         for i, source in enumerate(sources):
             for k, kind in enumerate(net.kinds):
@@ -67,7 +73,8 @@ def main() -> None:
                 request = ComposeRequest(steps=20, guidance=guidance, seed=i,
                                          controls=(ControlRequest(f"bundled:{kind}", scale, mode=mode),))
                 start = time.perf_counter()
-                image = compose(model, ConditionSet(), request, controls=[given])[0].image
+                conds = ConditionSet.of(source.conditions[kind]) if args.with_condition else ConditionSet()
+                image = compose(model, conds, request, controls=[given])[0].image
                 seconds.append(time.perf_counter() - start)
                 (reading,) = analyser.analyse([image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BOX)])
                 features.append(reading.features)
@@ -90,6 +97,7 @@ def main() -> None:
             picture.save(args.sheets / f"{mode}-scale{scale:g}-w{guidance:g}.png")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"scenes": args.scenes, "steps": 20, "kinds": list(net.kinds),
+                                       "with_condition": args.with_condition,
                                        "threads": args.threads, "settings": rows}, indent=1) + "\n")
     print(args.output)
 
