@@ -11,6 +11,7 @@ from PIL import Image
 from recomposer.errors import InvalidParameter, ModelError
 from recomposer.models.controlnet import Control, ControlNetAdapter, check_fits, hint_tensor
 from recomposer.requests import ControlRequest, GenerateRequest, from_json
+from recomposer.denoiser import ModelInputs, Step
 from recomposer.schedulers import make_scheduler
 from recomposer.tasks.generate import generate
 
@@ -109,9 +110,32 @@ def test_a_net_outside_its_window_or_at_scale_zero_is_not_run(tiny, nets):
     assert windowed.rows == [2] * 4  # the unconditional and conditional rows in one forward
 
 
+def test_the_hint_encoder_runs_once_a_run_and_the_net_is_left_as_it_was(tiny, nets):
+    """The hint encoder reads only the hint: once a run (diffusers: once a step); the net shared between runs keeps
+    its modules (its state dict is what provenance hashes)."""
+    net, rows = nets[0], []
+    keys, encoder = list(net.state_dict()), net.controlnet_cond_embedding
+    handle = encoder.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
+    try:
+        adapter = ControlNetAdapter(net, Control(hint_tensor(hint_image(0), (32, 32)), 1.0))
+        request = GenerateRequest("a red circle", steps=6, guidance=3.0, width=32, height=32)
+        generate(tiny.with_adapters(adapter), request)
+        assert rows == [2]  # one encoding of the two guidance rows' hint, not six
+        generate(tiny.with_adapters(adapter), request)  # the same adapter, a new run: encoded afresh
+        assert rows == [2, 2]
+        with torch.enable_grad():  # gradients on (training): every call encodes
+            for _ in range(2):
+                adapter.at_step(tiny.unet, torch.randn(1, 4, 16, 16), Step(0, 6, 0, 6, torch.tensor(500)),
+                                ModelInputs(context=tiny.encode_prompts(["a ring"]).tokens))
+        assert rows == [2, 2, 1, 1]
+    finally:
+        handle.remove()
+    assert list(net.state_dict()) == keys and net.controlnet_cond_embedding is encoder
+
+
 @pytest.mark.parametrize("mode, rows", [("balanced", 2), ("prompt", 2), ("control", 1), ("guess", 1)])
 def test_modes_weigh_residuals_by_their_formula(tiny, nets, mode, rows):
-    from recomposer.denoiser import ModelInputs, RowRole, Step
+    from recomposer.denoiser import RowRole
 
     net = Counting(nets[0])
     adapter = ControlNetAdapter(net, Control(hint_tensor(hint_image(0), (32, 32)), 0.7, mode=mode))
@@ -137,8 +161,6 @@ def test_modes_weigh_residuals_by_their_formula(tiny, nets, mode, rows):
 
 
 def test_a_mask_weighs_residuals_at_each_resolution(tiny, nets):
-    from recomposer.denoiser import ModelInputs, Step
-
     hint = hint_tensor(hint_image(0), (32, 32))
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., :, :16] = 1  # the left half

@@ -17,7 +17,9 @@ One net, at step i of a run of N steps (diffusers' window rule, over the steps t
                                            more important" (soft injection + CFG injection)
       guess     w_k = 10^(k/n − 1)         conditional rows only: diffusers' guess mode (logspace(−1, 0, n + 1));
                                            the net computes this weighting itself, as in diffusers
-An inactive net is not run at all: it adds nothing, so it costs nothing (diffusers runs it at scale 0).
+An inactive net is not run at all: it adds nothing, so it costs nothing (diffusers runs it at scale 0). The net's
+hint encoder (``controlnet_cond_embedding``) reads only the hint, the same at every step of a run: it runs once per
+run and row count, not once per step as in diffusers (``_hint_once``).
 "Conditional rows" are those of a guidance plan's conditional sets (``RowRole.conditional``); in
 guess and control modes the net runs on those rows only and its residuals are zero elsewhere.
 
@@ -80,6 +82,8 @@ class ControlNetAdapter:
         self.net, self.control, self.name = net, control.check(), name
         self.prompt_length: int | None = None
         self._masks: dict[tuple[int, int], torch.Tensor] = {}
+        self._hints: dict[tuple[int, ...], torch.Tensor] = {}  # the hint encoder's output this run, by input shape
+        self._run_net = net
 
     def attach(self, backbone) -> None:
         check_fits(self.net, backbone, self.name)
@@ -88,12 +92,14 @@ class ControlNetAdapter:
             self.net.to(backbone.device, backbone.dtype)
         self.net.eval()
         self.prompt_length = backbone.prompt_length
+        self._run_net = _hint_once(self.net, self._hints)
 
     def encode(self, backbone, conds, size: tuple[int, int]) -> dict:
         width, height = size
         if tuple(self.control.hint.shape[-2:]) != (height, width):
             raise InvalidParameter("control-image", f"a hint of the generation size {width}x{height}",
                                    f"{self.control.hint.shape[-1]}x{self.control.hint.shape[-2]}")
+        self._hints.clear()  # a new run: its hint encoded afresh at its first step
         return {}  # everything happens per step
 
     def at_step(self, unet, x: torch.Tensor, step, inputs) -> dict:
@@ -112,7 +118,7 @@ class ControlNetAdapter:
             text, sample = text.index_select(0, pick), x.index_select(0, pick)
         hint = c.hint.to(x.device, x.dtype).expand(len(rows), -1, -1, -1)
         guess = c.mode == "guess" or pooled
-        down, mid = self.net(sample, step.timestep, encoder_hidden_states=text, controlnet_cond=hint,
+        down, mid = self._run_net(sample, step.timestep, encoder_hidden_states=text, controlnet_cond=hint,
                              conditioning_scale=c.scale if c.mode in ("balanced", "guess") else 1.0,
                              guess_mode=guess, return_dict=False)
         residuals = [*down, mid]
@@ -137,6 +143,37 @@ class ControlNetAdapter:
         c = self.control
         return {"name": self.name, "sha256": weights_sha256(self.net), "scale": c.scale, "start": c.start,
                 "end": c.end, "mode": c.mode, "masked": c.mask is not None}
+
+
+class _EncodedOnce(torch.nn.Module):
+    """A hint encoder that encodes once per input shape into ``memo`` (a run's hint is the same at every step); with
+    gradients on (training), every call encodes."""
+
+    def __init__(self, encoder: torch.nn.Module, memo: dict):
+        super().__init__()
+        self.encoder, self.memo = encoder, memo
+
+    def forward(self, hint: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self.encoder(hint)
+        key = tuple(hint.shape)
+        if key not in self.memo:
+            self.memo[key] = self.encoder(hint)
+        return self.memo[key]
+
+
+def _hint_once(net, memo: dict):
+    """``net`` for one run, its hint encoder encoding once (``_EncodedOnce``): a shallow copy sharing every weight, so
+    the net itself (shared between runs and threads, hashed for provenance) is never changed. A net without a
+    diffusers hint encoder is returned as it is."""
+    import copy
+
+    encoder = getattr(net, "_modules", {}).get("controlnet_cond_embedding")
+    if encoder is None:
+        return net
+    run = copy.copy(net)
+    object.__setattr__(run, "_modules", {**net._modules, "controlnet_cond_embedding": _EncodedOnce(encoder, memo)})
+    return run
 
 
 def hint_tensor(image, size: tuple[int, int], field: str = "control-image") -> torch.Tensor:
