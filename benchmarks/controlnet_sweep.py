@@ -49,12 +49,10 @@ def main() -> None:
     from recomposer.commands.bench import _bundled_controlnet
     from recomposer.conditions import ConditionSet
     from recomposer.evaluation import judges
-    from recomposer.evaluation.controllability import REFERENCE_OFFSET, Scores, make_source
-    from recomposer.models.analyser import SIZE, load_bundled_analyser
-    from recomposer.models.controlnet import hint_picture
+    from recomposer.evaluation.controllability import REFERENCE_OFFSET, Scores, make_source, reading
+    from recomposer.models.analyser import load_bundled_analyser
     from recomposer.requests import ControlRequest
     from recomposer.tasks.composer import ComposeRequest, compose, load_composer
-    from recomposer.tasks.generate import ControlInput
     from recomposer.world.dataset import eval_seeds, make_sample
 
     model = load_composer(None, None)
@@ -69,16 +67,15 @@ def main() -> None:
         scores, features, seconds, sheet = Scores(), [], [], []
         for i, source in enumerate(sources):
             for k, kind in enumerate(net.kinds):
-                given = ControlInput(net.net, hint_picture(source.conditions[kind]), None, (k, len(net.kinds)))
                 request = ComposeRequest(steps=20, guidance=guidance, seed=i,
                                          controls=(ControlRequest(f"bundled:{kind}", scale, mode=mode),))
-                start = time.perf_counter()
                 conds = ConditionSet.of(source.conditions[kind]) if args.with_condition else ConditionSet()
-                image = compose(model, conds, request, controls=[given])[0].image
+                start = time.perf_counter()
+                image = compose(model, conds, request, controls=[net.given(source, k)])[0].image
                 seconds.append(time.perf_counter() - start)
-                (reading,) = analyser.analyse([image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BOX)])
-                features.append(reading.features)
-                scores.judge(model, reading, image, kind, source)
+                read = reading(analyser, image)
+                features.append(read.features)
+                scores.judge(model, read, image, kind, source)
                 if i < 6:
                     sheet.append(image)
         s = scores.summary()

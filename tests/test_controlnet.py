@@ -8,10 +8,10 @@ import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from PIL import Image
 
+from recomposer.denoiser import ModelInputs, Step
 from recomposer.errors import InvalidParameter, ModelError
 from recomposer.models.controlnet import Control, ControlNetAdapter, check_fits, hint_tensor
 from recomposer.requests import ControlRequest, GenerateRequest, from_json
-from recomposer.denoiser import ModelInputs, Step
 from recomposer.schedulers import make_scheduler
 from recomposer.tasks.generate import generate
 

@@ -145,6 +145,12 @@ def _mean(values: list) -> float | None:
     return round(float(np.mean(np.minimum(values, 100.0) if len(finite) < len(values) else values)), 4)
 
 
+def reading(analyser: Analyser, image: Image.Image):
+    """The analyser's reading of ``image`` at 64 px: what every judge reads."""
+    (read,) = analyser.analyse([_at_64(image)])
+    return read
+
+
 def _at_64(image: Image.Image) -> Image.Image:
     image = image.convert("RGB")
     return image if image.size == (SIZE, SIZE) else image.resize((SIZE, SIZE), Image.Resampling.BOX)
@@ -163,6 +169,10 @@ class NetUnderTest:
 
     net: object  # a diffusers ControlNetModel that fits the model's backbone
     kinds: tuple[str, ...]  # the hint kinds it reads, in the order of its kind planes
+
+    def given(self, source: Source, k: int) -> ControlInput:
+        """The net given ``source``'s hint of its k-th kind, drawn as it reads hints."""
+        return ControlInput(self.net, hint_picture(source.conditions[self.kinds[k]]), None, (k, len(self.kinds)))
 
 
 def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchConfig(),
@@ -200,11 +210,11 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
         return image
 
     def judge(setting: str, image: Image.Image, parts: list[tuple[str, Source]], pool: str | None) -> None:
-        (reading,) = analyser.analyse([_at_64(image)])
+        read = reading(analyser, image)
         if pool:
-            features[pool].append(reading.features)
+            features[pool].append(read.features)
         for kind, source in parts:
-            scores[setting].judge(model, reading, image, kind, source)
+            scores[setting].judge(model, read, image, kind, source)
 
     for i, source in enumerate(sources):
         everything = [(kind, source) for kind in KINDS]
@@ -220,8 +230,7 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
             if i < config.examples:
                 examples[i, kind] = image
         for k, kind in enumerate(control_kinds):
-            given = ControlInput(controlnet.net, hint_picture(source.conditions[kind]), None, (k, len(control_kinds)))
-            image = generate(ConditionSet(), i, "controlnet", [(kind, given)])
+            image = generate(ConditionSet(), i, "controlnet", [(kind, controlnet.given(source, k))])
             judge("controlnet", image, [(kind, source)], "controlnet")
         for pair in PAIRS:
             image = generate(ConditionSet.of(*(source.conditions[k] for k in pair)), i)
