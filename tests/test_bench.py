@@ -8,7 +8,7 @@ from PIL import Image
 from recomposer.cli import main
 from recomposer.evaluation.controllability import KINDS, MIXED, PAIRS
 
-SETTINGS = ("floor", "single", "pairs", "mixed", "ceiling")
+SETTINGS = ("floor", "single", "pairs", "mixed", "ceiling", "vae")
 
 
 def test_bench_controllability_quick_writes_every_figure(tmp_path, capsys):
@@ -35,9 +35,14 @@ def test_bench_controllability_quick_writes_every_figure(tmp_path, capsys):
     assert ceiling["palette"] > 0.999 and ceiling["image_embedding"] > 0.999 and ceiling["masked_image"] == "inf"
     assert ceiling["instances"] > 0.8 and ceiling["sketch"] > 0.8 and ceiling["caption"] > 0.8
     assert report["held_out_caption"]["ceiling"]["colour_accuracy"] is not None
-    assert {"renders", "floor", "conditioned"} <= set(report["realism"])
+    # the renders through the bundled VAE: a round trip, so close to the render but not the render itself
+    vae = {kind: row["vae"] for kind, row in report["conditions"].items()}
+    assert 22 < vae["masked_image"] < 40 and 0.9 < vae["palette"] < 1.0 and vae["image_embedding"] > 0.9
+    assert report["held_out_caption"]["vae"]["colour_accuracy"] is not None
+    assert all(row["vae"] is not None for row in report["controlnet"]["kinds"].values())
+    assert {"renders", "vae", "floor", "conditioned"} <= set(report["realism"])
     text = (out / "report.md").read_text()
-    assert all(f"| {kind} |" in text for kind in KINDS) and "Fréchet" in text
+    assert all(f"| {kind} |" in text for kind in KINDS) and "Fréchet" in text and "through the VAE" in text
     assert Image.open(out / "bars.png").size[0] > 0 and Image.open(out / "examples.png").size[1] > 0
 
 

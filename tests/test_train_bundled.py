@@ -111,6 +111,41 @@ def test_psnr_is_measured_on_the_8_bit_scale():
     assert abs(float(psnr(a, b)) - expected) < 1e-3 and float(psnr(a, a)) > 100
 
 
+def test_a_deepened_decoder_decodes_as_before_then_trains_and_loads(parts, tmp_path, capsys):
+    from recomposer.models.loading import load_model
+
+    folder = parts / "parts"
+    before = bundled.load_bundled_backbone(torch.device("cpu"), torch.float32, folder).vae
+    deep = bundled.deepened(bundled.load_bundled_backbone(torch.device("cpu"), torch.float32, folder).vae, 3)
+    assert [len(b.resnets) for b in deep.decoder.up_blocks] == [4, 4, 4]  # 2 trained + 2 added in each
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        z = before.encode(x).latent_dist.mode()
+        assert torch.allclose(deep.decode(z).sample, before.decode(z).sample, atol=1e-5)  # the added: identity
+
+    deeper = tmp_path / "deeper"
+    deeper.mkdir()
+    for f in folder.iterdir():
+        (deeper / f.name).write_bytes(f.read_bytes())
+    code, _, err = run(capsys, "train", "vae", "-o", tmp_path / "run", "--init", folder, "--decoder-only",
+                       "--decoder-layers", 2, "--steps", 2, "--batch-size", 2, "--sample-every", 0, "--evaluate", 4,
+                       "--parts", deeper)
+    assert code == 0, err
+    settings = json.loads((deeper / "vae.json").read_text())
+    assert settings["decoder_layers_per_block"] == 2
+    assert settings["scaling_factor"] == json.loads((folder / "vae.json").read_text())["scaling_factor"]
+    vae = load_model(str(deeper), torch.device("cpu"), torch.float32).vae
+    assert [len(b.resnets) for b in vae.decoder.up_blocks] == [3, 3, 3]
+    assert torch.equal(vae.encoder.conv_in.weight, before.encoder.conv_in.weight)  # the encoder kept
+
+    code, _, err = run(capsys, "train", "vae", "-o", tmp_path / "run2", "--init", deeper, "--decoder-layers", 1)
+    assert code != 0 and "decoder-layers" in err and not (tmp_path / "run2" / "vae.safetensors").exists()
+    settings["decoder_layers_per_block"] = 99
+    (deeper / "vae.json").write_text(json.dumps(settings))
+    with pytest.raises(Exception, match="decoder_layers_per_block"):
+        load_model(str(deeper), torch.device("cpu"), torch.float32)
+
+
 def test_bad_training_input_names_the_field(tmp_path, tiny_dir, capsys):
     for args, field in ((("vae", "--steps", 0), "steps"), (("encoder", "--pool", 2), "pool"),
                         (("base", "--batch-size", 0, "--parts", tmp_path), "batch_size"),

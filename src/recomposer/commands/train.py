@@ -484,6 +484,10 @@ def train_vae(
     decoder_only: Annotated[bool, typer.Option("--decoder-only", help="Train the decoder only (with --init): "
                                                                       "latents, and models trained on them, stay "
                                                                       "valid.")] = False,
+    decoder_layers: Annotated[Optional[int], typer.Option(help="Deepen the decoder to this many resnets per up "
+                                                               "block, less one (diffusers' layers_per_block; the "
+                                                               "bundled VAE's: 1); the added ones start as the "
+                                                               "identity. Default: as --init's decoder.")] = None,
     mixed_precision: MixedPrecision = "no",
     cpu: Cpu = False,
     max_minutes: MaxMinutes = None,
@@ -494,6 +498,10 @@ def train_vae(
     from ..training import TrainConfig
 
     v.integer("evaluate", evaluate, 1, 100_000)
+    if decoder_layers is not None:
+        from ..models.bundled import MAX_DECODER_LAYERS, VAE_CONFIG
+
+        v.integer("decoder-layers", decoder_layers, VAE_CONFIG["layers_per_block"], MAX_DECODER_LAYERS)
 
     config = TrainConfig(output_dir=output, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=100,
                          cooldown_steps=cooldown_steps, checkpoint_every=checkpoint_every, sample_every=sample_every,
@@ -503,17 +511,23 @@ def train_vae(
         raise InvalidParameter("decoder-only", "used with --init PARTS (a trained VAE to keep the encoder of)", True)
     hold_run_lock(output)
 
-    from ..models.bundled import SIZE, load_part, new_vae, read_part, write_part
+    from ..models.bundled import VAE_CONFIG, SIZE, deepened, load_part, new_vae, read_part, vae_of, write_part
     from ..training import train
     from ..training.vae import VAETraining, summary, vae_sampler, vae_step, world_images
 
-    vae = new_vae(seed) if init is None else load_part(new_vae(seed), "vae", init)
+    vae = new_vae(seed) if init is None else load_part(vae_of(read_part("vae", init)[1], init / "vae.json"), "vae",
+                                                       init)
+    layers = len(vae.decoder.up_blocks[0].resnets) - 1
+    if decoder_layers is not None and decoder_layers != layers:
+        vae, layers = deepened(vae, decoder_layers), decoder_layers
     train(config, VAETraining(vae, decoder_only=decoder_only), vae_step, world_images(batch_size, SIZE),
           vae_sampler(SIZE) if sample_every else None)
     vae = vae.eval().half().float()  # the bundled precision: the figures are those of what ships
     figures = summary(vae, evaluate)
     if decoder_only:  # the encoder, its latents and their scale are the init's: models (and caches) stay valid
         figures["scaling_factor"] = read_part("vae", init)[1]["scaling_factor"]
+    if layers != VAE_CONFIG["layers_per_block"]:
+        figures["decoder_layers_per_block"] = layers
     typer.echo(str(write_part(vae, "vae", parts or output, figures)))
     typer.echo(f"held-out PSNR {figures['psnr_mean']:.2f} dB (worst {figures['psnr_min']:.2f}), "
                f"latent scale {figures['scaling_factor']:.4f}", err=True)

@@ -8,7 +8,9 @@ condition is taken from the world's ground truth at the model's size, and images
     mixed                 conditions taken from two different scenes (MIXED: first from scene i, second
                           from scene i + 1)
 and judged (judges.py; the analyser reads every image at 64 px) against the scene each condition came
-from. The ceiling is the same judges on the scenes' own renders: what a perfect generator would score.
+from. The ceiling is the same judges on the scenes' own renders: what a perfect generator would score; the
+"vae" row the same renders through the model's VAE (encoded, decoded): what a perfect generator that draws in
+this VAE's latents would score, so the gap between the two is the VAE's, not the UNet's.
 Scenes with held-out attribute combinations (colour × shape, shape × style, nesting never seen in
 training) are generated from their captions and reported apart. Realism is the Fréchet distance of
 analyser features against a separate set of renders. Each generation is seeded by its scene, so the
@@ -31,6 +33,7 @@ from ..models.controlnet import hint_picture
 from ..requests import CONTROL_DEFAULTS, ControlRequest, check_control
 from ..tasks.composer import ComposeRequest, ComposerModel, compose, psnr_outside
 from ..tasks.generate import ControlInput
+from ..training.vae import round_trip
 from ..world.dataset import WorldSample, eval_seeds, make_sample
 from ..world.scene import WorldConfig
 from . import judges
@@ -40,6 +43,7 @@ KINDS = ("caption", "image_embedding", "palette", "sketch", "instances", "depth"
 PAIRS = (("sketch", "palette"), ("instances", "caption"), ("depth", "caption"), ("intensity", "palette"),
          ("masked_image", "caption"))
 MIXED = (("sketch", "palette"), ("depth", "image_embedding"), ("instances", "palette"), ("caption", "palette"))
+SETTINGS = ("floor", "single", "pairs", "mixed", "ceiling", "vae")  # a report's columns, in order
 HEADLINE = {"caption": "colour_accuracy", "image_embedding": "cosine", "palette": "intersection", "sketch": "edge_f1",
             "instances": "miou", "depth": "spearman", "intensity": "psnr_db", "masked_image": "psnr_outside_db"}
 # offsets into the evaluation seeds, so that the three sets never share a scene
@@ -216,9 +220,11 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
         for kind, source in parts:
             scores[setting].judge(model, read, image, kind, source)
 
+    through_vae = round_trip(model.backbone.vae, [s.render for s in sources + held])
     for i, source in enumerate(sources):
         everything = [(kind, source) for kind in KINDS]
         judge("ceiling", Image.fromarray(source.truth.rendered.image), everything, "renders")
+        judge("vae", Image.fromarray(through_vae[i]), everything, "vae")
         floor = generate(ConditionSet(), i)
         judge("floor", floor, everything, "floor")
         if i < config.examples:
@@ -242,6 +248,7 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
     for i, source in enumerate(held):
         caption = [("caption", source)]
         judge("held_out_ceiling", Image.fromarray(source.truth.rendered.image), caption, None)
+        judge("held_out_vae", Image.fromarray(through_vae[len(sources) + i]), caption, None)
         judge("held_out_floor", generate(ConditionSet(), 10_000 + i), caption, None)
         judge("held_out_caption", generate(ConditionSet.of(source.conditions["caption"]), 10_000 + i), caption, None)
 
@@ -255,7 +262,7 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
                            "scene_seeds": [int(s) for s in eval_seeds(config.scenes)],
                            "held_out_seeds": [int(s) for s in eval_seeds(config.held_out_scenes, HELD_OUT_OFFSET)]},
               "conditions": _per_condition(summaries), "held_out_caption": {
-                  k: summaries[f"held_out_{k}"].get("caption", {}) for k in ("floor", "caption", "ceiling")},
+                  k: summaries[f"held_out_{k}"].get("caption", {}) for k in ("floor", "caption", "ceiling", "vae")},
               "realism": {**realism, "reference_renders": config.reference}}
     if controlnet is not None:
         report["controlnet"] = _controlnet_rows(summaries, control_kinds, seconds)
@@ -264,25 +271,24 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
 
 def _controlnet_rows(summaries: dict, kinds: tuple[str, ...], seconds: dict) -> dict:
     """Per hint kind: the headline figure for the ControlNet and for the Composer adapter given the same hint alone,
-    beside the floor and ceiling of the same run; and the median seconds per image of each."""
+    beside the floor, ceiling and VAE round trip of the same run; and the median seconds per image of each."""
     rows = {kind: {"figure": HEADLINE[kind], **{name: summaries.get(setting, {}).get(kind, {}).get(HEADLINE[kind])
                                                  for name, setting in (("floor", "floor"), ("composer", "single"),
                                                                        ("controlnet", "controlnet"),
-                                                                       ("ceiling", "ceiling"))},
+                                                                       ("ceiling", "ceiling"), ("vae", "vae"))},
                    "details": summaries.get("controlnet", {}).get(kind, {})} for kind in kinds}
     return {"kinds": rows, "seconds_per_image": {name: round(float(np.median(t)), 4) for name, t in seconds.items()}}
 
 
 def _per_condition(summaries: dict) -> dict:
-    """kind -> {headline figure name, floor, single, pairs, mixed, ceiling (headline values), details}."""
+    """kind -> {headline figure name, floor, single, pairs, mixed, ceiling, vae (headline values), details}."""
     out = {}
     for kind in KINDS:
         name = HEADLINE[kind]
         row = {"figure": name}
-        for setting in ("floor", "single", "pairs", "mixed", "ceiling"):
+        for setting in SETTINGS:
             row[setting] = summaries.get(setting, {}).get(kind, {}).get(name)
-        row["details"] = {setting: summaries[setting][kind] for setting in ("floor", "single", "pairs", "mixed",
-                                                                             "ceiling")
+        row["details"] = {setting: summaries[setting][kind] for setting in SETTINGS
                           if kind in summaries.get(setting, {})}
         out[kind] = row
     return out

@@ -177,15 +177,9 @@ def run(backbone, analyser: Analyser, config: EditBenchConfig = EditBenchConfig(
 def through_vae(backbone, edits: list[Edit]) -> list[np.ndarray]:
     """The world's edited renders encoded by ``backbone``'s VAE (posterior mode) and decoded, as 8-bit images: the
     round trip whose PSNR the VAE's own figure reports (training/vae.py)."""
-    import torch
+    from ..training.vae import round_trip
 
-    from ..io.images import to_pil, to_tensor
-    from ..training.vae import reconstruct
-
-    if not edits:
-        return []
-    renders = torch.cat([to_tensor(Image.fromarray(render(e.after, SIZE).image)) for e in edits])
-    return [np.asarray(im) for im in to_pil(reconstruct(backbone.vae, renders))]
+    return round_trip(backbone.vae, [render(e.after, SIZE).image for e in edits])
 
 
 def _judged(analyser: Analyser, edits: list[Edit], images: list[np.ndarray], vae: list[np.ndarray] | None = None

@@ -5,13 +5,13 @@ import math
 from PIL import Image, ImageDraw
 
 from ..io.sheets import stacked, titled_row
-from .controllability import KINDS
+from .controllability import KINDS, SETTINGS
 from ..io.sheets import label_font
 from ..models.bundled import PSNR_TOP  # dB at the top of the bars (infinite PSNR is drawn there)
 
-SETTINGS = ("floor", "single", "pairs", "mixed", "ceiling")
 COLOURS = {"floor": (170, 170, 170), "single": (40, 110, 200), "pairs": (80, 170, 90), "mixed": (230, 150, 40),
-           "ceiling": (40, 40, 40)}
+           "ceiling": (40, 40, 40), "vae": (150, 60, 160)}
+LABELS = {"pairs": "in pairs", "mixed": "mixed sources", "vae": "ceiling through the VAE"}
 
 
 def _cell(value) -> str:
@@ -24,32 +24,36 @@ def _cell(value) -> str:
 
 def markdown(report: dict) -> str:
     s = report["settings"]
+    settings = _settings(report)
     lines = ["# Controllability report", "",
              f"{s['scenes']} held-out scenes (seeds {s['scene_seeds'][0]}…), {s['held_out_scenes']} scenes with "
              f"held-out attribute combinations; {s['size']} px, {s['steps']} steps, guidance {s['guidance']}. "
-             "Judge: the shapes-world analyser. Floor: no condition; ceiling: the judge on the scenes' own renders.",
-             "", "| condition | figure | floor | single | in pairs | mixed sources | ceiling |",
-             "|---|---|---|---|---|---|---|"]
+             "Judge: the shapes-world analyser. Floor: no condition; ceiling: the judge on the scenes' own renders"
+             + ("; through the VAE: the same renders encoded and decoded by the model's VAE (what a perfect generator "
+                "in its latents would score)." if "vae" in settings else "."),
+             "", "| condition | figure | " + " | ".join(LABELS.get(k, k) for k in settings) + " |",
+             "|---|---|" + "---|" * len(settings)]
     for kind, row in report["conditions"].items():
-        lines.append(f"| {kind} | {row['figure']} | " + " | ".join(_cell(row[k]) for k in SETTINGS) + " |")
+        lines.append(f"| {kind} | {row['figure']} | " + " | ".join(_cell(row[k]) for k in settings) + " |")
     lines += ["", "## Caption, per attribute", "", "| setting | shape | colour | count | relation |", "|---|---|---|---|---|"]
     caption = report["conditions"]["caption"]["details"]
     held = report["held_out_caption"]
-    rows = [(name, caption.get(name, {})) for name in SETTINGS] + [
-        (f"held-out combinations: {name}", held.get(name, {})) for name in ("floor", "caption", "ceiling")]
+    rows = [(LABELS.get(name, name), caption.get(name, {})) for name in settings] + [
+        (f"held-out combinations: {LABELS.get(name, name)}", held.get(name, {}))
+        for name in ("floor", "caption", "ceiling", "vae") if name in held]
     for name, d in rows:
         lines.append(f"| {name} | " + " | ".join(_cell(d.get(f"{a}_accuracy")) for a in ("shape", "colour", "count",
                                                                                           "relation")) + " |")
     depth = report["conditions"]["depth"]["details"]
     lines += ["", "## Depth occlusion order (pairs where one object hides part of the other, front read as nearer)",
               "",
-              "| " + " | ".join(name for name in SETTINGS if name in depth) + " |",
-              "|" + "---|" * sum(name in depth for name in SETTINGS),
-              "| " + " | ".join(_cell(depth[name].get("order_accuracy")) for name in SETTINGS if name in depth) + " |"]
+              "| " + " | ".join(LABELS.get(name, name) for name in settings if name in depth) + " |",
+              "|" + "---|" * sum(name in depth for name in settings),
+              "| " + " | ".join(_cell(depth[name].get("order_accuracy")) for name in settings if name in depth) + " |"]
     realism = report["realism"]
     lines += ["", f"## Realism: Fréchet distance of analyser features to {realism['reference_renders']} renders "
                   "(lower is better)", "", "| images | count | Fréchet distance |", "|---|---|---|"]
-    for name in ("renders", "floor", "conditioned", "controlnet"):
+    for name in ("renders", "vae", "floor", "conditioned", "controlnet"):
         if name in realism:
             lines.append(f"| {name} | {realism[name]['images']} | {realism[name]['frechet_distance']:.2f} |")
     if "controlnet" in report:
@@ -58,30 +62,37 @@ def markdown(report: dict) -> str:
         mode = report["settings"].get("control_mode", "balanced")
         lines += ["", "## ControlNet beside the Composer adapter (each given the scene's hint alone; "
                   f"the net at conditioning scale {scale:g}, {mode} mode)", "",
-                  "| hint | figure | floor | Composer adapter | ControlNet | ceiling |", "|---|---|---|---|---|---|"]
+                  "| hint | figure | floor | Composer adapter | ControlNet | ceiling |"
+                  + (" ceiling through the VAE |" if "vae" in settings else ""),
+                  "|---|---|---|---|---|---|" + ("---|" if "vae" in settings else "")]
+        columns = ("floor", "composer", "controlnet", "ceiling") + (("vae",) if "vae" in settings else ())
         for kind, row in c["kinds"].items():
-            lines.append(f"| {kind} | {row['figure']} | " + " | ".join(
-                _cell(row[k]) for k in ("floor", "composer", "controlnet", "ceiling")) + " |")
+            lines.append(f"| {kind} | {row['figure']} | " + " | ".join(_cell(row.get(k)) for k in columns) + " |")
         lines += ["", "Seconds per image: " + ", ".join(f"{name} {value:.3f} s" for name, value
                                                        in c["seconds_per_image"].items())]
     return "\n".join(lines) + "\n"
 
 
+def _settings(report: dict) -> tuple[str, ...]:
+    """The report's columns: every setting, but the VAE round trip only where the report has it (older ones lack it)."""
+    return tuple(k for k in SETTINGS if k != "vae" or "vae" in next(iter(report["conditions"].values())))
+
+
 def bars(report: dict, width: int = 900) -> Image.Image:
-    """One group of bars per condition (floor, single, pairs, mixed, ceiling), each on its figure's scale:
-    [0, 1] for accuracies, IoU, F1, ρ, intersections and cosines; [0, 50] dB for PSNRs."""
-    rows = report["conditions"]
+    """One group of bars per condition (floor, single, pairs, mixed, ceiling, through the VAE), each on its figure's
+    scale: [0, 1] for accuracies, IoU, F1, ρ, intersections and cosines; [0, 50] dB for PSNRs."""
+    rows, settings = report["conditions"], _settings(report)
     group, bar, top, height = width // len(rows), 0, 40, 260
     image = Image.new("RGB", (width, height + top + 60), "white")
     draw = ImageDraw.Draw(image)
-    for i, (name, colour) in enumerate(COLOURS.items()):
-        draw.rectangle((10 + 110 * i, 10, 22 + 110 * i, 22), fill=colour)
-        draw.text((26 + 110 * i, 10), name, fill="black", font=label_font())
-    bar = (group - 16) // len(SETTINGS)
+    for i, name in enumerate(settings):
+        draw.rectangle((10 + 110 * i, 10, 22 + 110 * i, 22), fill=COLOURS[name])
+        draw.text((26 + 110 * i, 10), "through VAE" if name == "vae" else name, fill="black", font=label_font())
+    bar = (group - 16) // len(settings)
     for g, (kind, row) in enumerate(rows.items()):
         db = row["figure"].endswith("_db")
         x0 = g * group + 8
-        for k, setting in enumerate(SETTINGS):
+        for k, setting in enumerate(settings):
             value = row[setting]
             if value is None:
                 continue

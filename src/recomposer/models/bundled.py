@@ -69,6 +69,55 @@ def new_vae(seed: int = 0) -> AutoencoderKL:
         return AutoencoderKL(**VAE_CONFIG)
 
 
+MAX_DECODER_LAYERS = 8  # resnets per decoder up block, less one (diffusers' layers_per_block)
+
+
+def decoder_layers(settings: dict, source: Path) -> int:
+    """The decoder depth a vae part records (``decoder_layers_per_block``; parts without it: VAE_CONFIG's)."""
+    layers = settings.get("decoder_layers_per_block", VAE_CONFIG["layers_per_block"])
+    if isinstance(layers, bool) or not isinstance(layers, int) or \
+            not VAE_CONFIG["layers_per_block"] <= layers <= MAX_DECODER_LAYERS:
+        raise ModelError("model", f"{source} records decoder_layers_per_block {layers!r} (a whole number "
+                                  f"{VAE_CONFIG['layers_per_block']} to {MAX_DECODER_LAYERS})")
+    return layers
+
+
+def deepened(vae: AutoencoderKL, layers: int) -> AutoencoderKL:
+    """``vae`` with a decoder of ``layers`` + 1 resnets per up block (diffusers' Decoder, as AutoencoderKL builds it
+    from ``layers_per_block``), its encoder untouched. The decoder's trained resnets keep their weights; each one
+    added comes after them, with equal in and out channels and its last convolution zero, so it starts as the
+    identity (x + 0): the deepened VAE decodes exactly as before until it is trained (``train vae --decoder-layers``).
+    """
+    from diffusers.models.autoencoders.vae import Decoder
+
+    old = vae.decoder
+    if layers < len(old.up_blocks[0].resnets) - 1:
+        raise ModelError("decoder-layers", f"at least the decoder's {len(old.up_blocks[0].resnets) - 1} (a decoder "
+                                           f"is deepened, never cut), got {layers}")
+    c = VAE_CONFIG
+    with torch.random.fork_rng(devices=[]):  # the added resnets' first convolutions: the same draws every time
+        torch.manual_seed(0)
+        new = Decoder(in_channels=c["latent_channels"], out_channels=c["out_channels"],
+                      up_block_types=c["up_block_types"],
+                      block_out_channels=c["block_out_channels"], layers_per_block=layers,
+                      norm_num_groups=c["norm_num_groups"], act_fn="silu", mid_block_add_attention=True)
+    new.to(next(old.parameters()))
+    new.load_state_dict(old.state_dict(), strict=False)  # the added resnets are the keys it does not fill
+    for block_old, block_new in zip(old.up_blocks, new.up_blocks):
+        for resnet in block_new.resnets[len(block_old.resnets):]:
+            torch.nn.init.zeros_(resnet.conv2.weight)
+            torch.nn.init.zeros_(resnet.conv2.bias)
+    vae.decoder = new
+    return vae
+
+
+def vae_of(settings: dict, source: Path) -> AutoencoderKL:
+    """An empty VAE of the shape a vae part records: VAE_CONFIG, its decoder ``decoder_layers`` deep."""
+    vae = AutoencoderKL(**VAE_CONFIG, scaling_factor=float(settings["scaling_factor"]))
+    layers = decoder_layers(settings, source)
+    return deepened(vae, layers) if layers != VAE_CONFIG["layers_per_block"] else vae
+
+
 def new_unet(seed: int = 0, config: dict = UNET_CONFIG) -> UNet2DConditionModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -140,7 +189,7 @@ def load_bundled_backbone(device: torch.device, dtype: torch.dtype, folder: Path
     scale = vae_settings.get("scaling_factor")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < 1e3:
         raise ModelError("model", f"{folder / 'vae.json'} holds no valid scaling_factor (a number > 0), got {scale!r}")
-    vae = load_part(AutoencoderKL(**VAE_CONFIG, scaling_factor=float(scale)), "vae", folder)
+    vae = load_part(vae_of(vae_settings, folder / "vae.json"), "vae", folder)
     if fresh_unet is not None and not has_part("unet", folder):
         shape, parameterisation = fresh_unet
         unet, scheduler = new_unet(config=UNET_SHAPES[shape]), PARAMETERISATIONS[parameterisation]

@@ -14,9 +14,11 @@ so the diffusion model sees unit-variance latents (LDM's rescaling).
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from PIL import Image
 from torch import nn
 
 from .. import validation as v
@@ -85,6 +87,17 @@ def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch: int = 32) -> to
     out = [vae.decode(vae.encode(chunk.to(p)).latent_dist.mode()).sample.clamp(-1, 1).float().cpu()
            for chunk in images.split(batch)]
     return torch.cat(out)
+
+
+def round_trip(vae: AutoencoderKL, images: list) -> list[np.ndarray]:
+    """8-bit RGB images (PIL or (H, W, 3) arrays) through ``reconstruct``, as 8-bit arrays: the best any model
+    that draws in this VAE's latents can show (the benchmarks' "vae" rows)."""
+    from ..io.images import to_pil, to_tensor
+
+    if not images:
+        return []
+    x = torch.cat([to_tensor(Image.fromarray(np.asarray(im)).convert("RGB")) for im in images])
+    return [np.asarray(im) for im in to_pil(reconstruct(vae, x))]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
