@@ -86,7 +86,8 @@ def deepened(vae: AutoencoderKL, layers: int) -> AutoencoderKL:
     """``vae`` with a decoder of ``layers`` + 1 resnets per up block (diffusers' Decoder, as AutoencoderKL builds it
     from ``layers_per_block``), its encoder untouched. The decoder's trained resnets keep their weights; each one
     added comes after them, with equal in and out channels and its last convolution zero, so it starts as the
-    identity (x + 0): the deepened VAE decodes exactly as before until it is trained (``train vae --decoder-layers``).
+    identity (x + 0): the deepened VAE decodes as before (to float rounding) until it is trained (``train vae
+    --decoder-layers``).
     """
     from diffusers.models.autoencoders.vae import Decoder
 
