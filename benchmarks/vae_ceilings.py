@@ -21,7 +21,7 @@ from PIL import Image
 
 from recomposer.evaluation import controllability as c
 from recomposer.evaluation import judges
-from recomposer.evaluation.edits import _judged, edits_of, through_vae
+from recomposer.evaluation.edits import judge_edits, edits_of, through_vae
 from recomposer.models.analyser import load_bundled_analyser
 from recomposer.tasks.composer import load_composer
 from recomposer.training.vae import round_trip, summary
@@ -58,7 +58,7 @@ def edits_row(backbone, analyser, scenes: int) -> dict:
     out = {}
     for kind in EDIT_KINDS:
         edits = edits_of(kind, scenes)
-        row = _judged(analyser, edits, through_vae(backbone, edits))  # its "model" row: the round trips themselves
+        row = judge_edits(analyser, edits, through_vae(backbone, edits))  # its "model" row: the round trips themselves
         out[kind] = {"success": row["success"]["model"], "background_psnr_db": row["background_psnr_db"]["model"]}
     return out
 

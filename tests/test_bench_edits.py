@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from recomposer.cli import main
-from recomposer.evaluation.edits import _judged, _same_edit, edits_of, visii_example
+from recomposer.evaluation.edits import judge_edits, _same_edit, edits_of, visii_example
 from recomposer.models.tiny import save_diffusers_dir, tiny_sd
 from recomposer.world.edits import EDIT_KINDS
 from recomposer.world.render import render
@@ -24,7 +24,7 @@ def analyser():
 def test_the_judge_tells_the_edit_from_doing_nothing(analyser, kind):
     edits = edits_of(kind, 12)
     assert len(edits) >= 6
-    judged = _judged(analyser, edits, [render(e.after, 64).image for e in edits])
+    judged = judge_edits(analyser, edits, [render(e.after, 64).image for e in edits])
     assert judged["success"]["ceiling"] >= 0.8 and judged["success"]["floor"] <= 0.25, judged
     if kind != "background":
         assert judged["background_psnr_db"]["ceiling"] == float("inf")  # outside the changed region: identical

@@ -167,7 +167,7 @@ def run(backbone, analyser: Analyser, config: EditBenchConfig = EditBenchConfig(
             done += 1
             if progress is not None:
                 progress(done)
-        report["kinds"][kind] = _judged(analyser, edits, images, through_vae(backbone, edits))
+        report["kinds"][kind] = judge_edits(analyser, edits, images, through_vae(backbone, edits))
     report["seconds"] = round(time.perf_counter() - started, 1)
     if config.visii_scenes:
         report["visii"] = visii_figures(backbone, analyser, config)
@@ -182,8 +182,8 @@ def through_vae(backbone, edits: list[Edit]) -> list[np.ndarray]:
     return round_trip(backbone.vae, [render(e.after, SIZE).image for e in edits])
 
 
-def _judged(analyser: Analyser, edits: list[Edit], images: list[np.ndarray], vae: list[np.ndarray] | None = None
-            ) -> dict:
+def judge_edits(analyser: Analyser, edits: list[Edit], images: list[np.ndarray],
+                vae: list[np.ndarray] | None = None) -> dict:
     """{"edits": n, "success"/"background_psnr_db": {model, floor, ceiling[, vae]}} of ``images`` made for
     ``edits`` (``vae``: the edited renders through the model's VAE), and the model's figures edit by edit ("each":
     the same scenes in every run, so two models can be paired)."""
@@ -267,7 +267,7 @@ def visii_figures(backbone, analyser: Analyser, config: EditBenchConfig) -> dict
             request = InstructRequest("", learned=learned.info["sha256"], **common)
             shown["visii"].append(np.asarray(instruct(backbone, before, request, learned=learned)[0].image
                                              .convert("RGB")))
-        judged = {name: _judged(analyser, targets, pictures) for name, pictures in shown.items()}
+        judged = {name: judge_edits(analyser, targets, pictures) for name, pictures in shown.items()}
         out[kind] = {"instruction": example.instruction, "scenes": len(targets),
                      "learn_seconds": learned.info["seconds"], "iterations": config.visii_steps,
                      "text": judged["text"], "visii": judged["visii"]}
