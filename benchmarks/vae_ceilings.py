@@ -7,7 +7,9 @@ For each folder's VAE: its held-out PSNR (256 scenes, as ``train vae`` writes it
 it, on the same scenes, with the round trips' Fréchet distance to the same renders) and the "vae" row of
 ``recomposer bench edits`` (the world's edited renders through the VAE, the same edits). The shipped weights give the
 committed reports' columns to the digit, so a new decoder (``recomposer train vae --decoder-only``) can be judged by
-what it would lift every benchmark's ceiling to in a few minutes, before any full run.
+what it would lift every benchmark's ceiling to in a few minutes, before any full run. Ceilings are not the whole
+story: a decoder better on the encoder's latents can draw a sampler's worse (docs/recipes.md, "A longer, deeper
+decoder"), so each folder's PSNR with its latents perturbed (``training.vae.perturbed_psnr``) is reported too.
 """
 
 import argparse
@@ -24,7 +26,7 @@ from recomposer.evaluation import judges
 from recomposer.evaluation.edits import judge_edits, edits_of, through_vae
 from recomposer.models.analyser import load_bundled_analyser
 from recomposer.tasks.composer import load_composer
-from recomposer.training.vae import round_trip, summary
+from recomposer.training.vae import held_out, perturbed_psnr, round_trip, summary
 from recomposer.world.dataset import eval_seeds, make_sample
 from recomposer.world.edits import EDIT_KINDS
 from recomposer.world.scene import WorldConfig
@@ -79,6 +81,7 @@ def main(argv=None) -> int:
         model = load_composer(str(folder))
         results[str(folder)] = {
             "vae": {k: v for k, v in summary(model.backbone.vae, 256).items() if k.startswith("psnr")},
+            "psnr_perturbed_latents": perturbed_psnr(model.backbone.vae, held_out(256, 64)),
             "controllability": controllability_column(model, analyser, args.scenes, args.held_out_scenes,
                                                       args.reference),
             "edits": edits_row(model.backbone, analyser, args.edit_scenes)}

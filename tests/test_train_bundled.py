@@ -12,7 +12,7 @@ from recomposer.cli import main
 from recomposer.models import bundled
 from recomposer.models.backbone import Backbone
 from recomposer.requests import CONTROL_DEFAULTS
-from recomposer.training.vae import psnr
+from recomposer.training.vae import held_out, perturbed_psnr, psnr, reconstruct
 
 
 def run(capsys, *args):
@@ -109,6 +109,17 @@ def test_psnr_is_measured_on_the_8_bit_scale():
     b[0, 0, 0, 0] += 2 / 255  # level 1 at one of 48 values
     expected = 10 * np.log10(255**2 / (1 / 48))
     assert abs(float(psnr(a, b)) - expected) < 1e-3 and float(psnr(a, a)) > 100
+
+
+def test_perturbed_latents_decode_worse_the_further_they_miss_and_zero_is_the_round_trip():
+    vae = bundled.load_bundled_backbone(torch.device("cpu"), torch.float32).vae  # the shipped VAE
+    images = held_out(8, 64)
+    figures = perturbed_psnr(vae, images, sigmas=(0.0, 0.1, 0.4))
+    assert figures[0.0] == round(float(psnr(reconstruct(vae, images), images).mean()), 3)
+    assert figures[0.0] > figures[0.1] > figures[0.4] and figures[0.0] - figures[0.4] > 3  # dB
+    assert perturbed_psnr(vae, images, sigmas=(0.1,)) == {0.1: figures[0.1]}  # the draws are the seed's
+    with pytest.raises(Exception, match="sigma"):
+        perturbed_psnr(vae, images, sigmas=(float("nan"),))
 
 
 def test_a_deepened_decoder_decodes_as_before_then_trains_and_loads(parts, tmp_path, capsys):
