@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 from recomposer.cli import main
+from recomposer.errors import InvalidParameter
 from recomposer.models import bundled
 from recomposer.models.backbone import Backbone
 from recomposer.requests import CONTROL_DEFAULTS
@@ -118,7 +119,7 @@ def test_perturbed_latents_decode_worse_the_further_they_miss_and_zero_is_the_ro
     assert figures[0.0] == round(float(psnr(reconstruct(vae, images), images).mean()), 3)
     assert figures[0.0] > figures[0.1] > figures[0.4] and figures[0.0] - figures[0.4] > 3  # dB
     assert perturbed_psnr(vae, images, sigmas=(0.1,)) == {0.1: figures[0.1]}  # the draws are the seed's
-    with pytest.raises(Exception, match="sigma"):
+    with pytest.raises(InvalidParameter, match="sigma"):
         perturbed_psnr(vae, images, sigmas=(float("nan"),))
 
 

@@ -114,13 +114,13 @@ def perturbed_psnr(vae: AutoencoderKL, images: torch.Tensor, sigmas=(0.0, 0.05, 
     ``images``, ε ~ N(0, I) drawn from ``seed``: how a decoder draws latents that miss the encoder's by a fraction of
     their spread, as a sampler's do (a decoder better at σ = 0 may be worse beyond it; docs/recipes.md)."""
     p = next(vae.parameters())
-    means = torch.cat([vae.encode(chunk.to(p)).latent_dist.mode() for chunk in images.split(32)])
+    means = posterior_means(vae, images)
     spread = means.std()
     out = {}
     for sigma in sigmas:
-        noise = torch.randn(means.shape, generator=torch.Generator().manual_seed(seed)).to(means)
+        noise = torch.randn(means.shape, generator=torch.Generator().manual_seed(seed))
         z = means + v.real("sigma", sigma, 0.0) * spread * noise
-        decoded = torch.cat([vae.decode(chunk).sample.float().cpu() for chunk in z.split(32)])
+        decoded = torch.cat([vae.decode(chunk.to(p)).sample.float().cpu() for chunk in z.split(32)])
         out[float(sigma)] = round(float(psnr(decoded, images).mean()), 3)
     return out
 
@@ -128,9 +128,14 @@ def perturbed_psnr(vae: AutoencoderKL, images: torch.Tensor, sigmas=(0.0, 0.05, 
 @torch.no_grad()
 def latent_scale(vae: AutoencoderKL, images: torch.Tensor) -> float:
     """LDM's scaling factor: 1 / the standard deviation of the posterior means over ``images``."""
+    return float(1.0 / posterior_means(vae, images).std())
+
+
+@torch.no_grad()
+def posterior_means(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """μ(x) for ``images`` (N, 3, S, S) in [-1, 1], in chunks, as float32 on the CPU."""
     p = next(vae.parameters())
-    means = torch.cat([vae.encode(chunk.to(p)).latent_dist.mode().float().cpu() for chunk in images.split(32)])
-    return float(1.0 / means.std())
+    return torch.cat([vae.encode(chunk.to(p)).latent_dist.mode().float().cpu() for chunk in images.split(32)])
 
 
 def vae_sampler(size: int, count: int = 8):
