@@ -13,7 +13,7 @@ from recomposer.errors import InvalidParameter
 from recomposer.models import bundled
 from recomposer.models.backbone import Backbone
 from recomposer.requests import CONTROL_DEFAULTS
-from recomposer.training.vae import held_out, perturbed_psnr, psnr, reconstruct
+from recomposer.training.vae import VAETraining, held_out, perturbed_psnr, psnr, reconstruct
 
 
 def run(capsys, *args):
@@ -123,6 +123,34 @@ def test_perturbed_latents_decode_worse_the_further_they_miss_and_zero_is_the_ro
         perturbed_psnr(vae, images, sigmas=(float("nan"),))
 
 
+def test_latent_noise_moves_what_the_decoder_reads_by_at_most_its_fraction_of_the_spread():
+    seen = {}
+
+    def read(noise):
+        vae = bundled.new_vae(0)
+        training = VAETraining(vae, decoder_only=True, latent_noise=noise)
+        decode = vae.decode
+
+        def recording(z):
+            seen[noise] = z
+            return decode(z)
+
+        vae.decode = recording
+        batch = {"image": torch.rand(3, 3, 64, 64) * 2 - 1}
+        with torch.no_grad():
+            training(batch, torch.Generator().manual_seed(5))
+        return seen[noise]
+
+    clean, noisy = read(0.0), read(0.4)
+    spread = 1 / bundled.new_vae(0).config.scaling_factor
+    per_image = ((noisy - clean) / spread).flatten(1).std(1)  # σᵢ ~ U(0, 0.4), one per render
+    assert (per_image > 0).all() and (per_image < 0.45).all() and len(set(per_image.tolist())) == 3
+    with pytest.raises(InvalidParameter, match="latent_noise"):
+        VAETraining(bundled.new_vae(0), latent_noise=0.1)  # an encoder that trains would outgrow it
+    with pytest.raises(InvalidParameter, match="latent_noise"):
+        VAETraining(bundled.new_vae(0), decoder_only=True, latent_noise=-0.1)
+
+
 def test_a_deepened_decoder_decodes_as_before_then_trains_and_loads(parts, tmp_path, capsys):
     from recomposer.models.loading import load_model
 
@@ -140,11 +168,11 @@ def test_a_deepened_decoder_decodes_as_before_then_trains_and_loads(parts, tmp_p
     for f in folder.iterdir():
         (deeper / f.name).write_bytes(f.read_bytes())
     code, _, err = run(capsys, "train", "vae", "-o", tmp_path / "run", "--init", folder, "--decoder-only",
-                       "--decoder-layers", 2, "--steps", 2, "--batch-size", 2, "--sample-every", 0, "--evaluate", 4,
-                       "--parts", deeper)
+                       "--decoder-layers", 2, "--latent-noise", 0.1, "--steps", 2, "--batch-size", 2,
+                       "--sample-every", 0, "--evaluate", 4, "--parts", deeper)
     assert code == 0, err
     settings = json.loads((deeper / "vae.json").read_text())
-    assert settings["decoder_layers_per_block"] == 2
+    assert settings["decoder_layers_per_block"] == 2 and settings["latent_noise"] == 0.1
     assert settings["scaling_factor"] == json.loads((folder / "vae.json").read_text())["scaling_factor"]
     vae = load_model(str(deeper), torch.device("cpu"), torch.float32).vae
     assert [len(b.resnets) for b in vae.decoder.up_blocks] == [3, 3, 3]
@@ -162,6 +190,8 @@ def test_bad_training_input_names_the_field(tmp_path, tiny_dir, capsys):
     for args, field in ((("vae", "--steps", 0), "steps"), (("encoder", "--pool", 2), "pool"),
                         (("base", "--batch-size", 0, "--parts", tmp_path), "batch_size"),
                         (("vae", "--steps", 10, "--cooldown-steps", 11), "cooldown_steps"),
+                        (("vae", "--latent-noise", 0.2), "latent-noise"),
+                        (("vae", "--latent-noise", -1), "latent-noise"),
                         (("encoder", "--cooldown-steps", -1), "cooldown_steps"),
                         (("base", "--cooldown-steps", 20_000, "--parts", tmp_path), "cooldown_steps"),
                         (("composer", "--parts", tmp_path, "--model", tiny_dir), "parts")):

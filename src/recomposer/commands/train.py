@@ -488,6 +488,10 @@ def train_vae(
                                                                "block, less one (diffusers' layers_per_block; the "
                                                                "bundled VAE's: 1); the added ones start as the "
                                                                "identity. Default: as --init's decoder.")] = None,
+    latent_noise: Annotated[float, typer.Option(help="With --decoder-only: decode latents perturbed by up to this "
+                                                     "fraction of their spread (σ ~ U(0, this) per render) to "
+                                                     "the clean render, so the decoder draws a sampler's "
+                                                     "imperfect latents well; 0: off.")] = 0.0,
     mixed_precision: MixedPrecision = "no",
     cpu: Cpu = False,
     max_minutes: MaxMinutes = None,
@@ -509,6 +513,10 @@ def train_vae(
     _check_output(output)
     if decoder_only and init is None:
         raise InvalidParameter("decoder-only", "used with --init PARTS (a trained VAE to keep the encoder of)", True)
+    v.real("latent-noise", latent_noise, 0.0, 4.0)
+    if latent_noise and not decoder_only:
+        raise InvalidParameter("latent-noise", "0 unless --decoder-only (a trained encoder would outgrow the noise)",
+                               latent_noise)
     hold_run_lock(output)
 
     from ..models.bundled import VAE_CONFIG, SIZE, deepened, load_part, new_vae, read_part, vae_of, write_part
@@ -520,7 +528,7 @@ def train_vae(
     layers = len(vae.decoder.up_blocks[0].resnets) - 1
     if decoder_layers is not None and decoder_layers != layers:
         vae, layers = deepened(vae, decoder_layers), decoder_layers
-    train(config, VAETraining(vae, decoder_only=decoder_only), vae_step, world_images(batch_size, SIZE),
+    train(config, VAETraining(vae, decoder_only=decoder_only, latent_noise=latent_noise), vae_step, world_images(batch_size, SIZE),
           vae_sampler(SIZE) if sample_every else None)
     vae = vae.eval().half().float()  # the bundled precision: the figures are those of what ships
     figures = summary(vae, evaluate)
@@ -528,6 +536,8 @@ def train_vae(
         figures["scaling_factor"] = read_part("vae", init)[1]["scaling_factor"]
     if layers != VAE_CONFIG["layers_per_block"]:
         figures["decoder_layers_per_block"] = layers
+    if latent_noise:
+        figures["latent_noise"] = latent_noise
     typer.echo(str(write_part(vae, "vae", parts or output, figures)))
     typer.echo(f"held-out PSNR {figures['psnr_mean']:.2f} dB (worst {figures['psnr_min']:.2f}), "
                f"latent scale {figures['scaling_factor']:.4f}", err=True)

@@ -5,6 +5,11 @@ One step (``VAETraining.step``), every random draw from the step's generator:
     x̂ = D(z)
     loss = |x − x̂|₁ + (x − x̂)² + β·KL(q(z | x) ‖ N(0, I))      means over pixels / latent cells
 
+With ``latent_noise`` > 0 (decoder-only training), the decoder reads z + σᵢ·s·ε′ instead, σᵢ ~ U(0, latent_noise)
+per image, s = 1 / scaling_factor the spread of the latents, ε′ ~ N(0, I): latents that miss the encoder's by a
+fraction of their spread, as a sampler's do, decoded to the clean render (a decoder robust where the UNet draws;
+``perturbed_psnr`` measures it, docs/recipes.md).
+
 L1 keeps edges sharp, the squared error is what PSNR measures; β is small (1e-6, as in LDM's
 KL-regularised autoencoders): the latent space only has to stay near a standard normal in scale.
 No adversarial or perceptual term: flat-shaded scenes need neither, and both would need networks we
@@ -34,11 +39,17 @@ class VAETraining(nn.Module):
 
     decoder_only: the encoder (and quant_conv) stay frozen, so the latent space, and every diffusion model
     trained on it, stays valid while the decoder keeps improving (Stable Diffusion's ft-MSE decoders).
+    latent_noise: the largest σ of the perturbation above, a fraction of the latents' spread (decoder-only: an
+    encoder that trains would grow its latents past the noise instead).
     """
 
-    def __init__(self, vae: AutoencoderKL, kl_weight: float = KL_WEIGHT, decoder_only: bool = False):
+    def __init__(self, vae: AutoencoderKL, kl_weight: float = KL_WEIGHT, decoder_only: bool = False,
+                 latent_noise: float = 0.0):
         super().__init__()
         self.vae, self.kl_weight = vae, v.real("kl_weight", kl_weight, 0.0)
+        self.latent_noise = v.real("latent_noise", latent_noise, 0.0, 4.0)
+        if latent_noise and not decoder_only:
+            raise InvalidParameter("latent_noise", "0 unless the decoder trains alone (decoder_only)", latent_noise)
         vae.requires_grad_(True).train()
         if decoder_only:
             for module in (vae.encoder, vae.quant_conv):
@@ -49,6 +60,11 @@ class VAETraining(nn.Module):
         posterior = self.vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator,
                                                          device=generator.device).to(x.device)
+        if self.latent_noise:
+            b = z.shape[0]
+            sigma = self.latent_noise * torch.rand(b, generator=generator, device=generator.device)  # (B,)
+            noise = torch.randn(z.shape, generator=generator, device=generator.device)
+            z = z + (sigma.view(b, 1, 1, 1) * noise).to(z) / self.vae.config.scaling_factor
         x_hat = self.vae.decode(z).sample  # (B, 3, H, W)
         kl = 0.5 * (posterior.mean.square() + posterior.var - 1.0 - posterior.logvar).mean()
         return F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x) + self.kl_weight * kl
