@@ -528,8 +528,8 @@ def train_vae(
     layers = len(vae.decoder.up_blocks[0].resnets) - 1
     if decoder_layers is not None and decoder_layers != layers:
         vae, layers = deepened(vae, decoder_layers), decoder_layers
-    train(config, VAETraining(vae, decoder_only=decoder_only, latent_noise=latent_noise), vae_step, world_images(batch_size, SIZE),
-          vae_sampler(SIZE) if sample_every else None)
+    trainee = VAETraining(vae, decoder_only=decoder_only, latent_noise=latent_noise)
+    train(config, trainee, vae_step, world_images(batch_size, SIZE), vae_sampler(SIZE) if sample_every else None)
     vae = vae.eval().half().float()  # the bundled precision: the figures are those of what ships
     figures = summary(vae, evaluate)
     if decoder_only:  # the encoder, its latents and their scale are the init's: models (and caches) stay valid
