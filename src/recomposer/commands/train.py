@@ -513,15 +513,13 @@ def train_vae(
     _check_output(output)
     if decoder_only and init is None:
         raise InvalidParameter("decoder-only", "used with --init PARTS (a trained VAE to keep the encoder of)", True)
-    v.real("latent-noise", latent_noise, 0.0, 4.0)
-    if latent_noise and not decoder_only:
-        raise InvalidParameter("latent-noise", "0 unless --decoder-only (a trained encoder would outgrow the noise)",
-                               latent_noise)
+    from ..training.vae import VAETraining, checked_latent_noise, summary, vae_sampler, vae_step, world_images
+
+    checked_latent_noise(latent_noise, decoder_only, "latent-noise")
     hold_run_lock(output)
 
     from ..models.bundled import VAE_CONFIG, SIZE, deepened, load_part, new_vae, read_part, vae_of, write_part
     from ..training import train
-    from ..training.vae import VAETraining, summary, vae_sampler, vae_step, world_images
 
     vae = new_vae(seed) if init is None else load_part(vae_of(read_part("vae", init)[1], init / "vae.json"), "vae",
                                                        init)

@@ -47,9 +47,7 @@ class VAETraining(nn.Module):
                  latent_noise: float = 0.0):
         super().__init__()
         self.vae, self.kl_weight = vae, v.real("kl_weight", kl_weight, 0.0)
-        self.latent_noise = v.real("latent_noise", latent_noise, 0.0, 4.0)
-        if latent_noise and not decoder_only:
-            raise InvalidParameter("latent_noise", "0 unless the decoder trains alone (decoder_only)", latent_noise)
+        self.latent_noise = checked_latent_noise(latent_noise, decoder_only)
         vae.requires_grad_(True).train()
         if decoder_only:
             for module in (vae.encoder, vae.quant_conv):
@@ -68,6 +66,15 @@ class VAETraining(nn.Module):
         x_hat = self.vae.decode(z).sample  # (B, 3, H, W)
         kl = 0.5 * (posterior.mean.square() + posterior.var - 1.0 - posterior.logvar).mean()
         return F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x) + self.kl_weight * kl
+
+
+def checked_latent_noise(value: object, decoder_only: bool, field: str = "latent_noise") -> float:
+    """``latent_noise`` in [0, 4], and 0 unless the decoder trains alone (an encoder that trains would grow its latents
+    past the noise)."""
+    value = v.real(field, value, 0.0, 4.0)
+    if value and not decoder_only:
+        raise InvalidParameter(field, "0 unless the decoder trains alone (decoder-only)", value)
+    return value
 
 
 def vae_step(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -129,15 +136,16 @@ def perturbed_psnr(vae: AutoencoderKL, images: torch.Tensor, sigmas=(0.0, 0.05, 
     """{σ: mean PSNR (dB) of D(μ(x) + σ·s·ε) against x}, s the standard deviation of the posterior means over
     ``images``, ε ~ N(0, I) drawn from ``seed``: how a decoder draws latents that miss the encoder's by a fraction of
     their spread, as a sampler's do (a decoder better at σ = 0 may be worse beyond it; docs/recipes.md)."""
+    sigmas = [v.real("sigma", sigma, 0.0) for sigma in sigmas]
     p = next(vae.parameters())
     means = posterior_means(vae, images)
     spread = means.std()
+    noise = torch.randn(means.shape, generator=torch.Generator().manual_seed(seed))  # one draw, scaled per σ
     out = {}
     for sigma in sigmas:
-        noise = torch.randn(means.shape, generator=torch.Generator().manual_seed(seed))
-        z = means + v.real("sigma", sigma, 0.0) * spread * noise
+        z = means + sigma * spread * noise
         decoded = torch.cat([vae.decode(chunk.to(p)).sample.float().cpu() for chunk in z.split(32)])
-        out[float(sigma)] = round(float(psnr(decoded, images).mean()), 3)
+        out[sigma] = round(float(psnr(decoded, images).mean()), 3)
     return out
 
 
