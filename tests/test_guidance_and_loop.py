@@ -1,6 +1,8 @@
 """Guidance rules over condition sets and the one loop: batching, windows, signed terms, rows with their own
 plans, hooks, resampling, callbacks, cancellation."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -165,6 +167,33 @@ def test_a_guided_denoiser_is_a_denoiser(tiny):
     inputs = inner.encode(cfg(P, 3.0), 1)
     assert inner.prediction_type == "epsilon"
     assert torch.allclose(inner(x, t, inputs), run_guided(BackboneDenoiser(tiny), cfg(P, 3.0), x, t), atol=1e-6)
+
+
+def test_guidance_rescale_matches_the_fullest_conditional_spread(tiny):
+    """φ = 1 gives the guided prediction the per-sample spread of the fullest term's prediction (CFG: the prompt;
+    dual: (c_I, c_T)), φ = 0.7 mixes it with the plain guided one as Lin et al. 2024's Algorithm 2."""
+    d = BackboneDenoiser(tiny)
+    x, t = x_and_t(tiny, batch=2)
+    both = ConditionSet.of(Caption("a red circle, bigger"))
+    e0, e1, e2 = (separate(d, c, x, t, 2) for c in (EMPTY, P, both))
+    for plan, plain, conditional in ((cfg(P, 7.0), cfg(P, 7.0, rescale=0.0), e1),
+                                     (dual(P, both, 1.5, 7.5), dual(P, both, 1.5, 7.5, rescale=0.0), e2)):
+        guided_plain = run_guided(d, plain, x, t)
+        full = run_guided(d, replace(plan, rescale=1.0), x, t)
+        ratio = full.std(dim=(1, 2, 3)) / conditional.std(dim=(1, 2, 3))
+        assert torch.allclose(ratio, torch.ones(2), atol=1e-4)
+        assert not torch.allclose(full, guided_plain, atol=1e-3)  # guidance at 7 inflates the spread
+        mixed = run_guided(d, replace(plan, rescale=0.7), x, t)
+        assert torch.allclose(mixed, 0.7 * full + 0.3 * guided_plain, atol=1e-4)
+    assert torch.allclose(run_guided(d, cfg(P, 1.0, rescale=0.7), x, t), e1, atol=1e-5)  # nothing to rescale
+
+
+@pytest.mark.parametrize("phi", [float("nan"), -0.1, 1.5])
+def test_guidance_rescale_outside_0_1_is_refused(phi):
+    with pytest.raises(InvalidParameter, match="^guidance-rescale"):
+        cfg(P, 7.0, rescale=phi)
+    with pytest.raises(InvalidParameter, match="^guidance-rescale"):
+        GenerateRequest("a ring", guidance_rescale=phi).check()
 
 
 @pytest.mark.parametrize("scale,start,end", [(float("nan"), 0.0, 1.0), (float("inf"), 0, 1), (101.0, 0.0, 1.0),

@@ -99,6 +99,7 @@ def test_the_command_writes_provenance_and_recall_reproduces(ip2p_dir, photo, tm
 
 @pytest.mark.parametrize("args, field", [
     (("--image-guidance", "nan"), "image-guidance"),
+    (("--guidance-rescale", "-0.5"), "guidance-rescale"),
     (("--guidance", "inf"), "guidance"),
     (("--steps", 0), "steps"),
     (("--scheduler", "nope"), "scheduler"),

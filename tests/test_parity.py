@@ -4,6 +4,8 @@ Same components, prompt, negative prompt, scheduler, steps, guidance, size and p
 the decoded images must match to 1e-4 in float and to one 8-bit level after quantisation.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -61,6 +63,23 @@ def test_guidance_one_is_the_conditional_prediction(tiny):
         "a ring", num_inference_steps=4, guidance_scale=1.0, height=32, width=32,
         generator=generators(0, 1), output_type="pt").images
     assert_same(generate(tiny, GenerateRequest("a ring", scheduler="euler", steps=4, guidance=1.0, seed=0)), ref)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler_a"])
+def test_guidance_rescale_matches_diffusers_on_a_zero_terminal_snr_v_model(scheduler):
+    """Lin et al. 2024's recipe (v, zero terminal SNR, trailing steps, rescaled guidance) against diffusers'
+    guidance_rescale; the rescale must change the image, or this would prove nothing."""
+    backbone = tiny_sd(seed=2, prediction_type="v_prediction")
+    backbone = replace(backbone, scheduler_config={**backbone.scheduler_config, "rescale_betas_zero_snr": True,
+                                                   "timestep_spacing": "trailing"})
+    settings = dict(scheduler=scheduler, steps=5, guidance=9.0, seed=4, batch=2)
+    ref = pipeline(StableDiffusionPipeline, backbone, scheduler)(
+        "a green star", num_inference_steps=5, guidance_scale=9.0, guidance_rescale=0.7, height=32, width=32,
+        num_images_per_prompt=2, generator=generators(4, 2), output_type="pt").images
+    ours = generate(backbone, GenerateRequest("a green star", guidance_rescale=0.7, **settings))
+    assert_same(ours, ref)
+    plain = generate(backbone, GenerateRequest("a green star", **settings))
+    assert (torch.stack([g.pixels for g in plain]) - ref).abs().max() > 0.01
 
 
 @pytest.mark.parametrize("scheduler,strength", [("ddim", 0.6), ("euler_a", 0.75), ("dpmpp_2m", 1.0)])

@@ -74,6 +74,8 @@ def generate(
                                                 "dpmpp_2m_karras, unipc.")] = "dpmpp_2m",
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale, 0 to 100.")] = 7.5,
+    guidance_rescale: Annotated[float, typer.Option(help="Guidance rescale φ, 0 to 1, as diffusers' guidance_rescale "
+                                                         "(Lin et al. 2024: 0.7; default 0: none).")] = 0.0,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the first image (image k uses seed + k); "
                                                      "default: random, recorded in the PNG.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (multiple of the VAE factor).")] = None,
@@ -105,7 +107,7 @@ def generate(
     controls = control.control_requests(controlnet, control_image, control_scale, control_start, control_end,
                                         control_mask, control_mode, guess_mode)
     request = GenerateRequest(prompt=prompt, negative=negative, scheduler=scheduler, steps=steps, guidance=guidance,
-                              seed=secrets.randbelow(2**32) if seed is None else seed, batch=batch, width=width,
+                              guidance_rescale=guidance_rescale, seed=secrets.randbelow(2**32) if seed is None else seed, batch=batch, width=width,
                               height=height, strength=strength, allow_flat=allow_flat, controls=controls)
     request.check()  # before torch is imported or anything loads (--device, --dtype, --model: while parsing)
     resolve("seed", request.seed)

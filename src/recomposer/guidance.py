@@ -18,6 +18,14 @@ base, the base cancels and is not evaluated (ε̂ = ε(x, c_1)). Every sample of
 (Prompt-to-Prompt's source and edited rows); all the rows a step needs run in ONE batched forward, in
 the order (set, sample) with set 0 the base, and each row's ``RowRole`` tells attention processors what
 it computes.
+
+A plan may rescale its guided prediction (Lin et al. 2024, §3.4, Algorithm 2; diffusers' ``guidance_rescale``):
+a strong guidance inflates the prediction's spread, which on a zero-terminal-SNR model over-exposes the image,
+so ε̂ is pulled towards the spread of the fullest conditional prediction ε_c (the active term with the most
+conditions, the last of equals: the prompt, Composer's c1, InstructPix2Pix's (c_I, c_T)), per sample over all
+its other axes, in the model's own parameterisation (ε or v, as diffusers):
+
+    ε̂ ← φ · ε̂ · std(ε_c) / std(ε̂) + (1 − φ) · ε̂           φ = 0: no rescale (the default); 0.7 in the paper
 """
 
 from collections.abc import Sequence
@@ -59,6 +67,10 @@ class GuidancePlan:
     base: ConditionSet  # c_base: the null set, a negative prompt, or Composer's c2
     terms: tuple[Term, ...] = ()
     per_step: dict = field(default_factory=dict, compare=False)  # {(set index, position): ConditionSet} overrides
+    rescale: float = 0.0  # φ of Lin et al. 2024's guidance rescale (module docstring), in [0, 1]
+
+    def __post_init__(self) -> None:
+        real("guidance-rescale", self.rescale, 0.0, 1.0)
 
     def sets(self) -> list[ConditionSet]:
         """The distinct condition sets the plan needs, the base first (identity decides what is distinct)."""
@@ -92,7 +104,18 @@ class GuidancePlan:
         for term in active:
             reference = term.reference if term.reference is not None else self.base
             prediction = prediction + term.scale * (e[_index(sets, term.conds)] - e[_index(sets, reference)])
+        if self.rescale and active:
+            fullest = max(reversed(active), key=lambda term: len(term.conds))  # the last of equals
+            prediction = rescaled(prediction, e[_index(sets, fullest.conds)], self.rescale)
         return prediction
+
+
+def rescaled(guided: torch.Tensor, conditional: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2024, Algorithm 2): ``guided`` given ``conditional``'s spread per sample, mixed
+    with itself by φ. Both (B, C, h, w)."""
+    axes = tuple(range(1, guided.ndim))
+    factor = conditional.std(dim=axes, keepdim=True) / guided.std(dim=axes, keepdim=True)  # (B, 1, 1, 1)
+    return phi * (guided * factor) + (1 - phi) * guided
 
 
 def _base_cancels(active: list[Term]) -> bool:
@@ -103,9 +126,10 @@ def _index(sets: list[ConditionSet], conds: ConditionSet) -> int:
     return next(j for j, s in enumerate(sets) if s is conds)
 
 
-def cfg(conds: ConditionSet, scale: float, negative: ConditionSet = ConditionSet()) -> GuidancePlan:
-    """Classifier-free guidance: ε(neg) + scale·(ε(conds) − ε(neg))."""
-    return GuidancePlan(base=negative, terms=(Term(conds, scale),))
+def cfg(conds: ConditionSet, scale: float, negative: ConditionSet = ConditionSet(), rescale: float = 0.0
+        ) -> GuidancePlan:
+    """Classifier-free guidance: ε(neg) + scale·(ε(conds) − ε(neg)), rescaled by φ = ``rescale``."""
+    return GuidancePlan(base=negative, terms=(Term(conds, scale),), rescale=rescale)
 
 
 def composer(c1: ConditionSet, c2: ConditionSet, w: float) -> GuidancePlan:
@@ -114,9 +138,11 @@ def composer(c1: ConditionSet, c2: ConditionSet, w: float) -> GuidancePlan:
 
 
 def dual(image: ConditionSet, both: ConditionSet, image_scale: float, text_scale: float,
-         null: ConditionSet = ConditionSet()) -> GuidancePlan:
-    """InstructPix2Pix: ε(∅,∅) + s_I·[ε(c_I,∅) − ε(∅,∅)] + s_T·[ε(c_I,c_T) − ε(c_I,∅)] (Brooks et al. 2023, eq. 3)."""
-    return GuidancePlan(base=null, terms=(Term(image, image_scale), Term(both, text_scale, reference=image)))
+         null: ConditionSet = ConditionSet(), rescale: float = 0.0) -> GuidancePlan:
+    """InstructPix2Pix: ε(∅,∅) + s_I·[ε(c_I,∅) − ε(∅,∅)] + s_T·[ε(c_I,c_T) − ε(c_I,∅)] (Brooks et al. 2023, eq. 3),
+    rescaled by φ = ``rescale`` towards ε(c_I, c_T)'s spread."""
+    return GuidancePlan(base=null, terms=(Term(image, image_scale), Term(both, text_scale, reference=image)),
+                        rescale=rescale)
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ class GenerateRequest:
     scheduler: str = "dpmpp_2m"  # one of schedulers.NAMES
     steps: int = 20  # sampling steps over the whole schedule
     guidance: float = 7.5  # classifier-free guidance scale (1 = no guidance, 0 = unconditional)
+    guidance_rescale: float = 0.0  # φ in [0, 1]: pull the guided prediction's spread to the prompt's (guidance.py)
     seed: int = 0  # sample k of the batch uses seed + k
     batch: int = 1  # images per call
     width: int | None = None  # None: the image's width, else the model's native size
@@ -124,6 +125,7 @@ class GenerateRequest:
         v.choice("scheduler", self.scheduler, NAMES)
         v.integer("steps", self.steps, 1, MAX_STEPS)
         v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
+        v.real("guidance-rescale", self.guidance_rescale, 0.0, 1.0)
         v.seed("seed", self.seed)
         v.integer("batch", self.batch, 1, MAX_BATCH)
         if self.seed + self.batch - 1 > 2**63 - 1:
@@ -160,6 +162,7 @@ class ComposeRequest:
     scheduler: str = "dpmpp_2m"  # one of schedulers.NAMES
     steps: int = 20
     guidance: float = 3.0  # w in Composer's Eq. 2 (1: no guidance)
+    guidance_rescale: float = 0.0  # φ in [0, 1]: pull the guided prediction's spread to c₁'s (guidance.py)
     seed: int = 0  # sample k uses seed + k
     batch: int = 1
     base: tuple[str, ...] = ()  # kinds of the conditions that form c₂ (default ∅)
@@ -175,6 +178,7 @@ class ComposeRequest:
         v.choice("scheduler", self.scheduler, NAMES)
         v.integer("steps", self.steps, 1, MAX_STEPS)
         v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
+        v.real("guidance-rescale", self.guidance_rescale, 0.0, 1.0)
         v.seed("seed", self.seed)
         v.integer("batch", self.batch, 1, MAX_BATCH)
         v.boolean("allow_flat", self.allow_flat)
@@ -256,6 +260,7 @@ class InstructRequest:
     instruction: str  # what to do to the image, e.g. "make the circle blue"
     guidance: float = 7.5  # s_T: how far towards the instruction
     image_guidance: float = 1.5  # s_I: how close to the source image (below 1 pushes away from it: the formula)
+    guidance_rescale: float = 0.0  # φ in [0, 1]: pull the guided prediction's spread to (c_I, c_T)'s (guidance.py)
     scheduler: str = "euler_a"
     steps: int = 100
     seed: int = 0  # sample k uses seed + k
@@ -270,6 +275,7 @@ class InstructRequest:
             raise InvalidParameter("instruction", "an instruction of at least one word", self.instruction)
         v.real("guidance", self.guidance, -GUIDANCE_MAX, GUIDANCE_MAX)
         v.real("image-guidance", self.image_guidance, -GUIDANCE_MAX, GUIDANCE_MAX)
+        v.real("guidance-rescale", self.guidance_rescale, 0.0, 1.0)
         v.choice("scheduler", self.scheduler, NAMES)
         v.integer("steps", self.steps, 1, MAX_STEPS)
         v.seed("seed", self.seed)

@@ -33,6 +33,8 @@ def controllability(
                                                                 "(default 40; quick 1).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampler steps per image (default 20; quick 6).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Composer guidance w (default 3).")] = None,
+    guidance_rescale: Annotated[Optional[float], typer.Option(help="Guidance rescale φ, 0 to 1 (default 0: none; "
+                                                                  "Lin et al. 2024 use 0.7).")] = None,
     control_scale: Annotated[Optional[float], typer.Option(help="The bundled ControlNet's conditioning scale in its "
                                                                "rows (default 1.5, a bundled net's default).")] = None,
     control_mode: Annotated[Optional[str], typer.Option(help="Its mode there: control (default, a bundled net's: "
@@ -53,7 +55,7 @@ def controllability(
 
     base = QUICK if quick else BenchConfig()
     given = {"scenes": scenes, "held_out_scenes": held_out_scenes, "steps": steps, "guidance": guidance,
-             "control_scale": control_scale, "control_mode": control_mode}
+             "guidance_rescale": guidance_rescale, "control_scale": control_scale, "control_mode": control_mode}
     config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
     _check_new(output)
 
@@ -85,6 +87,8 @@ def edits(
                                                           "euler_a).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Text guidance s_T (default 7.5).")] = None,
     image_guidance: Annotated[Optional[float], typer.Option(help="Image guidance s_I (default 1.5).")] = None,
+    guidance_rescale: Annotated[Optional[float], typer.Option(help="Guidance rescale φ, 0 to 1 (default 0: "
+                                                                  "none).")] = None,
     visii_scenes: Annotated[Optional[int], typer.Option(help="Scenes a learnt instruction is applied to (default "
                                                              "20; 0: no Visii figures).")] = None,
     visii_steps: Annotated[Optional[int], typer.Option(help="Visii iterations per learnt instruction (default "
@@ -100,7 +104,7 @@ def edits(
 
     base = QUICK_EDITS if quick else EditBenchConfig()
     given = {"scenes": scenes, "steps": steps, "scheduler": scheduler, "guidance": guidance,
-             "image_guidance": image_guidance, "visii_scenes": visii_scenes, "visii_steps": visii_steps}
+             "image_guidance": image_guidance, "guidance_rescale": guidance_rescale, "visii_scenes": visii_scenes, "visii_steps": visii_steps}
     config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
     _check_new(output)
 

@@ -31,6 +31,8 @@ Adapter = Annotated[Optional[str], typer.Option("--adapter", help="Composer adap
 Encoder = Annotated[Optional[str], typer.Option("--image-encoder", help="Local CLIP vision model directory (the "
                                                                         "adapter's); default: the bundled one.")]
 Guidance = Annotated[float, typer.Option(help="Composer guidance w (1: none).")]
+Rescale = Annotated[float, typer.Option("--guidance-rescale", help="Guidance rescale φ, 0 to 1 (Lin et al. 2024: "
+                                                                   "0.7; default 0: none).")]
 Caption = Annotated[Optional[str], typer.Option(help="The caption condition.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="A folder for the images.")]
 Kinds = Annotated[str, typer.Option(help="Comma-separated condition kinds.")]
@@ -39,8 +41,8 @@ Width = Annotated[Optional[int], typer.Option(help="Image width in pixels (defau
 Height = Annotated[Optional[int], typer.Option(help="Image height in pixels (default: the model's native size).")]
 
 
-def _request(scheduler, steps, guidance, seed, batch, base: str | None = None, weights: list[str] | None = None,
-             allow_flat: bool = False):
+def _request(scheduler, steps, guidance, rescale, seed, batch, base: str | None = None,
+             weights: list[str] | None = None, allow_flat: bool = False):
     from ..requests import ComposeRequest, Weight
 
     seed = chosen_seed(seed)
@@ -54,8 +56,8 @@ def _request(scheduler, steps, guidance, seed, batch, base: str | None = None, w
         if len(numbers) not in (1, 3):
             raise InvalidParameter("weight", "KIND:SCALE or KIND:SCALE:START:END", text)
         parsed.append(Weight(kind, *numbers))
-    return ComposeRequest(scheduler=scheduler, steps=steps, guidance=guidance, seed=seed, batch=batch,
-                          base=_split("base", base) if base else (), weights=tuple(parsed),
+    return ComposeRequest(scheduler=scheduler, steps=steps, guidance=guidance, guidance_rescale=rescale, seed=seed,
+                          batch=batch, base=_split("base", base) if base else (), weights=tuple(parsed),
                           allow_flat=allow_flat).check()
 
 
@@ -146,7 +148,8 @@ def compose_command(
     weight: Annotated[Optional[list[str]], typer.Option(help="Per-condition guidance KIND:SCALE[:START:END]; "
                                                              "repeatable.")] = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
+    seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("composed"), allow_flat: AllowFlat = False,
     width: Width = None, height: Height = None,
     controlnet: control.ControlNets = None, control_image: control.ControlImages = None,
@@ -159,7 +162,7 @@ def compose_command(
 
     from ..invocation import resolve
 
-    request = _request(scheduler, steps, guidance, seed, batch, base, weight, allow_flat)
+    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, base, weight, allow_flat)
     controls = control.control_requests(controlnet, control_image, control_scale, control_start, control_end,
                                         control_mask, control_mode, guess_mode)
     if controls:
@@ -208,11 +211,12 @@ def variations_command(
     image: Annotated[Path, typer.Argument(help="The image to vary (or a decompose folder holding the kept kinds).")],
     keep: Kinds = "image_embedding,palette", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
+    seed: Seed = None,
     batch: Batch = 4, device: Device = "auto", output: Output = Path("variations"), allow_flat: AllowFlat = False,
 ) -> None:
     """New images that keep some of an image's conditions (default: semantics/style and palette)."""
-    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, allow_flat=allow_flat)
     _guard(locals())
     from ..tasks.composer import variations
 
@@ -226,11 +230,12 @@ def reconstruct_command(
     image: Annotated[Path, typer.Argument(help="The image to rebuild.")],
     kinds: Kinds = "palette,sketch,instances,intensity", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
+    seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("reconstructed"), allow_flat: AllowFlat = False,
 ) -> None:
     """An image generated again from a subset of its own conditions."""
-    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, allow_flat=allow_flat)
     _guard(locals())
     from ..tasks.composer import reconstruct
 
@@ -248,14 +253,16 @@ def interpolate_command(
     sketch_from: Annotated[Optional[Path], typer.Option(help="A sketch shared by every frame (image or "
                                                              "file).")] = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
+    seed: Seed = None,
     device: Device = "auto", output: Output = Path("interpolation"),
     fps: Annotated[int, typer.Option(help="Frames per second of the GIF.")] = 8, allow_flat: AllowFlat = False,
 ) -> None:
     """Frames between two images' embeddings and/or palettes: PNGs, a strip and an animated GIF."""
     from .. import validation as v
 
-    request, chosen = _request(scheduler, steps, guidance, seed, 1, allow_flat=allow_flat), _split("kinds", kinds)
+    request = _request(scheduler, steps, guidance, guidance_rescale, seed, 1, allow_flat=allow_flat)
+    chosen = _split("kinds", kinds)
     _guard(locals())
     v.integer("frames", frames, 2, 256)
     v.integer("fps", fps, 1, 60)
@@ -288,7 +295,8 @@ def edit_command(
     image_embedding_from: Annotated[Optional[Path], typer.Option(help="Semantics/style from this image or file.")]
     = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
+    seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("edited"), allow_flat: AllowFlat = False,
     width: Width = None, height: Height = None,
 ) -> None:
@@ -297,7 +305,8 @@ def edit_command(
                     sketch_from=None, instances_from=None, depth_from=None, intensity_from=None, depth_map=None,
                     image=image,
                     mask=mask, base=None, weight=None, model=model, adapter=adapter, image_encoder=image_encoder,
-                    scheduler=scheduler, steps=steps, guidance=guidance, seed=seed, batch=batch, device=device,
+                    scheduler=scheduler, steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, seed=seed,
+                    batch=batch, device=device,
                     output=output, allow_flat=allow_flat, width=width, height=height)
 
 
@@ -306,11 +315,12 @@ def colourise_command(
     palette_from: Annotated[Optional[Path], typer.Option(help="Colours from this image or file.")] = None,
     caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
+    seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("colourised"), allow_flat: AllowFlat = False,
 ) -> None:
     """Colourisation: the image's intensity, plus a palette and/or a caption."""
-    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, allow_flat=allow_flat)
     _guard(locals())
     from ..tasks.composer import colourise
 
@@ -325,11 +335,12 @@ def recolour_command(
     palette_from: Annotated[Path, typer.Option(help="The new colours come from this image or file.")],
     keep: Kinds = "sketch,instances", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
+    seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("recoloured"), allow_flat: AllowFlat = False,
 ) -> None:
     """Palette recolouring: the image's layout in another image's colours."""
-    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, allow_flat=allow_flat)
     _guard(locals())
     from ..tasks.composer import recolour
 
@@ -344,11 +355,12 @@ def style_command(
     style: Annotated[Path, typer.Option(help="The image whose semantics/style and palette are taken.")],
     structure: Kinds = "sketch", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
-    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, seed: Seed = None,
+    scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
+    seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("styled"), allow_flat: AllowFlat = False,
 ) -> None:
     """Style transfer through the image embedding: content's structure, style's embedding and palette."""
-    request = _request(scheduler, steps, guidance, seed, batch, allow_flat=allow_flat)
+    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, allow_flat=allow_flat)
     _guard(locals())
     from ..tasks.composer import style_transfer
 

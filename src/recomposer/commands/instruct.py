@@ -25,6 +25,9 @@ def instruct_command(
     guidance: Annotated[float, typer.Option(help="s_T: how far towards the instruction.")] = 7.5,
     image_guidance: Annotated[float, typer.Option(help="s_I: how close to the image (below 1 pushes away from "
                                                        "it, as the formula says).")] = 1.5,
+    guidance_rescale: Annotated[float, typer.Option(help="Guidance rescale φ, 0 to 1, towards the spread of the "
+                                                         "image-and-instruction prediction (Lin et al. 2024: 0.7; "
+                                                         "default 0: none).")] = 0.0,
     scheduler: Scheduler = "euler_a", steps: Steps = 100, seed: Seed = None, batch: Batch = 1,
     allow_flat: AllowFlat = False,
     learned: Annotated[Optional[Path], typer.Option(help="An instruction learnt from example pairs by `recomposer "
@@ -52,7 +55,8 @@ def instruct_command(
         readable("learned", learned)
         taught = load_learned(learned)
     request = InstructRequest(instruction if learned is None else with_text, guidance=guidance,
-                              image_guidance=image_guidance, scheduler=scheduler, steps=steps, seed=seed, batch=batch,
+                              image_guidance=image_guidance, guidance_rescale=guidance_rescale, scheduler=scheduler,
+                              steps=steps, seed=seed, batch=batch,
                               allow_flat=allow_flat, learned=taught.info["sha256"] if taught else "").check()
     readable("image", image)
     check_output(output, (image,))

@@ -45,6 +45,7 @@ class EditBenchConfig:
     scheduler: str = "euler_a"  # the sampler (instruct's default: Euler ancestral)
     guidance: float = 7.5  # s_T
     image_guidance: float = 1.5  # s_I
+    guidance_rescale: float = 0.0  # φ of the guidance rescale (guidance.py; 0: none)
     visii_scenes: int = 20  # scenes a learnt instruction is applied to
     visii_steps: int = 1000  # Visii's iterations per learnt instruction (the reference's loop length)
 
@@ -54,6 +55,7 @@ class EditBenchConfig:
         v.choice("scheduler", self.scheduler, NAMES)
         v.real("guidance", self.guidance, -100.0, 100.0)
         v.real("image-guidance", self.image_guidance, -100.0, 100.0)
+        v.real("guidance-rescale", self.guidance_rescale, 0.0, 1.0)
         v.integer("visii-scenes", self.visii_scenes, 0, 10_000)
         v.integer("visii-steps", self.visii_steps, 1, 100_000)
         return self
@@ -162,7 +164,8 @@ def run(backbone, analyser: Analyser, config: EditBenchConfig = EditBenchConfig(
         for i, e in enumerate(edits):
             before = Image.fromarray(render(e.before, SIZE).image)
             request = InstructRequest(e.instruction, guidance=config.guidance, image_guidance=config.image_guidance,
-                                      scheduler=config.scheduler, steps=config.steps, seed=i, allow_flat=True)
+                                      guidance_rescale=config.guidance_rescale, scheduler=config.scheduler,
+                                      steps=config.steps, seed=i, allow_flat=True)
             images.append(np.asarray(instruct(backbone, before, request)[0].image.convert("RGB")))
             done += 1
             if progress is not None:
@@ -260,8 +263,9 @@ def visii_figures(backbone, analyser: Analyser, config: EditBenchConfig) -> dict
         shown = {"text": [], "visii": []}
         for i, e in enumerate(targets):
             before = Image.fromarray(render(e.before, SIZE).image)
-            common = dict(guidance=config.guidance, image_guidance=config.image_guidance, scheduler=config.scheduler,
-                          steps=config.steps, seed=i, allow_flat=True)
+            common = dict(guidance=config.guidance, image_guidance=config.image_guidance,
+                          guidance_rescale=config.guidance_rescale, scheduler=config.scheduler, steps=config.steps,
+                          seed=i, allow_flat=True)
             shown["text"].append(np.asarray(instruct(backbone, before, InstructRequest(e.instruction, **common))[0]
                                             .image.convert("RGB")))
             request = InstructRequest("", learned=learned.info["sha256"], **common)

@@ -102,7 +102,7 @@ def plan(conds: ConditionSet, request: ComposeRequest) -> GuidancePlan:
     base = ConditionSet.of(*(conds[k] for k in (*request.base, *kept) if k in conds))
     terms = [Term(conds, request.guidance)]
     terms += [Term(base.with_(conds[w.kind]), w.scale, w.start, w.end) for w in request.weights]
-    return GuidancePlan(base=base, terms=tuple(terms))
+    return GuidancePlan(base=base, terms=tuple(terms), rescale=request.guidance_rescale)
 
 
 def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest = ComposeRequest(),

@@ -54,7 +54,7 @@ def instruct(backbone: Backbone, image: Image.Image, request: InstructRequest, c
     image_only = ConditionSet.of(source)
     both = ConditionSet.of(source, Caption(request.instruction) if learned is None else
                            learned.caption(request.instruction.strip()))
-    plan = dual(image_only, both, request.image_guidance, request.guidance)
+    plan = dual(image_only, both, request.image_guidance, request.guidance, rescale=request.guidance_rescale)
     check_fits(backbone, *size, request.batch, rows=3)  # before any compute (R10)
     denoise, inputs = guided(BackboneDenoiser(backbone, size), plan, request.batch)
     sampling = Sampling(request.scheduler, request.steps, request.seed, request.batch, None, request.allow_flat)
