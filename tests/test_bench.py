@@ -14,12 +14,13 @@ SETTINGS = ("floor", "single", "pairs", "mixed", "ceiling", "vae")
 def test_bench_controllability_quick_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["bench", "controllability", "--quick", "--control-scale", "1.5", "--control-mode", "control",
-                 "-o", str(out)]) == 0
+                 "--scheduler", "euler_a", "--guidance-rescale", "0.7", "-o", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["bars.png", "examples.png", "figures.json", "report.json",
                                                      "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert set(report["conditions"]) == set(KINDS) and report["settings"]["control_scale"] == 1.5
-    assert report["settings"]["control_mode"] == "control"
+    assert report["settings"]["control_mode"] == "control" and report["settings"]["scheduler"] == "euler_a"
+    assert report["settings"]["guidance_rescale"] == 0.7
     in_pairs = {k for pair in PAIRS for k in pair}
     in_mixed = {k for mix in MIXED for k in mix}
     for kind, row in report["conditions"].items():
@@ -42,6 +43,7 @@ def test_bench_controllability_quick_writes_every_figure(tmp_path, capsys):
     assert all(row["vae"] is not None for row in report["controlnet"]["kinds"].values())
     assert {"renders", "vae", "floor", "conditioned"} <= set(report["realism"])
     text = (out / "report.md").read_text()
+    assert "steps of euler_a, guidance 3.0, rescaled by φ 0.7." in text
     assert all(f"| {kind} |" in text for kind in KINDS) and "Fréchet" in text and "through the VAE" in text
     assert Image.open(out / "bars.png").size[0] > 0 and Image.open(out / "examples.png").size[1] > 0
 
@@ -53,6 +55,10 @@ def test_bench_refuses_bad_input_and_an_existing_folder(tmp_path, capsys):
     assert "control-scale" in capsys.readouterr().err
     assert main(["bench", "controllability", "--control-mode", "loud", "-o", str(tmp_path / "a")]) == 2
     assert "control-mode" in capsys.readouterr().err
+    assert main(["bench", "controllability", "--scheduler", "fast", "-o", str(tmp_path / "a")]) == 2
+    assert "scheduler" in capsys.readouterr().err
+    assert main(["bench", "controllability", "--guidance-rescale", "2", "-o", str(tmp_path / "a")]) == 2
+    assert "guidance-rescale" in capsys.readouterr().err
     assert main(["bench", "edits", "--image-guidance", "nan", "-o", str(tmp_path / "a")]) == 2
     assert "image-guidance" in capsys.readouterr().err
     assert main(["bench", "edits", "--scheduler", "fast", "-o", str(tmp_path / "a")]) == 2

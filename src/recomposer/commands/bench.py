@@ -32,6 +32,8 @@ def controllability(
     held_out_scenes: Annotated[Optional[int], typer.Option(help="Scenes with held-out attribute combinations "
                                                                 "(default 40; quick 1).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampler steps per image (default 20; quick 6).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="The sampler, as compose's --scheduler (default "
+                                                          "dpmpp_2m).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Composer guidance w (default 3).")] = None,
     guidance_rescale: Annotated[Optional[float], typer.Option(help="Guidance rescale φ, 0 to 1 (default 0: none; "
                                                                   "Lin et al. 2024 use 0.7).")] = None,
@@ -54,8 +56,9 @@ def controllability(
     from ..evaluation.controllability import QUICK, BenchConfig
 
     base = QUICK if quick else BenchConfig()
-    given = {"scenes": scenes, "held_out_scenes": held_out_scenes, "steps": steps, "guidance": guidance,
-             "guidance_rescale": guidance_rescale, "control_scale": control_scale, "control_mode": control_mode}
+    given = {"scenes": scenes, "held_out_scenes": held_out_scenes, "steps": steps, "scheduler": scheduler,
+             "guidance": guidance, "guidance_rescale": guidance_rescale, "control_scale": control_scale,
+             "control_mode": control_mode}
     config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
     _check_new(output)
 
@@ -104,7 +107,8 @@ def edits(
 
     base = QUICK_EDITS if quick else EditBenchConfig()
     given = {"scenes": scenes, "steps": steps, "scheduler": scheduler, "guidance": guidance,
-             "image_guidance": image_guidance, "guidance_rescale": guidance_rescale, "visii_scenes": visii_scenes, "visii_steps": visii_steps}
+             "image_guidance": image_guidance, "guidance_rescale": guidance_rescale, "visii_scenes": visii_scenes,
+             "visii_steps": visii_steps}
     config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
     _check_new(output)
 

@@ -56,6 +56,7 @@ class BenchConfig:
     held_out_scenes: int = 40  # scenes with a held-out attribute combination (caption only)
     reference: int = 200  # renders the Fréchet distances are measured against
     steps: int = 20  # sampler steps per image
+    scheduler: str = "dpmpp_2m"  # the sampler (compose's default)
     guidance: float = 3.0  # Composer guidance w
     guidance_rescale: float = 0.0  # φ of the guidance rescale (guidance.py; 0: none)
     examples: int = 4  # scenes shown in the example grid
@@ -67,7 +68,8 @@ class BenchConfig:
         v.integer("held_out_scenes", self.held_out_scenes, 1)
         v.integer("reference", self.reference, 2)
         v.integer("examples", self.examples, 0)
-        ComposeRequest(steps=self.steps, guidance=self.guidance, guidance_rescale=self.guidance_rescale).check()
+        ComposeRequest(scheduler=self.scheduler, steps=self.steps, guidance=self.guidance,
+                       guidance_rescale=self.guidance_rescale).check()
         check_control(self.control_scale, 0.0, 1.0, self.control_mode)
         return self
 
@@ -187,7 +189,8 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
     each of its kinds is also given to the net alone (the scene's hint, no Composer condition, the same seed as
     the adapter's single-condition image) and judged the same way, with the seconds each image took."""
     config.check()
-    request = ComposeRequest(steps=config.steps, guidance=config.guidance, guidance_rescale=config.guidance_rescale)
+    request = ComposeRequest(scheduler=config.scheduler, steps=config.steps, guidance=config.guidance,
+                             guidance_rescale=config.guidance_rescale)
     sources = [make_source(model, seed) for seed in eval_seeds(config.scenes)]
     held = [make_source(model, seed, WorldConfig(held_out="only"))
             for seed in eval_seeds(config.held_out_scenes, HELD_OUT_OFFSET)]

@@ -27,7 +27,9 @@ def markdown(report: dict) -> str:
     settings = _settings(report)
     lines = ["# Controllability report", "",
              f"{s['scenes']} held-out scenes (seeds {s['scene_seeds'][0]}…), {s['held_out_scenes']} scenes with "
-             f"held-out attribute combinations; {s['size']} px, {s['steps']} steps, guidance {s['guidance']}"
+             f"held-out attribute combinations; {s['size']} px, {s['steps']} steps"
+             + (f" of {s['scheduler']}" if s.get("scheduler", "dpmpp_2m") != "dpmpp_2m" else "")
+             + f", guidance {s['guidance']}"
              + (f", rescaled by φ {s['guidance_rescale']}" if s.get("guidance_rescale") else "") + ". "
              "Judge: the shapes-world analyser. Floor: no condition; ceiling: the judge on the scenes' own renders"
              + ("; through the VAE: the same renders encoded and decoded by the model's VAE (what a perfect generator "
