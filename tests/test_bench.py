@@ -14,13 +14,14 @@ SETTINGS = ("floor", "single", "pairs", "mixed", "ceiling", "vae")
 def test_bench_controllability_quick_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["bench", "controllability", "--quick", "--control-scale", "1.5", "--control-mode", "control",
-                 "--scheduler", "euler_a", "--guidance-rescale", "0.7", "-o", str(out)]) == 0
+                 "--scheduler", "euler_a", "--guidance-rescale", "0.7", "--guidance-interval", "0.1:0.9",
+                 "-o", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["bars.png", "examples.png", "figures.json", "report.json",
                                                      "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert set(report["conditions"]) == set(KINDS) and report["settings"]["control_scale"] == 1.5
     assert report["settings"]["control_mode"] == "control" and report["settings"]["scheduler"] == "euler_a"
-    assert report["settings"]["guidance_rescale"] == 0.7
+    assert report["settings"]["guidance_rescale"] == 0.7 and report["settings"]["guidance_interval"] == [0.1, 0.9]
     in_pairs = {k for pair in PAIRS for k in pair}
     in_mixed = {k for mix in MIXED for k in mix}
     for kind, row in report["conditions"].items():
@@ -43,7 +44,7 @@ def test_bench_controllability_quick_writes_every_figure(tmp_path, capsys):
     assert all(row["vae"] is not None for row in report["controlnet"]["kinds"].values())
     assert {"renders", "vae", "floor", "conditioned"} <= set(report["realism"])
     text = (out / "report.md").read_text()
-    assert "steps of euler_a, guidance 3.0, rescaled by φ 0.7." in text
+    assert "steps of euler_a, guidance 3.0, rescaled by φ 0.7 in [0.1, 0.9] of the steps." in text
     assert all(f"| {kind} |" in text for kind in KINDS) and "Fréchet" in text and "through the VAE" in text
     assert Image.open(out / "bars.png").size[0] > 0 and Image.open(out / "examples.png").size[1] > 0
 
@@ -59,6 +60,8 @@ def test_bench_refuses_bad_input_and_an_existing_folder(tmp_path, capsys):
     assert "scheduler" in capsys.readouterr().err
     assert main(["bench", "controllability", "--guidance-rescale", "2", "-o", str(tmp_path / "a")]) == 2
     assert "guidance-rescale" in capsys.readouterr().err
+    assert main(["bench", "controllability", "--guidance-interval", "0.5", "-o", str(tmp_path / "a")]) == 2
+    assert "guidance-interval" in capsys.readouterr().err
     assert main(["bench", "edits", "--image-guidance", "nan", "-o", str(tmp_path / "a")]) == 2
     assert "image-guidance" in capsys.readouterr().err
     assert main(["bench", "edits", "--scheduler", "fast", "-o", str(tmp_path / "a")]) == 2

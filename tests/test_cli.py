@@ -21,7 +21,7 @@ def run(capsys, *args):
 def test_generate_writes_provenance_and_recall_reproduces(tiny_dir, tmp_path, capsys):
     code, out, err = run(capsys, "generate", "a red circle", "--model", tiny_dir, "--scheduler", "euler_a",
                          "--steps", 4, "--seed", 9, "--batch", 2, "--width", 32, "--height", 40, "--guidance-rescale", 0.5,
-                         "-o", tmp_path)
+                         "--guidance-end", 0.75, "-o", tmp_path)
     assert code == 0, err
     paths = out.split()
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["9.png", "10.png", "9-grid.png"]  # a batch gets a grid too
@@ -29,7 +29,7 @@ def test_generate_writes_provenance_and_recall_reproduces(tiny_dir, tmp_path, ca
     assert record["seed"] == 10 and record["batch_index"] == 1
     assert record["params"] | {} == {**record["params"], "prompt": "a red circle", "steps": 4, "width": 32,
                                      "height": 40, "scheduler": "euler_a", "guidance": 7.5, "batch": 2,
-                                     "guidance_rescale": 0.5}
+                                     "guidance_rescale": 0.5, "guidance_start": 0.0, "guidance_end": 0.75}
     assert record["model"]["kind"] == "diffusers-dir" and len(record["model"]["sha256"]) == 64
     assert {"torch", "diffusers", "transformers", "recomposer"} <= record["versions"].keys()
     a1111 = Image.open(paths[1]).text["parameters"]
@@ -71,6 +71,7 @@ BAD = [
     (["--guidance", "-1"], "guidance"),
     (["--guidance-rescale", "1.5"], "guidance-rescale"),
     (["--guidance-rescale", "nan"], "guidance-rescale"),
+    (["--guidance-start", "0.8", "--guidance-end", "0.3"], "guidance-start"),
     (["--width", "33"], "width"),
     (["--height", "4"], "height"),
     (["--batch", "0"], "batch"),

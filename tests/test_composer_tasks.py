@@ -198,12 +198,12 @@ def test_compose_command_mixes_sources_and_saved_conditions(tiny_dir, adapter_fi
     common = ("--model", tiny_dir, "--adapter", adapter_file, "--steps", 2, "--device", "cpu", "--seed", 0)
     code, out, err = run(capsys, "compose", "--sketch-from", tmp_path / "small", "--palette-from", b,
                          "--intensity-from", a, "--caption", "a red circle", "--batch", 2, "--guidance-rescale", 0.7,
-                         *common, "-o", tmp_path / "out")
+                         "--guidance-start", 0.25, *common, "-o", tmp_path / "out")
     assert code == 0, err
     assert out.split() == [str(tmp_path / "out" / n) for n in ("0.png", "1.png", "0-grid.png")]
     record = json.loads(Image.open(tmp_path / "out" / "1.png").text["recomposer"])
     assert set(record["conditions"]) == {"caption", "palette", "sketch", "intensity"} and record["seed"] == 1
-    assert record["params"]["guidance_rescale"] == 0.7
+    assert record["params"]["guidance_rescale"] == 0.7 and record["params"]["guidance_start"] == 0.25
     code, out, err = run(capsys, "compose", "--sketch-from", tmp_path / "large", "--intensity-from", a, *common,
                          "-o", tmp_path / "out2")  # a 64 px sketch file is fitted to 32 px like the image
     assert code == 0, err
@@ -223,6 +223,7 @@ def test_compose_command_errors_are_one_line_and_write_nothing(tiny_dir, adapter
         (("compose", "--caption", "x", "--base", "colour", *common), "base"),
         (("compose", "--caption", "x", "--weight", "sketch:lots", *common), "weight"),
         (("compose", "--caption", "x", "--guidance-rescale", 2, *common), "guidance-rescale"),
+        (("variations", a, "--guidance-end", 0, *common), "guidance-start"),
         (("compose", "--caption", "x", "--model", tiny_dir), "adapter"),
         (("compose", "--image", a, *common), "mask"),
         (("compose", "--image", a, "--mask", tmp_path / "small-mask.png", *common), "mask"),

@@ -96,6 +96,20 @@ def test_term_windows_switch_terms_on_and_off(tiny):
                                                                            False, False, False, False]
 
 
+def test_a_guidance_interval_guides_inside_and_gives_the_conditional_outside(tiny):
+    """Kynkäänniemi et al. 2024: ε̂ = ε(c) outside [start, end] (one row a sample), ε(∅) + w (ε(c) − ε(∅)) inside."""
+    d = CountingDenoiser(tiny)
+    x, t = x_and_t(tiny, batch=2)
+    e0, e1 = (separate(d, c, x, t, 2) for c in (EMPTY, P))
+    d.batches.clear()
+    denoise, inputs = guided(d, cfg(P, 5.0, interval=(0.2, 0.7)), 2)
+    for index, inside in ((0, False), (2, True), (6, True), (7, False), (9, False)):
+        expected = e0 + 5.0 * (e1 - e0) if inside else e1
+        assert torch.allclose(denoise(x, step_at(index), inputs), expected, atol=1e-4), index
+    assert d.batches == [2, 4, 4, 2, 2]
+    assert cfg(P, 5.0).terms == (Term(P, 5.0),)  # the whole schedule: the plain rule
+
+
 def test_scale_one_alone_skips_the_base_forward(tiny):
     d = CountingDenoiser(tiny)
     x, t = x_and_t(tiny, batch=3)
@@ -194,6 +208,13 @@ def test_guidance_rescale_outside_0_1_is_refused(phi):
         cfg(P, 7.0, rescale=phi)
     with pytest.raises(InvalidParameter, match="^guidance-rescale"):
         GenerateRequest("a ring", guidance_rescale=phi).check()
+
+
+@pytest.mark.parametrize("start,end,field", [(0.5, 0.5, "guidance-start"), (-0.1, 1.0, "guidance-start"),
+                                             (0.0, 1.2, "guidance-end"), (float("nan"), 1.0, "guidance-start")])
+def test_a_bad_guidance_interval_is_refused(start, end, field):
+    with pytest.raises(InvalidParameter, match=f"^{field}"):
+        GenerateRequest("a ring", guidance_start=start, guidance_end=end).check()
 
 
 @pytest.mark.parametrize("scale,start,end", [(float("nan"), 0.0, 1.0), (float("inf"), 0, 1), (101.0, 0.0, 1.0),

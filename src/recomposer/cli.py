@@ -76,6 +76,10 @@ def generate(
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale, 0 to 100.")] = 7.5,
     guidance_rescale: Annotated[float, typer.Option(help="Guidance rescale φ, 0 to 1, as diffusers' guidance_rescale "
                                                          "(Lin et al. 2024: 0.7; default 0: none).")] = 0.0,
+    guidance_start: Annotated[float, typer.Option(help="Share of the steps before guidance starts (the prompt alone "
+                                                       "before; default 0).")] = 0.0,
+    guidance_end: Annotated[float, typer.Option(help="Share of the steps after which guidance stops (the prompt alone "
+                                                     "after; default 1; Kynkäänniemi et al. 2024).")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the first image (image k uses seed + k); "
                                                      "default: random, recorded in the PNG.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (multiple of the VAE factor).")] = None,
@@ -107,8 +111,10 @@ def generate(
     controls = control.control_requests(controlnet, control_image, control_scale, control_start, control_end,
                                         control_mask, control_mode, guess_mode)
     request = GenerateRequest(prompt=prompt, negative=negative, scheduler=scheduler, steps=steps, guidance=guidance,
-                              guidance_rescale=guidance_rescale, seed=secrets.randbelow(2**32) if seed is None else seed, batch=batch, width=width,
-                              height=height, strength=strength, allow_flat=allow_flat, controls=controls)
+                              guidance_rescale=guidance_rescale, guidance_start=guidance_start,
+                              guidance_end=guidance_end, seed=secrets.randbelow(2**32) if seed is None else seed,
+                              batch=batch, width=width, height=height, strength=strength, allow_flat=allow_flat,
+                              controls=controls)
     request.check()  # before torch is imported or anything loads (--device, --dtype, --model: while parsing)
     resolve("seed", request.seed)
     if controls:

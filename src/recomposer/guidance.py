@@ -26,6 +26,10 @@ conditions, the last of equals: the prompt, Composer's c1, InstructPix2Pix's (c_
 its other axes, in the model's own parameterisation (ε or v, as diffusers):
 
     ε̂ ← φ · ε̂ · std(ε_c) / std(ε̂) + (1 − φ) · ε̂           φ = 0: no rescale (the default); 0.7 in the paper
+
+Guidance may also hold only inside an interval of the schedule (Kynkäänniemi et al. 2024): ε̂ = ε(x, c) outside,
+the full rule inside. ``guided_terms`` writes it as two terms, c with scale 1 always and c with w − 1 inside the
+window, so that outside it the base cancels and is not evaluated (one row a sample instead of two).
 """
 
 from collections.abc import Sequence
@@ -126,10 +130,19 @@ def _index(sets: list[ConditionSet], conds: ConditionSet) -> int:
     return next(j for j, s in enumerate(sets) if s is conds)
 
 
-def cfg(conds: ConditionSet, scale: float, negative: ConditionSet = ConditionSet(), rescale: float = 0.0
-        ) -> GuidancePlan:
-    """Classifier-free guidance: ε(neg) + scale·(ε(conds) − ε(neg)), rescaled by φ = ``rescale``."""
-    return GuidancePlan(base=negative, terms=(Term(conds, scale),), rescale=rescale)
+def guided_terms(conds: ConditionSet, scale: float, start: float = 0.0, end: float = 1.0) -> tuple[Term, ...]:
+    """The terms of guidance by ``scale`` towards ``conds`` inside [start, end] and none outside (ε̂ = ε(conds)
+    there: Kynkäänniemi et al. 2024's guidance interval); the whole schedule: one term."""
+    if (start, end) == (0.0, 1.0):
+        return (Term(conds, scale),)
+    return Term(conds, 1.0), Term(conds, scale - 1.0, start, end)
+
+
+def cfg(conds: ConditionSet, scale: float, negative: ConditionSet = ConditionSet(), rescale: float = 0.0,
+        interval: tuple[float, float] = (0.0, 1.0)) -> GuidancePlan:
+    """Classifier-free guidance: ε(neg) + scale·(ε(conds) − ε(neg)) inside ``interval`` of the schedule (ε(conds)
+    outside), rescaled by φ = ``rescale``."""
+    return GuidancePlan(base=negative, terms=guided_terms(conds, scale, *interval), rescale=rescale)
 
 
 def composer(c1: ConditionSet, c2: ConditionSet, w: float) -> GuidancePlan:

@@ -68,6 +68,14 @@ def check_control(scale, start, end, mode, field: str = "control") -> None:
     v.choice(f"{field}-mode", mode, CONTROL_MODES)
 
 
+def check_interval(start, end) -> None:
+    """The guidance interval: 0 <= start < end <= 1, shares of the run's steps (guidance.guided_terms)."""
+    v.real("guidance-start", start, 0.0, 1.0)
+    v.real("guidance-end", end, 0.0, 1.0)
+    if start >= end:
+        raise InvalidParameter("guidance-start", f"below guidance-end ({end:g})", start)
+
+
 @dataclass(frozen=True)
 class ControlRequest:
     """One ControlNet of a generation: which net (a diffusers ControlNet folder, or bundled:KIND) and its settings;
@@ -107,6 +115,8 @@ class GenerateRequest:
     steps: int = 20  # sampling steps over the whole schedule
     guidance: float = 7.5  # classifier-free guidance scale (1 = no guidance, 0 = unconditional)
     guidance_rescale: float = 0.0  # φ in [0, 1]: pull the guided prediction's spread to the prompt's (guidance.py)
+    guidance_start: float = 0.0  # share of the run's steps before guidance starts (the prompt alone before)
+    guidance_end: float = 1.0  # share of the run's steps after which it stops (the prompt alone after)
     seed: int = 0  # sample k of the batch uses seed + k
     batch: int = 1  # images per call
     width: int | None = None  # None: the image's width, else the model's native size
@@ -126,6 +136,7 @@ class GenerateRequest:
         v.integer("steps", self.steps, 1, MAX_STEPS)
         v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
         v.real("guidance-rescale", self.guidance_rescale, 0.0, 1.0)
+        check_interval(self.guidance_start, self.guidance_end)
         v.seed("seed", self.seed)
         v.integer("batch", self.batch, 1, MAX_BATCH)
         if self.seed + self.batch - 1 > 2**63 - 1:
@@ -163,6 +174,8 @@ class ComposeRequest:
     steps: int = 20
     guidance: float = 3.0  # w in Composer's Eq. 2 (1: no guidance)
     guidance_rescale: float = 0.0  # φ in [0, 1]: pull the guided prediction's spread to c₁'s (guidance.py)
+    guidance_start: float = 0.0  # share of the run's steps before guidance starts (c₁ alone before)
+    guidance_end: float = 1.0  # share of the run's steps after which it stops (c₁ alone after)
     seed: int = 0  # sample k uses seed + k
     batch: int = 1
     base: tuple[str, ...] = ()  # kinds of the conditions that form c₂ (default ∅)
@@ -179,6 +192,7 @@ class ComposeRequest:
         v.integer("steps", self.steps, 1, MAX_STEPS)
         v.real("guidance", self.guidance, 0.0, GUIDANCE_MAX)
         v.real("guidance-rescale", self.guidance_rescale, 0.0, 1.0)
+        check_interval(self.guidance_start, self.guidance_end)
         v.seed("seed", self.seed)
         v.integer("batch", self.batch, 1, MAX_BATCH)
         v.boolean("allow_flat", self.allow_flat)

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import InvalidParameter
 from ..progress import stage
 from .options import model_option
 
@@ -37,6 +38,8 @@ def controllability(
     guidance: Annotated[Optional[float], typer.Option(help="Composer guidance w (default 3).")] = None,
     guidance_rescale: Annotated[Optional[float], typer.Option(help="Guidance rescale φ, 0 to 1 (default 0: none; "
                                                                   "Lin et al. 2024 use 0.7).")] = None,
+    guidance_interval: Annotated[Optional[str], typer.Option(help="START:END, shares of the steps inside which "
+                                                                  "guidance holds (default 0:1, all).")] = None,
     control_scale: Annotated[Optional[float], typer.Option(help="The bundled ControlNet's conditioning scale in its "
                                                                "rows (default 1.5, a bundled net's default).")] = None,
     control_mode: Annotated[Optional[str], typer.Option(help="Its mode there: control (default, a bundled net's: "
@@ -59,6 +62,8 @@ def controllability(
     given = {"scenes": scenes, "held_out_scenes": held_out_scenes, "steps": steps, "scheduler": scheduler,
              "guidance": guidance, "guidance_rescale": guidance_rescale, "control_scale": control_scale,
              "control_mode": control_mode}
+    if guidance_interval is not None:
+        given["guidance_interval"] = _interval(guidance_interval)
     config = replace(base, **{k: value for k, value in given.items() if value is not None}).check()
     _check_new(output)
 
@@ -163,6 +168,18 @@ def _bundled_controlnet(composer):
     if not has_part("controlnet", folder):
         return None
     return NetUnderTest(*load_bundled_controlnet(folder, b.device, b.dtype))
+
+
+def _interval(text: str) -> tuple[float, float]:
+    """START:END of --guidance-interval, checked as a request's (0 <= START < END <= 1)."""
+    from ..requests import check_interval
+
+    try:
+        start, end = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise InvalidParameter("guidance-interval", "START:END, two shares of the steps such as 0.1:0.8", text)
+    check_interval(start, end)
+    return start, end
 
 
 def _check_new(output: Path) -> None:

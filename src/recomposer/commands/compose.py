@@ -33,6 +33,10 @@ Encoder = Annotated[Optional[str], typer.Option("--image-encoder", help="Local C
 Guidance = Annotated[float, typer.Option(help="Composer guidance w (1: none).")]
 Rescale = Annotated[float, typer.Option("--guidance-rescale", help="Guidance rescale φ, 0 to 1 (Lin et al. 2024: "
                                                                    "0.7; default 0: none).")]
+Start = Annotated[float, typer.Option("--guidance-start", help="Share of the steps before guidance starts (c1 "
+                                                               "alone before; default 0).")]
+End = Annotated[float, typer.Option("--guidance-end", help="Share of the steps after which guidance stops (c1 alone "
+                                                           "after; default 1).")]
 Caption = Annotated[Optional[str], typer.Option(help="The caption condition.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="A folder for the images.")]
 Kinds = Annotated[str, typer.Option(help="Comma-separated condition kinds.")]
@@ -41,8 +45,9 @@ Width = Annotated[Optional[int], typer.Option(help="Image width in pixels (defau
 Height = Annotated[Optional[int], typer.Option(help="Image height in pixels (default: the model's native size).")]
 
 
-def _request(scheduler, steps, guidance, rescale, seed, batch, base: str | None = None,
-             weights: list[str] | None = None, allow_flat: bool = False):
+def _request(scheduler, steps, guidance: tuple[float, float, float, float], seed, batch,
+             base: str | None = None, weights: list[str] | None = None, allow_flat: bool = False):
+    """The ComposeRequest of a command's options; ``guidance``: (w, rescale φ, start, end)."""
     from ..requests import ComposeRequest, Weight
 
     seed = chosen_seed(seed)
@@ -56,9 +61,10 @@ def _request(scheduler, steps, guidance, rescale, seed, batch, base: str | None 
         if len(numbers) not in (1, 3):
             raise InvalidParameter("weight", "KIND:SCALE or KIND:SCALE:START:END", text)
         parsed.append(Weight(kind, *numbers))
-    return ComposeRequest(scheduler=scheduler, steps=steps, guidance=guidance, guidance_rescale=rescale, seed=seed,
-                          batch=batch, base=_split("base", base) if base else (), weights=tuple(parsed),
-                          allow_flat=allow_flat).check()
+    w, rescale, start, end = guidance
+    return ComposeRequest(scheduler=scheduler, steps=steps, guidance=w, guidance_rescale=rescale, guidance_start=start,
+                          guidance_end=end, seed=seed, batch=batch, base=_split("base", base) if base else (),
+                          weights=tuple(parsed), allow_flat=allow_flat).check()
 
 
 def _split(field: str, text: str) -> tuple[str, ...]:
@@ -149,7 +155,7 @@ def compose_command(
                                                              "repeatable.")] = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
-    seed: Seed = None,
+    guidance_start: Start = 0.0, guidance_end: End = 1.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("composed"), allow_flat: AllowFlat = False,
     width: Width = None, height: Height = None,
     controlnet: control.ControlNets = None, control_image: control.ControlImages = None,
@@ -162,7 +168,8 @@ def compose_command(
 
     from ..invocation import resolve
 
-    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, base, weight, allow_flat)
+    request = _request(scheduler, steps, (guidance, guidance_rescale, guidance_start, guidance_end),
+                       seed, batch, base, weight, allow_flat)
     controls = control.control_requests(controlnet, control_image, control_scale, control_start, control_end,
                                         control_mask, control_mode, guess_mode)
     if controls:
@@ -212,11 +219,12 @@ def variations_command(
     keep: Kinds = "image_embedding,palette", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
-    seed: Seed = None,
+    guidance_start: Start = 0.0, guidance_end: End = 1.0, seed: Seed = None,
     batch: Batch = 4, device: Device = "auto", output: Output = Path("variations"), allow_flat: AllowFlat = False,
 ) -> None:
     """New images that keep some of an image's conditions (default: semantics/style and palette)."""
-    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, allow_flat=allow_flat)
+    request = _request(scheduler, steps, (guidance, guidance_rescale, guidance_start, guidance_end),
+                       seed, batch, allow_flat=allow_flat)
     _guard(locals())
     from ..tasks.composer import variations
 
@@ -231,11 +239,12 @@ def reconstruct_command(
     kinds: Kinds = "palette,sketch,instances,intensity", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
-    seed: Seed = None,
+    guidance_start: Start = 0.0, guidance_end: End = 1.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("reconstructed"), allow_flat: AllowFlat = False,
 ) -> None:
     """An image generated again from a subset of its own conditions."""
-    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, allow_flat=allow_flat)
+    request = _request(scheduler, steps, (guidance, guidance_rescale, guidance_start, guidance_end),
+                       seed, batch, allow_flat=allow_flat)
     _guard(locals())
     from ..tasks.composer import reconstruct
 
@@ -254,14 +263,15 @@ def interpolate_command(
                                                              "file).")] = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
-    seed: Seed = None,
+    guidance_start: Start = 0.0, guidance_end: End = 1.0, seed: Seed = None,
     device: Device = "auto", output: Output = Path("interpolation"),
     fps: Annotated[int, typer.Option(help="Frames per second of the GIF.")] = 8, allow_flat: AllowFlat = False,
 ) -> None:
     """Frames between two images' embeddings and/or palettes: PNGs, a strip and an animated GIF."""
     from .. import validation as v
 
-    request = _request(scheduler, steps, guidance, guidance_rescale, seed, 1, allow_flat=allow_flat)
+    request = _request(scheduler, steps, (guidance, guidance_rescale, guidance_start, guidance_end),
+                       seed, 1, allow_flat=allow_flat)
     chosen = _split("kinds", kinds)
     _guard(locals())
     v.integer("frames", frames, 2, 256)
@@ -296,7 +306,7 @@ def edit_command(
     = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
-    seed: Seed = None,
+    guidance_start: Start = 0.0, guidance_end: End = 1.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("edited"), allow_flat: AllowFlat = False,
     width: Width = None, height: Height = None,
 ) -> None:
@@ -305,8 +315,8 @@ def edit_command(
                     sketch_from=None, instances_from=None, depth_from=None, intensity_from=None, depth_map=None,
                     image=image,
                     mask=mask, base=None, weight=None, model=model, adapter=adapter, image_encoder=image_encoder,
-                    scheduler=scheduler, steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, seed=seed,
-                    batch=batch, device=device,
+                    scheduler=scheduler, steps=steps, guidance=guidance, guidance_rescale=guidance_rescale,
+                    guidance_start=guidance_start, guidance_end=guidance_end, seed=seed, batch=batch, device=device,
                     output=output, allow_flat=allow_flat, width=width, height=height)
 
 
@@ -316,11 +326,12 @@ def colourise_command(
     caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
-    seed: Seed = None,
+    guidance_start: Start = 0.0, guidance_end: End = 1.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("colourised"), allow_flat: AllowFlat = False,
 ) -> None:
     """Colourisation: the image's intensity, plus a palette and/or a caption."""
-    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, allow_flat=allow_flat)
+    request = _request(scheduler, steps, (guidance, guidance_rescale, guidance_start, guidance_end),
+                       seed, batch, allow_flat=allow_flat)
     _guard(locals())
     from ..tasks.composer import colourise
 
@@ -336,11 +347,12 @@ def recolour_command(
     keep: Kinds = "sketch,instances", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
-    seed: Seed = None,
+    guidance_start: Start = 0.0, guidance_end: End = 1.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("recoloured"), allow_flat: AllowFlat = False,
 ) -> None:
     """Palette recolouring: the image's layout in another image's colours."""
-    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, allow_flat=allow_flat)
+    request = _request(scheduler, steps, (guidance, guidance_rescale, guidance_start, guidance_end),
+                       seed, batch, allow_flat=allow_flat)
     _guard(locals())
     from ..tasks.composer import recolour
 
@@ -356,11 +368,12 @@ def style_command(
     structure: Kinds = "sketch", caption: Caption = None,
     model: Model = None, adapter: Adapter = None, image_encoder: Encoder = None,
     scheduler: Scheduler = "dpmpp_2m", steps: Steps = 20, guidance: Guidance = 3.0, guidance_rescale: Rescale = 0.0,
-    seed: Seed = None,
+    guidance_start: Start = 0.0, guidance_end: End = 1.0, seed: Seed = None,
     batch: Batch = 1, device: Device = "auto", output: Output = Path("styled"), allow_flat: AllowFlat = False,
 ) -> None:
     """Style transfer through the image embedding: content's structure, style's embedding and palette."""
-    request = _request(scheduler, steps, guidance, guidance_rescale, seed, batch, allow_flat=allow_flat)
+    request = _request(scheduler, steps, (guidance, guidance_rescale, guidance_start, guidance_end),
+                       seed, batch, allow_flat=allow_flat)
     _guard(locals())
     from ..tasks.composer import style_transfer
 

@@ -59,6 +59,7 @@ class BenchConfig:
     scheduler: str = "dpmpp_2m"  # the sampler (compose's default)
     guidance: float = 3.0  # Composer guidance w
     guidance_rescale: float = 0.0  # φ of the guidance rescale (guidance.py; 0: none)
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # shares of the steps inside which guidance holds
     examples: int = 4  # scenes shown in the example grid
     control_scale: float = CONTROL_DEFAULTS["bundled"][0]  # the conditioning scale of the ControlNet's rows
     control_mode: str = CONTROL_DEFAULTS["bundled"][1]  # and their mode (models/controlnet.py)
@@ -68,10 +69,15 @@ class BenchConfig:
         v.integer("held_out_scenes", self.held_out_scenes, 1)
         v.integer("reference", self.reference, 2)
         v.integer("examples", self.examples, 0)
-        ComposeRequest(scheduler=self.scheduler, steps=self.steps, guidance=self.guidance,
-                       guidance_rescale=self.guidance_rescale).check()
+        self.request().check()
         check_control(self.control_scale, 0.0, 1.0, self.control_mode)
         return self
+
+    def request(self) -> ComposeRequest:
+        """The sampling settings every image of the benchmark is made with."""
+        start, end = self.guidance_interval
+        return ComposeRequest(scheduler=self.scheduler, steps=self.steps, guidance=self.guidance,
+                              guidance_rescale=self.guidance_rescale, guidance_start=start, guidance_end=end)
 
 
 QUICK = BenchConfig(scenes=2, held_out_scenes=1, reference=16, steps=6, examples=2)
@@ -189,8 +195,7 @@ def run(model: ComposerModel, analyser: Analyser, config: BenchConfig = BenchCon
     each of its kinds is also given to the net alone (the scene's hint, no Composer condition, the same seed as
     the adapter's single-condition image) and judged the same way, with the seconds each image took."""
     config.check()
-    request = ComposeRequest(scheduler=config.scheduler, steps=config.steps, guidance=config.guidance,
-                             guidance_rescale=config.guidance_rescale)
+    request = config.request()
     sources = [make_source(model, seed) for seed in eval_seeds(config.scenes)]
     held = [make_source(model, seed, WorldConfig(held_out="only"))
             for seed in eval_seeds(config.held_out_scenes, HELD_OUT_OFFSET)]

@@ -30,7 +30,9 @@ def markdown(report: dict) -> str:
              f"held-out attribute combinations; {s['size']} px, {s['steps']} steps"
              + (f" of {s['scheduler']}" if s.get("scheduler", "dpmpp_2m") != "dpmpp_2m" else "")
              + f", guidance {s['guidance']}"
-             + (f", rescaled by φ {s['guidance_rescale']}" if s.get("guidance_rescale") else "") + ". "
+             + (f", rescaled by φ {s['guidance_rescale']}" if s.get("guidance_rescale") else "")
+             + (" in [{:g}, {:g}] of the steps".format(*s["guidance_interval"])
+                if tuple(s.get("guidance_interval", (0, 1))) != (0, 1) else "") + ". "
              "Judge: the shapes-world analyser. Floor: no condition; ceiling: the judge on the scenes' own renders"
              + ("; through the VAE: the same renders encoded and decoded by the model's VAE (what a perfect generator "
                 "in its latents would score)." if "vae" in settings else "."),

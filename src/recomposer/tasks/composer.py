@@ -27,7 +27,7 @@ from ..conditions.fitting import fit_image, fit_mask, fit_set
 from ..decompose.decomposer import Backends, decompose
 from ..denoiser import BackboneDenoiser
 from ..errors import InvalidParameter
-from ..guidance import GuidancePlan, Term, guided
+from ..guidance import GuidancePlan, Term, guided, guided_terms
 from ..io.images import to_pil
 from ..models.backbone import Backbone
 from ..models.bundled import progress
@@ -100,7 +100,7 @@ def plan(conds: ConditionSet, request: ComposeRequest) -> GuidancePlan:
                                    "kinds among the given conditions: " + ", ".join(conds), kind)
     kept = tuple(k for k in ("masked_image",) if k in conds)
     base = ConditionSet.of(*(conds[k] for k in (*request.base, *kept) if k in conds))
-    terms = [Term(conds, request.guidance)]
+    terms = list(guided_terms(conds, request.guidance, request.guidance_start, request.guidance_end))
     terms += [Term(base.with_(conds[w.kind]), w.scale, w.start, w.end) for w in request.weights]
     return GuidancePlan(base=base, terms=tuple(terms), rescale=request.guidance_rescale)
 
@@ -118,7 +118,7 @@ def compose(model: ComposerModel, conds: ConditionSet, request: ComposeRequest =
     width, height = size or generation_size(conds) or (model.size, model.size)
     b = with_controls(model.backbone, request, controls, (width, height))
     guidance = plan(conds, request)
-    check_fits(b, width, height, request.batch, rows=1 + len(guidance.terms))  # before any compute (R10)
+    check_fits(b, width, height, request.batch, rows=len(guidance.sets()))  # before any compute (R10)
     denoise, inputs = guided(BackboneDenoiser(b, (width, height)), guidance, request.batch)
     masked = conds.get("masked_image")
     sampling = Sampling(request.scheduler, request.steps, request.seed, request.batch, None, request.allow_flat)

@@ -67,8 +67,9 @@ def generate(backbone: Backbone, request: GenerateRequest, image: Image.Image | 
     hears_mask = b.adapter(InpaintingChannels) is not None
     masked = MaskedImage(to_tensor(image), mask) if mask is not None and hears_mask else None
     plan = cfg(ConditionSet.of(Caption(request.prompt), masked), request.guidance,
-               negative=ConditionSet.of(Caption(request.negative), masked), rescale=request.guidance_rescale)
-    check_fits(b, *size, request.batch, rows=1 + len(plan.terms))  # before any compute (R10)
+               negative=ConditionSet.of(Caption(request.negative), masked), rescale=request.guidance_rescale,
+               interval=(request.guidance_start, request.guidance_end))
+    check_fits(b, *size, request.batch, rows=len(plan.sets()))  # before any compute (R10)
     denoise, inputs = guided(BackboneDenoiser(b, size), plan, request.batch)
     sampling = Sampling(request.scheduler, request.steps, request.seed, request.batch, request.strength,
                         request.allow_flat)
