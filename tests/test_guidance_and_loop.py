@@ -108,6 +108,7 @@ def test_a_guidance_interval_guides_inside_and_gives_the_conditional_outside(tin
         assert torch.allclose(denoise(x, step_at(index), inputs), expected, atol=1e-4), index
     assert d.batches == [2, 4, 4, 2, 2]
     assert cfg(P, 5.0).terms == (Term(P, 5.0),)  # the whole schedule: the plain rule
+    assert cfg(P, 1.0, interval=(0.2, 0.7)).terms == (Term(P, 1.0),)  # nothing to guide: one row every step
 
 
 def test_scale_one_alone_skips_the_base_forward(tiny):

@@ -132,8 +132,8 @@ def _index(sets: list[ConditionSet], conds: ConditionSet) -> int:
 
 def guided_terms(conds: ConditionSet, scale: float, start: float = 0.0, end: float = 1.0) -> tuple[Term, ...]:
     """The terms of guidance by ``scale`` towards ``conds`` inside [start, end] and none outside (ε̂ = ε(conds)
-    there: Kynkäänniemi et al. 2024's guidance interval); the whole schedule: one term."""
-    if (start, end) == (0.0, 1.0):
+    there: Kynkäänniemi et al. 2024's guidance interval); the whole schedule, or a scale of 1: one term."""
+    if (start, end) == (0.0, 1.0) or scale == 1.0:
         return (Term(conds, scale),)
     return Term(conds, 1.0), Term(conds, scale - 1.0, start, end)
 
