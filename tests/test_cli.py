@@ -20,8 +20,8 @@ def run(capsys, *args):
 
 def test_generate_writes_provenance_and_recall_reproduces(tiny_dir, tmp_path, capsys):
     code, out, err = run(capsys, "generate", "a red circle", "--model", tiny_dir, "--scheduler", "euler_a",
-                         "--steps", 4, "--seed", 9, "--batch", 2, "--width", 32, "--height", 40, "--guidance-rescale", 0.5,
-                         "--guidance-end", 0.75, "-o", tmp_path)
+                         "--steps", 4, "--seed", 9, "--batch", 2, "--width", 32, "--height", 40,
+                         "--guidance-rescale", 0.5, "--guidance-end", 0.75, "-o", tmp_path)
     assert code == 0, err
     paths = out.split()
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["9.png", "10.png", "9-grid.png"]  # a batch gets a grid too
