@@ -27,7 +27,7 @@ from PIL import Image
 from .. import validation as v
 from ..errors import InvalidParameter
 from ..models.analyser import Analyser, Analysis
-from ..schedulers import NAMES
+from ..requests import InstructRequest
 from ..world.dataset import eval_seeds, make_sample
 from ..world.edits import EDIT_KINDS, Edit, footprint, make_edit
 from ..world.render import render
@@ -52,13 +52,16 @@ class EditBenchConfig:
     def check(self) -> "EditBenchConfig":
         v.integer("scenes", self.scenes, 1, 10_000)
         v.integer("steps", self.steps, 1, 1000)
-        v.choice("scheduler", self.scheduler, NAMES)
-        v.real("guidance", self.guidance, -100.0, 100.0)
-        v.real("image-guidance", self.image_guidance, -100.0, 100.0)
-        v.real("guidance-rescale", self.guidance_rescale, 0.0, 1.0)
+        self.request("an instruction", 0).check()  # the sampling settings, as instruct checks them
         v.integer("visii-scenes", self.visii_scenes, 0, 10_000)
         v.integer("visii-steps", self.visii_steps, 1, 100_000)
         return self
+
+    def request(self, instruction: str, seed: int, learned: str = "") -> InstructRequest:
+        """The edit of scene ``seed`` by ``instruction`` (or a learnt one's sha256) at this benchmark's settings."""
+        return InstructRequest(instruction, guidance=self.guidance, image_guidance=self.image_guidance,
+                               guidance_rescale=self.guidance_rescale, scheduler=self.scheduler, steps=self.steps,
+                               seed=seed, allow_flat=True, learned=learned)
 
 
 QUICK_EDITS = EditBenchConfig(scenes=2, steps=4, visii_scenes=2, visii_steps=4)
@@ -151,7 +154,6 @@ def edits_of(kind: str, count: int, offset: int = 0) -> list[Edit]:
 
 def run(backbone, analyser: Analyser, config: EditBenchConfig = EditBenchConfig(), progress=None) -> dict:
     """The report (module docstring): per kind, model / floor / ceiling success and background PSNR; Visii."""
-    from ..requests import InstructRequest
     from ..tasks.instruct import instruct
 
     config.check()
@@ -163,10 +165,8 @@ def run(backbone, analyser: Analyser, config: EditBenchConfig = EditBenchConfig(
         images = []
         for i, e in enumerate(edits):
             before = Image.fromarray(render(e.before, SIZE).image)
-            request = InstructRequest(e.instruction, guidance=config.guidance, image_guidance=config.image_guidance,
-                                      guidance_rescale=config.guidance_rescale, scheduler=config.scheduler,
-                                      steps=config.steps, seed=i, allow_flat=True)
-            images.append(np.asarray(instruct(backbone, before, request)[0].image.convert("RGB")))
+            images.append(np.asarray(instruct(backbone, before, config.request(e.instruction, i))[0].image
+                                     .convert("RGB")))
             done += 1
             if progress is not None:
                 progress(done)
@@ -249,7 +249,6 @@ def _finite_mean(each: dict, rows: list[int]) -> float | None:
 def visii_figures(backbone, analyser: Analyser, config: EditBenchConfig) -> dict:
     """Per kind of VISII_KINDS: an instruction learnt from one pair of a first held-out scene and applied to
     ``visii_scenes`` other scenes, judged beside the written instruction on the same scenes."""
-    from ..requests import InstructRequest
     from ..tasks.instruct import instruct
     from ..tasks.visii import VisiiRequest, learn_instruction
 
@@ -263,12 +262,9 @@ def visii_figures(backbone, analyser: Analyser, config: EditBenchConfig) -> dict
         shown = {"text": [], "visii": []}
         for i, e in enumerate(targets):
             before = Image.fromarray(render(e.before, SIZE).image)
-            common = dict(guidance=config.guidance, image_guidance=config.image_guidance,
-                          guidance_rescale=config.guidance_rescale, scheduler=config.scheduler, steps=config.steps,
-                          seed=i, allow_flat=True)
-            shown["text"].append(np.asarray(instruct(backbone, before, InstructRequest(e.instruction, **common))[0]
+            shown["text"].append(np.asarray(instruct(backbone, before, config.request(e.instruction, i))[0]
                                             .image.convert("RGB")))
-            request = InstructRequest("", learned=learned.info["sha256"], **common)
+            request = config.request("", i, learned=learned.info["sha256"])
             shown["visii"].append(np.asarray(instruct(backbone, before, request, learned=learned)[0].image
                                              .convert("RGB")))
         judged = {name: judge_edits(analyser, targets, pictures) for name, pictures in shown.items()}
